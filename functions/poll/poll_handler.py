@@ -1,0 +1,23 @@
+"""poll: the task routes (get with poll-through, list, cancel) and the schedule that sweeps live tasks.
+
+The sweep re-publishes events that were lost, checks async upstreams that are due, and fails tasks past
+their deadline; a client that never polls still sees its task finish.
+"""
+
+from aws_lambda_powertools import Logger, Tracer
+
+from imagegw import api, worker
+
+logger = Logger()
+tracer = Tracer()
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict, context) -> dict | None:
+    if "httpMethod" in event:
+        return api.handle(event, context)
+    counts = worker.sweep()
+    if any(counts.values()):
+        logger.info("sweep", extra=counts)
+    return counts

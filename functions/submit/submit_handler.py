@@ -1,0 +1,23 @@
+"""submit: `POST /v1/images/generations`, `GET /v1/models`, and the bus event "Task Queued".
+
+HTTP requests go to the shared API; a "Task Queued" event sends the task to its upstream.
+"""
+
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
+
+from imagegw import api, worker
+
+logger = Logger()
+tracer = Tracer()
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict, context) -> dict | None:
+    if "httpMethod" in event:
+        return api.handle(event, context)
+    task_id = EventBridgeEvent(event).detail["task_id"]
+    logger.append_keys(task_id=task_id)
+    worker.submit_queued(task_id)
+    return None

@@ -1,0 +1,166 @@
+"""The HTTP API of A1 on Powertools' REST resolver (validation and OpenAPI generated from these signatures).
+
+Every function serves its own routes from this one resolver (template.yaml decides which routes reach
+which function). Before routing, `handle` enforces the body cap and authenticates, so a bad key is a 401
+whatever the body; every error leaves as an OpenAI-shaped body with the matching status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from typing import Annotated, Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Body, Query
+
+from . import bus, keys, tasks, views, worker
+from .capabilities import CAPABILITIES, validate_for_model
+from .errors import BadRequest, Conflict, GatewayError, NotFound, PayloadTooLarge, ServerError, from_task_error
+from .request import MAX_BODY_BYTES, ImageRequest, bad_request_from_errors
+from .routing import public_models, routes_for
+
+logger = Logger(child=True)
+
+DEFAULT_WAIT_S = 25  # under API Gateway's 29 s integration limit
+MAX_WAIT_S = 25
+WAIT_POLL_S = 0.2
+_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.I)
+
+app = APIGatewayRestResolver(enable_validation=True)
+
+
+def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Entry point for an API Gateway REST proxy event."""
+    try:
+        body = event.get("body") or ""
+        if len(body) > MAX_BODY_BYTES * (4 / 3 if event.get("isBase64Encoded") else 1):
+            raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES // 1024} KiB.")
+        headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+        app.append_context(owner=keys.authenticate(headers.get("authorization")))
+    except GatewayError as exc:
+        return {"statusCode": exc.status, "headers": {"Content-Type": content_types.APPLICATION_JSON},
+                "body": json.dumps(exc.body()), "isBase64Encoded": False}
+    return app.resolve(event, context)
+
+
+# -- routes -------------------------------------------------------------------------------------------------
+
+@app.post("/v1/images/generations", summary="Create images (sync by default, async on request)")
+def create_images(request: Annotated[ImageRequest, Body(embed=False)],
+                  async_: Annotated[str | None, Query(alias="async")] = None) -> Response:
+    owner = app.context["owner"]
+    routes = routes_for(request.model)
+    validate_for_model(request, request.model if request.model in CAPABILITIES else routes[0].upstream_model)
+    task = tasks.create(owner, request.model, request.upstream_fields())
+    bus.publish(bus.TASK_QUEUED, task.id)
+    prefer = app.current_event.get_header_value("prefer") or ""
+    if (async_ or "").lower() in ("true", "1", "yes") or "respond-async" in prefer.lower():
+        return _accepted(task)
+    task = _wait_for(task.id, _wait_bound(prefer))
+    if task.status == "succeeded":
+        return _json(200, views.images_response(task, request.response_format))
+    if task.status == "failed":
+        raise from_task_error(task.error or {})
+    if task.status == "cancelled":
+        raise Conflict(f"Task '{task.id}' was cancelled.", code="task_cancelled")
+    return _accepted(task)
+
+
+@app.get("/v1/images/tasks", summary="List your tasks, newest first")
+def list_tasks(limit: Annotated[int, Query(ge=1, le=100)] = 20,
+               after: Annotated[str | None, Query()] = None) -> Response:
+    found, has_more = tasks.list_for(app.context["owner"], limit=limit, after=after)
+    return _json(200, {"object": "list", "data": [views.task_object(t) for t in found], "has_more": has_more,
+                       "last_id": found[-1].id if found else None})
+
+
+@app.get("/v1/images/tasks/<task_id>", summary="Get a task (checks an async upstream when a check is due)")
+def get_task(task_id: str) -> Response:
+    task = worker.poll_through(tasks.get(task_id, app.context["owner"]))
+    return _json(200, views.task_object(task))
+
+
+@app.post("/v1/images/tasks/<task_id>/cancel", summary="Cancel a task that is not finished")
+def cancel_task(task_id: str) -> Response:
+    return _json(200, views.task_object(tasks.cancel(task_id, app.context["owner"])))
+
+
+@app.get("/v1/images/tasks/<task_id>/images/<index>", summary="Redirect to a fresh URL of one stored image")
+def get_image(task_id: str, index: str) -> Response:
+    task = tasks.get(task_id, app.context["owner"])
+    if task.status != "succeeded":
+        raise Conflict(f"Task '{task_id}' is {task.status}: it has no images yet.", code="task_not_succeeded")
+    if not index.isdigit() or int(index) >= len(task.images):
+        raise NotFound(f"Task '{task_id}' has no image {index} (it has {len(task.images)}).", param="index")
+    from . import storage
+
+    url = storage.presigned_url(task.images[int(index)]["key"])
+    return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"}, body="")
+
+
+@app.get("/v1/models", summary="List the public model names this gateway routes")
+def list_models() -> Response:
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": provider}
+            for name, provider in public_models()]
+    return _json(200, {"object": "list", "data": data})
+
+
+# -- errors -------------------------------------------------------------------------------------------------
+
+@app.exception_handler(GatewayError)
+def _gateway_error(exc: GatewayError) -> Response:
+    return error_response(exc)
+
+
+@app.exception_handler(RequestValidationError)
+def _validation_error(exc: RequestValidationError) -> Response:
+    # Powertools would answer 422; OpenAI clients expect 400 naming the parameter.
+    return error_response(bad_request_from_errors(exc.errors(), strip=("body", "query", "path")))
+
+
+@app.not_found
+def _not_found(_exc: Exception) -> Response:
+    event = app.current_event
+    return error_response(NotFound(f"Unknown route: {event.http_method} {event.path}.", code="unknown_route"))
+
+
+@app.exception_handler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    logger.exception("unhandled error")
+    return error_response(ServerError("The gateway failed unexpectedly; the error was logged."))
+
+
+def error_response(exc: GatewayError) -> Response:
+    return _json(exc.status, exc.body())
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON,
+                    body=json.dumps(body, ensure_ascii=False), headers=headers)
+
+
+def _accepted(task: tasks.Task) -> Response:
+    location = f"/v1/images/tasks/{task.id}"
+    return _json(202, views.task_object(task), headers={"Location": location})
+
+
+def _wait_bound(prefer: str) -> float:
+    match = _WAIT.search(prefer)
+    default = float(os.environ.get("SYNC_WAIT_S", DEFAULT_WAIT_S))
+    return min(float(match[1]), MAX_WAIT_S) if match else default
+
+
+def _wait_for(task_id: str, bound_s: float) -> tasks.Task:
+    deadline = time.monotonic() + bound_s
+    while True:
+        task = tasks.get(task_id)
+        if task.terminal or time.monotonic() >= deadline:
+            return task
+        time.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))

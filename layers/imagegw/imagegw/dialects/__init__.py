@@ -1,0 +1,20 @@
+"""Dialect registry: the dialect name in the provider configuration picks one module here."""
+
+from __future__ import annotations
+
+from ..errors import ServerError
+from .base import Dialect, Done, Failed, HttpCall, HttpReply, ImageOut, Outcome, Pending
+from .local import LocalDialect
+from .openai import OpenAIDialect
+
+DIALECTS: dict[str, Dialect] = {d.name: d for d in (OpenAIDialect(), LocalDialect())}
+
+
+def get_dialect(name: str) -> Dialect:
+    try:
+        return DIALECTS[name]
+    except KeyError:
+        raise ServerError(f"The provider configuration names an unknown dialect: {name!r}.") from None
+
+
+__all__ = ["Dialect", "Done", "Failed", "HttpCall", "HttpReply", "ImageOut", "Outcome", "Pending", "get_dialect"]

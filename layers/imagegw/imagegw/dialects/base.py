@@ -1,0 +1,140 @@
+"""The one dialect interface: every upstream is a module of pure functions behind it.
+
+In the spirit of LiteLLM's image_generation transformations (map params with an explicit drop rule, build
+the request, parse the response) and new-api's task adaptors (submit returns an upstream id; check returns a
+normalised status, progress and images). A dialect never performs I/O itself: it builds `HttpCall`s and
+parses `HttpReply`s; the transport runs the calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..errors import GatewayError, UpstreamFailed
+from ..request import ImageRequest
+from ..routing import Route
+
+
+@dataclass(frozen=True)
+class HttpCall:
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # may hold the key: never repr'd
+    json: Any = None
+    params: dict[str, str] | None = None
+    timeout_s: float = 120
+
+
+@dataclass(frozen=True)
+class HttpReply:
+    status: int
+    headers: dict[str, str]
+    body: bytes = field(repr=False)
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise UpstreamFailed("The provider answered with something that is not JSON.",
+                                 code="bad_upstream_response") from None
+
+
+@dataclass(frozen=True)
+class ImageOut:
+    """One generated image as the upstream gave it: a URL to fetch, or the bytes themselves."""
+
+    url: str | None = None
+    data: bytes | None = field(default=None, repr=False)
+    revised_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class Done:
+    images: list[ImageOut]
+    usage: dict[str, int] | None = None
+    upstream_id: str | None = None
+    meta: dict[str, str] = field(default_factory=dict)  # e.g. upstream request_id, kept for support
+
+
+@dataclass(frozen=True)
+class Pending:
+    upstream_id: str
+    progress: int = 0
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: GatewayError
+
+
+Outcome = Done | Pending | Failed
+Send = Callable[[HttpCall], HttpReply]
+
+
+class Dialect:
+    """Base of every dialect. HTTP dialects implement the four pure functions; `submit`/`check` run them."""
+
+    name: ClassVar[str]
+    #: the optional request fields this dialect can carry upstream; any other set field is dropped by
+    #: `translatable_fields` (documented per dialect in the README), never mangled.
+    supported_params: ClassVar[frozenset[str]] = frozenset()
+
+    # -- pure translation -------------------------------------------------------------------------------
+    def build_submit(self, req: ImageRequest, route: Route) -> list[HttpCall]:
+        raise NotImplementedError
+
+    def parse_submit(self, req: ImageRequest, replies: list[HttpReply]) -> Outcome:
+        raise NotImplementedError
+
+    def build_check(self, upstream_id: str, route: Route) -> HttpCall:
+        raise NotImplementedError(f"{self.name} is a synchronous dialect")
+
+    def parse_check(self, reply: HttpReply) -> Outcome:
+        raise NotImplementedError(f"{self.name} is a synchronous dialect")
+
+    # -- running ----------------------------------------------------------------------------------------
+    def submit(self, req: ImageRequest, route: Route, send: Send) -> Outcome:
+        calls = self.build_submit(req, route)
+        try:
+            if len(calls) == 1:
+                replies = [send(calls[0])]
+            else:  # fan-out (e.g. one call per image): in parallel, all must succeed
+                with ThreadPoolExecutor(max_workers=min(len(calls), 8)) as pool:
+                    replies = list(pool.map(send, calls))
+            return self.parse_submit(req, replies)
+        except GatewayError as exc:
+            return Failed(exc)
+
+    def check(self, upstream_id: str, route: Route, send: Send) -> Outcome:
+        try:
+            return self.parse_check(send(self.build_check(upstream_id, route)))
+        except GatewayError as exc:
+            return Failed(exc)
+
+
+def bearer(route: Route) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    key = route.api_key
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+def decode_b64(value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=False)
+    except (binascii.Error, ValueError):
+        raise UpstreamFailed("The provider sent an image that is not valid base64.",
+                             code="bad_upstream_response", retriable=False) from None
+
+
+def translatable_fields(req: ImageRequest, supported: frozenset[str]) -> dict[str, Any]:
+    """The optional fields the client set that this dialect can carry; the rest are dropped by rule."""
+    return {k: v for k, v in req.upstream_fields().items() if k in supported}

@@ -1,0 +1,88 @@
+"""`openai`: the OpenAI Images API as relays speak it (seed 002), with the gpt-image parameters of seed 001.
+
+Translation rules, per upstream model family:
+- dall-e-2: prompt, n, size, response_format, user. Everything else is dropped.
+- dall-e-3: prompt, size, quality (standard|hd), style, response_format, user. It accepts only n=1, so a
+  request for n>1 fans out into n parallel calls whose images are joined in order.
+- gpt-image-*: prompt, n, size, quality, background, output_format, output_compression, moderation, user.
+  `response_format` is never sent (these models always answer base64).
+- any other model name (an OpenAI-compatible relay serving e.g. flux): prompt, n, size, quality, style,
+  response_format, user.
+`revised_prompt` and `usage` pass through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UpstreamFailed
+from ..request import ImageRequest
+from ..routing import Route
+from .base import Dialect, Done, HttpCall, HttpReply, ImageOut, bearer, decode_b64, translatable_fields
+
+PATH = "/v1/images/generations"
+
+_COMMON = frozenset({"size", "user"})
+_PARAMS_BY_FAMILY = {
+    "dall-e-2": _COMMON | {"n", "response_format"},
+    "dall-e-3": _COMMON | {"quality", "style", "response_format"},
+    "gpt-image": _COMMON | {"n", "quality", "background", "output_format", "output_compression", "moderation"},
+    "other": _COMMON | {"n", "quality", "style", "response_format"},
+}
+
+
+def family(model: str) -> str:
+    if model.startswith("gpt-image"):
+        return "gpt-image"
+    return model if model in ("dall-e-2", "dall-e-3") else "other"
+
+
+def request_body(req: ImageRequest, upstream_model: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": upstream_model, "prompt": req.prompt}
+    body.update(translatable_fields(req, _PARAMS_BY_FAMILY[family(upstream_model)]))
+    if family(upstream_model) == "dall-e-3":
+        body["n"] = 1
+    return body
+
+
+def parse_images(payload: dict[str, Any]) -> list[ImageOut]:
+    images = []
+    for item in payload.get("data") or []:
+        if item.get("b64_json"):
+            images.append(ImageOut(data=decode_b64(item["b64_json"]), revised_prompt=item.get("revised_prompt")))
+        elif item.get("url"):
+            images.append(ImageOut(url=item["url"], revised_prompt=item.get("revised_prompt")))
+    return images
+
+
+def normalise_usage(usage: dict[str, Any] | None, images: int) -> dict[str, int]:
+    """Our usage shape: images, and input/output/total tokens where the upstream gives them."""
+    out = {"images": images}
+    for key in ("input_tokens", "output_tokens", "total_tokens"):
+        if isinstance((usage or {}).get(key), int):
+            out[key] = usage[key]
+    return out
+
+
+class OpenAIDialect(Dialect):
+    name = "openai"
+
+    def build_submit(self, req: ImageRequest, route: Route) -> list[HttpCall]:
+        body = request_body(req, route.upstream_model)
+        calls = req.n if family(route.upstream_model) == "dall-e-3" else 1
+        call = HttpCall("POST", route.config.root_url + PATH, headers=bearer(route), json=body,
+                        timeout_s=route.config.timeout_s)
+        return [call] * calls
+
+    def parse_submit(self, req: ImageRequest, replies: list[HttpReply]) -> Done:
+        images: list[ImageOut] = []
+        usage: dict[str, int] = {}
+        for reply in replies:
+            payload = reply.json()
+            images.extend(parse_images(payload))
+            for key, value in (payload.get("usage") or {}).items():
+                if isinstance(value, int):
+                    usage[key] = usage.get(key, 0) + value
+        if not images:
+            raise UpstreamFailed("The provider answered without any image.", code="no_image")
+        return Done(images=images[: req.n], usage=normalise_usage(usage, min(len(images), req.n)))

@@ -1,0 +1,137 @@
+"""OpenAI-shaped errors: one exception type per public error, each knowing its HTTP status.
+
+Everything the gateway refuses or fails with ends up as `{"error": {message, type, param, code}}` so
+that OpenAI SDKs raise their typed exceptions (BadRequestError, AuthenticationError, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "server_error"
+    default_code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def task_error(self) -> dict[str, Any]:
+        """The error as stored on a task (A1: `error: {code, message, type}`)."""
+        return {"code": self.code or self.type, "message": self.message, "type": self.type}
+
+    @property
+    def retriable(self) -> bool:
+        """Whether another route may succeed where this one failed (A2: 429, 5xx, timeouts, connection)."""
+        return False
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"{type(self).__name__}({self.message!r}, param={self.param!r}, code={self.code!r})"
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContentPolicyViolation(BadRequest):
+    default_code = "content_policy_violation"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "not_found_error"
+    default_code = "not_found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "payload_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    @property
+    def retriable(self) -> bool:
+        return True
+
+
+class UpstreamFailed(GatewayError):
+    status = 502
+    type = "upstream_error"
+    default_code = "upstream_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, retriable: bool = True):
+        super().__init__(message, param=param, code=code)
+        self._retriable = retriable
+
+    @property
+    def retriable(self) -> bool:
+        return self._retriable
+
+
+class NoProvider(GatewayError):
+    status = 503
+    type = "server_error"
+    default_code = "no_provider"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type = "upstream_error"
+    default_code = "upstream_timeout"
+
+    @property
+    def retriable(self) -> bool:
+        return True
+
+
+class ServerError(GatewayError):
+    status = 500
+    type = "server_error"
+    default_code = "internal_error"
+
+
+_BY_TYPE_AND_CODE: dict[str, type[GatewayError]] = {
+    "content_policy_violation": ContentPolicyViolation,
+    "rate_limit_exceeded": RateLimited,
+    "upstream_timeout": UpstreamTimeout,
+    "no_provider": NoProvider,
+}
+
+
+def from_task_error(error: dict[str, Any]) -> GatewayError:
+    """Rebuild the exception from a task's stored error, so a sync request answers with the right status."""
+    code = error.get("code")
+    cls = _BY_TYPE_AND_CODE.get(code or "")
+    if cls is None:
+        cls = {
+            "invalid_request_error": BadRequest,
+            "rate_limit_error": RateLimited,
+            "upstream_error": UpstreamFailed,
+            "authentication_error": AuthenticationFailed,
+        }.get(error.get("type", ""), ServerError)
+    return cls(error.get("message", "The task failed."), code=code)

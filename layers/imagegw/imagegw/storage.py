@@ -1,0 +1,147 @@
+"""Generated images in S3: the gateway keeps its own copy of every image and hands out presigned URLs.
+
+Provider URLs expire and provider bytes are untrusted, so results are copied into `IMAGE_BUCKET` under
+`images/{task_id}/{index}.{ext}`, with the content type taken from the magic bytes. Downloads go through
+`safe_fetch` (SSRF guard, byte cap) and are streamed to S3 so a Lambda never holds a whole image from a URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+from . import safe_fetch
+from .errors import ServerError, UpstreamFailed
+
+DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+DEFAULT_PRESIGN_EXPIRES_S = 3600
+_MIB = 1024 * 1024
+
+# Parts are buffered in memory by s3transfer: 8 MiB parts x 4 in flight keeps a Lambda's footprint bounded.
+# "classic" so the non-seekable stream path (and its abort-on-failure) is used even where awscrt exists.
+TRANSFER_CONFIG = TransferConfig(
+    multipart_threshold=8 * _MIB,
+    multipart_chunksize=8 * _MIB,
+    max_concurrency=4,
+    preferred_transfer_client="classic",
+)
+_B64_CHUNK = 3 * 256 * 1024  # multiple of 3 so chunks encode independently without padding
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    key: str
+    content_type: str
+    size: int
+
+    def to_item(self) -> dict[str, Any]:
+        return {"key": self.key, "content_type": self.content_type, "size": self.size}
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> StoredImage:
+        # DynamoDB hands numbers back as Decimal.
+        return cls(key=str(item["key"]), content_type=str(item["content_type"]), size=int(item["size"]))
+
+
+def image_key(task_id: str, index: int, ext: str) -> str:
+    return f"images/{task_id}/{index}.{ext}"
+
+
+@functools.lru_cache(maxsize=1)
+def s3() -> Any:
+    """The shared S3 client (created on first use; `s3.cache_clear()` resets it, e.g. in tests).
+
+    boto3 honours AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 by itself. Against such a local endpoint (moto
+    server) path-style addressing keeps presigned URLs resolvable; on AWS the default (virtual-hosted)
+    is kept. SigV4 always, so presigned URLs work in every region.
+    """
+    s3_options: dict[str, Any] = {}
+    if os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
+        s3_options["addressing_style"] = "path"
+    return boto3.client("s3", config=Config(signature_version="s3v4", s3=s3_options))
+
+
+def bucket() -> str:
+    name = os.environ.get("IMAGE_BUCKET")
+    if not name:
+        raise ServerError("IMAGE_BUCKET is not configured.")
+    return name
+
+
+def _not_an_image() -> UpstreamFailed:
+    return UpstreamFailed("The provider returned data that is not an image.", code="not_an_image", retriable=False)
+
+
+def store_bytes(key_prefix: str, data: bytes) -> StoredImage:
+    """Store image bytes (e.g. decoded b64 from a provider) at `{key_prefix}.{ext}`."""
+    detected = safe_fetch.detect_image_type(data[:16])
+    if detected is None:
+        raise _not_an_image()
+    content_type, ext = detected
+    key = f"{key_prefix}.{ext}"
+    s3().put_object(Bucket=bucket(), Key=key, Body=data, ContentType=content_type)
+    return StoredImage(key=key, content_type=content_type, size=len(data))
+
+
+def _max_image_bytes() -> int:
+    return int(os.environ.get("MAX_IMAGE_BYTES") or DEFAULT_MAX_IMAGE_BYTES)
+
+
+def store_from_url(
+    url: str,
+    key_prefix: str,
+    *,
+    max_bytes: int | None = None,
+    resolver: safe_fetch.Resolver | None = None,
+) -> StoredImage:
+    """Download `url` through the SSRF guard and stream it to `{key_prefix}.{ext}`.
+
+    Memory stays bounded: the body is read in parts and uploaded as it arrives (multipart above the
+    threshold). If the download fails midway (cap exceeded, connection lost) upload_fileobj aborts the
+    multipart upload, and below the threshold nothing was put yet, so no partial object remains.
+    """
+    allow_loopback = os.environ.get("ALLOW_LOOPBACK_FETCH") == "1"  # set only by the local stack
+    cap = max_bytes if max_bytes is not None else _max_image_bytes()
+    target_bucket = bucket()
+    with safe_fetch.open_image(url, max_bytes=cap, resolver=resolver, allow_loopback=allow_loopback) as image:
+        key = f"{key_prefix}.{image.extension}"
+        s3().upload_fileobj(
+            image.raw,
+            target_bucket,
+            key,
+            ExtraArgs={"ContentType": image.content_type},
+            Config=TRANSFER_CONFIG,
+        )
+        return StoredImage(key=key, content_type=image.content_type, size=image.raw.bytes_read)
+
+
+def presigned_url(key: str, expires_s: int | None = None) -> str:
+    if expires_s is None:
+        expires_s = int(os.environ.get("PRESIGN_EXPIRES_S") or DEFAULT_PRESIGN_EXPIRES_S)
+    return s3().generate_presigned_url(
+        "get_object", Params={"Bucket": bucket(), "Key": key}, ExpiresIn=expires_s
+    )
+
+
+def read_base64(key: str) -> str:
+    """The stored object as base64 (for response_format=b64_json), encoded chunk by chunk."""
+    body = s3().get_object(Bucket=bucket(), Key=key)["Body"]
+    parts: list[str] = []
+    carry = b""
+    try:
+        while chunk := body.read(_B64_CHUNK):
+            chunk = carry + chunk
+            cut = len(chunk) - len(chunk) % 3  # encode whole 3-byte groups; keep the rest for the next round
+            parts.append(base64.b64encode(chunk[:cut]).decode("ascii"))
+            carry = chunk[cut:]
+    finally:
+        body.close()
+    parts.append(base64.b64encode(carry).decode("ascii"))
+    return "".join(parts)

@@ -1,0 +1,247 @@
+"""The task state machine over DynamoDB.
+
+Public `status` only moves forward: queued -> in_progress -> succeeded | failed | cancelled. Inside
+in_progress, an internal `stage` says what the next step is and which function takes it:
+
+    queued     --submit-->  waiting (async upstream, checked by poll)  --poll-->  generated | done
+                            generated (URLs to download, by fetch)     --fetch--> done
+                            done (all images stored)
+
+A worker `claim`s a stage with a lease (a conditional write: stage matches, task not terminal, no live
+lease), does the work, then `advance`s or `finish`es conditioned on still holding that lease. So a
+redelivered event or a second worker is a no-op, and a late upstream answer after cancel is dropped.
+Every non-terminal task sits in the sparse `sweep` index by `next_check_at`, so the schedule finds work
+whose event was lost or whose worker died (lease expired) as well as async upstreams due for a check.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from boto3.dynamodb.conditions import Key
+from botocore.exceptions import ClientError
+
+from .errors import BadRequest, Conflict, NotFound
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+SWEEP_INDEX = "sweep-index"
+OWNER_INDEX = "owner-index"
+SWEEP_PARTITION = "inflight"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_task_id() -> str:
+    return f"imgtask_{uuid.uuid4().hex}"
+
+
+@lru_cache(maxsize=1)
+def table():
+    return boto3.resource("dynamodb").Table(os.environ["TASK_TABLE"])
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal: give callers ints and floats."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass
+class Task:
+    id: str
+    owner: str
+    status: str
+    stage: str
+    model: str
+    request: dict[str, Any]
+    created_at: int
+    updated_at: int
+    progress: int = 0
+    route_index: int = 0
+    completed_at: int | None = None
+    upstream: dict[str, Any] = field(default_factory=dict)
+    sources: list[dict[str, Any]] = field(default_factory=list)  # images still to fetch: {url, revised_prompt}
+    images: list[dict[str, Any]] = field(default_factory=list)  # stored: {key, content_type, size, revised_prompt}
+    usage: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    next_check_at: int | None = None
+    lease_id: str | None = None
+    lease_until: int | None = None
+    claims: int = 0
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> "Task":
+        item = _plain(item)
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in item.items() if k in known})
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def _retention_expiry() -> int:
+    days = int(os.environ.get("TASK_RETENTION_DAYS", "30"))
+    return int(time.time()) + days * 86400
+
+
+def create(owner: str, model: str, request: dict[str, Any], *, check_after_s: int = 60) -> Task:
+    """Put a new queued task. `check_after_s` is when the sweep re-publishes it if its event was lost."""
+    now = now_ms()
+    task = Task(id=new_task_id(), owner=owner, status="queued", stage="queued", model=model, request=request,
+                created_at=now, updated_at=now, next_check_at=now + check_after_s * 1000)
+    item = {k: v for k, v in task.__dict__.items() if v is not None and v != [] and v != {}}
+    item.update(sweep=SWEEP_PARTITION, expires_at=_retention_expiry())
+    table().put_item(Item=item, ConditionExpression="attribute_not_exists(id)")
+    return task
+
+
+def get(task_id: str, owner: str | None = None) -> Task:
+    """The task, read consistently; 404 when missing or owned by another key (never reveal which)."""
+    item = table().get_item(Key={"id": task_id}, ConsistentRead=True).get("Item")
+    if not item or (owner is not None and item.get("owner") != owner):
+        raise NotFound(f"No task found with id '{task_id}'.", param="id")
+    return Task.from_item(item)
+
+
+def _update(task_id: str, sets: dict[str, Any], condition: str, values: dict[str, Any],
+            removes: tuple[str, ...] = (), adds: dict[str, int] | None = None) -> Task | None:
+    """One conditional update; None when the condition does not hold (someone else got there first)."""
+    names: dict[str, str] = {}
+    vals = dict(values)
+    parts = []
+    for i, (attr, value) in enumerate(sets.items()):
+        names[f"#s{i}"] = attr
+        vals[f":s{i}"] = value
+        parts.append(f"#s{i} = :s{i}")
+    expr = "SET " + ", ".join(parts)
+    for i, (attr, value) in enumerate((adds or {}).items()):
+        names[f"#a{i}"] = attr
+        vals[f":a{i}"] = value
+        expr += f" ADD #a{i} :a{i}" if i == 0 else f", #a{i} :a{i}"
+    if removes:
+        for i, attr in enumerate(removes):
+            names[f"#r{i}"] = attr
+        expr += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(removes)))
+    names.update({"#status": "status", "#stage": "stage"})
+    try:
+        resp = table().update_item(Key={"id": task_id}, UpdateExpression=expr, ConditionExpression=condition,
+                                   ExpressionAttributeNames=names, ExpressionAttributeValues=vals,
+                                   ReturnValues="ALL_NEW")
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            return None
+        raise
+    return Task.from_item(resp["Attributes"])
+
+
+_NOT_TERMINAL = "#status IN (:queued, :in_progress)"
+_STATUS_VALUES = {":queued": "queued", ":in_progress": "in_progress"}
+
+
+def claim(task_id: str, stage: str, *, lease_s: int) -> Task | None:
+    """Take the lease on `stage` of a live task. None if another worker holds it or the stage has moved."""
+    now = now_ms()
+    until = now + lease_s * 1000
+    return _update(
+        task_id,
+        {"lease_id": uuid.uuid4().hex, "lease_until": until, "next_check_at": until, "status": "in_progress",
+         "updated_at": now},
+        f"#stage = :stage AND {_NOT_TERMINAL} AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+        {":stage": stage, ":now": now, **_STATUS_VALUES},
+        adds={"claims": 1},
+    )
+
+
+def advance(task: Task, stage: str, *, next_check_at: int, **fields: Any) -> Task | None:
+    """Move a claimed task to `stage`, releasing the lease; None if the lease was lost or it was cancelled."""
+    sets = {"stage": stage, "next_check_at": next_check_at, "updated_at": now_ms(), "claims": 0, **fields}
+    return _update(task.id, sets, f"lease_id = :lease AND {_NOT_TERMINAL}",
+                   {":lease": task.lease_id, **_STATUS_VALUES}, removes=("lease_id", "lease_until"))
+
+
+def release(task: Task, *, retry_at: int) -> Task | None:
+    """Give the lease back without progress (e.g. an upstream check that is not ready yet)."""
+    return _update(task.id, {"next_check_at": retry_at, "updated_at": now_ms(), "claims": 0},
+                   f"lease_id = :lease AND {_NOT_TERMINAL}", {":lease": task.lease_id, **_STATUS_VALUES},
+                   removes=("lease_id", "lease_until"))
+
+
+def touch(task: Task, *, next_check_at: int) -> Task | None:
+    """Push back the next check of an unclaimed (or abandoned) stage; None if someone moved it meanwhile."""
+    now = now_ms()
+    return _update(task.id, {"next_check_at": next_check_at, "updated_at": now},
+                   f"#stage = :stage AND {_NOT_TERMINAL} AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+                   {":stage": task.stage, ":now": now, **_STATUS_VALUES})
+
+
+def finish(task: Task, status: str, **fields: Any) -> Task | None:
+    """End a claimed task (succeeded or failed), leaving the sweep index; None if it was cancelled."""
+    now = now_ms()
+    sets = {"status": status, "stage": "done", "updated_at": now, "completed_at": now, **fields}
+    if status == "succeeded":
+        sets["progress"] = 100
+    return _update(task.id, sets, f"lease_id = :lease AND {_NOT_TERMINAL}",
+                   {":lease": task.lease_id, **_STATUS_VALUES},
+                   removes=("lease_id", "lease_until", "next_check_at", "sweep", "sources"))
+
+
+def fail_unclaimed(task_id: str, error: dict[str, Any]) -> Task | None:
+    """Fail a live task without holding its lease (the sweep giving up on a task whose workers keep dying)."""
+    now = now_ms()
+    return _update(task_id, {"status": "failed", "stage": "done", "error": error, "updated_at": now,
+                             "completed_at": now}, _NOT_TERMINAL, dict(_STATUS_VALUES),
+                   removes=("lease_id", "lease_until", "next_check_at", "sweep", "sources"))
+
+
+def cancel(task_id: str, owner: str) -> Task:
+    get(task_id, owner)  # 404 for a missing or foreign task, before anything else
+    now = now_ms()
+    task = _update(task_id, {"status": "cancelled", "updated_at": now, "completed_at": now},
+                   f"{_NOT_TERMINAL} AND #owner = :owner", {":owner": owner, **_STATUS_VALUES},
+                   removes=("next_check_at", "sweep", "lease_id", "lease_until"))
+    if task is None:
+        current = get(task_id, owner)
+        raise Conflict(f"Task '{task_id}' is already {current.status} and cannot be cancelled.",
+                       code="task_not_cancellable")
+    return task
+
+
+def list_for(owner: str, *, limit: int = 20, after: str | None = None) -> tuple[list[Task], bool]:
+    """The owner's tasks, newest first, `limit` at a time after the task id `after` (a cursor)."""
+    kwargs: dict[str, Any] = {
+        "IndexName": OWNER_INDEX,
+        "KeyConditionExpression": Key("owner").eq(owner),
+        "ScanIndexForward": False,
+        "Limit": limit + 1,
+    }
+    if after:
+        try:
+            cursor = get(after, owner)
+        except NotFound:
+            raise BadRequest(f"Invalid 'after': no task '{after}' to continue from.", param="after") from None
+        kwargs["ExclusiveStartKey"] = {"id": cursor.id, "owner": owner, "created_at": cursor.created_at}
+    items = table().query(**kwargs)["Items"]
+    return [Task.from_item(i) for i in items[:limit]], len(items) > limit
+
+
+def due(*, now: int | None = None, limit: int = 100) -> list[str]:
+    """Ids of live tasks whose `next_check_at` has passed, oldest first (the schedule's work list)."""
+    now = now if now is not None else now_ms()
+    resp = table().query(IndexName=SWEEP_INDEX, Limit=limit, ProjectionExpression="id",
+                         KeyConditionExpression=Key("sweep").eq(SWEEP_PARTITION) & Key("next_check_at").lte(now))
+    return [item["id"] for item in resp["Items"]]

@@ -1,0 +1,55 @@
+"""The public shapes of A1: the task object and the OpenAI Images response, built from a task."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import storage
+from .tasks import Task
+
+
+def _seconds(ms: int | None) -> int | None:
+    return None if ms is None else ms // 1000
+
+
+def task_object(task: Task) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "id": task.id,
+        "task_id": task.id,
+        "object": "image.task",
+        "status": task.status,
+        "progress": 100 if task.status == "succeeded" else int(task.progress),
+        "model": task.model,
+        "created_at": _seconds(task.created_at),
+        "updated_at": _seconds(task.updated_at),
+    }
+    if task.completed_at:
+        obj["completed_at"] = _seconds(task.completed_at)
+    if task.status == "succeeded":
+        obj["data"] = [_image_entry(image) for image in task.images]
+    if task.usage:
+        obj["usage"] = task.usage
+    if task.error:
+        obj["error"] = task.error
+    return obj
+
+
+def images_response(task: Task, response_format: str) -> dict[str, Any]:
+    """The OpenAI Images answer for a succeeded task; b64_json is read back from our stored copy."""
+    data = [_image_entry(image) for image in task.images]
+    if response_format == "b64_json":
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for entry, b64 in zip(data, pool.map(lambda image: storage.read_base64(image["key"]), task.images)):
+                entry["b64_json"] = b64
+    body: dict[str, Any] = {"created": _seconds(task.created_at), "data": data}
+    if task.usage:
+        body["usage"] = task.usage
+    return body
+
+
+def _image_entry(image: dict[str, Any]) -> dict[str, Any]:
+    entry = {"url": storage.presigned_url(image["key"])}
+    if image.get("revised_prompt"):
+        entry["revised_prompt"] = image["revised_prompt"]
+    return entry
