@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -213,6 +214,7 @@ class _PinnedMixin:
                 continue
             for opt in self.socket_options or ():
                 sock.setsockopt(*opt)
+            sys.audit("http.client.connect", self, self.host, self.port)
             return sock
         raise NewConnectionError(self, f"Failed to establish a new connection: {last_error}")  # type: ignore[arg-type]
 
@@ -363,12 +365,17 @@ class CappedReader:
             while chunk := self._upstream(HEAD_BYTES):
                 parts.append(chunk)
             return b"".join(parts)
-        if n == 0:
-            return b""
+        # Full reads like a regular file: s3transfer takes a short read for end-of-stream (it would then
+        # put the object in one go, or upload undersized parts).
+        parts: list[bytes] = []
         if self._head:
-            out, self._head = self._head[:n], self._head[n:]
-            return out
-        return self._upstream(n)
+            parts.append(self._head[:n])
+            self._head = self._head[n:]
+        missing = n - len(parts[0]) if parts else n
+        while missing > 0 and (chunk := self._upstream(missing)):
+            parts.append(chunk)
+            missing -= len(chunk)
+        return b"".join(parts)
 
     def close(self) -> None:
         self.closed = True

@@ -24,14 +24,19 @@ DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_PRESIGN_EXPIRES_S = 3600
 _MIB = 1024 * 1024
 
-# Parts are buffered in memory by s3transfer: 8 MiB parts x 4 in flight keeps a Lambda's footprint bounded.
-# "classic" so the non-seekable stream path (and its abort-on-failure) is used even where awscrt exists.
-TRANSFER_CONFIG = TransferConfig(
-    multipart_threshold=8 * _MIB,
-    multipart_chunksize=8 * _MIB,
-    max_concurrency=4,
-    preferred_transfer_client="classic",
-)
+
+def _transfer_config() -> TransferConfig:
+    # Parts are buffered in memory by s3transfer: 8 MiB parts x 4 in flight keeps a Lambda's footprint
+    # bounded. "classic" so the non-seekable stream path (and its abort-on-failure) is used even where
+    # awscrt is installed; older boto3 (before the CRT option existed) always behaves that way.
+    sizes = {"multipart_threshold": 8 * _MIB, "multipart_chunksize": 8 * _MIB, "max_concurrency": 4}
+    try:
+        return TransferConfig(**sizes, preferred_transfer_client="classic")
+    except TypeError:
+        return TransferConfig(**sizes)
+
+
+TRANSFER_CONFIG = _transfer_config()
 _B64_CHUNK = 3 * 256 * 1024  # multiple of 3 so chunks encode independently without padding
 
 

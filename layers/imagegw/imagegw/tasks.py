@@ -41,7 +41,8 @@ def now_ms() -> int:
 
 
 def new_task_id() -> str:
-    return f"imgtask_{uuid.uuid4().hex}"
+    """Ids sort by creation time (nanoseconds, then randomness), so listing by id is listing by age."""
+    return f"imgtask_{time.time_ns():016x}{uuid.uuid4().hex[:8]}"
 
 
 @lru_cache(maxsize=1)
@@ -137,7 +138,8 @@ def _update(task_id: str, sets: dict[str, Any], condition: str, values: dict[str
         for i, attr in enumerate(removes):
             names[f"#r{i}"] = attr
         expr += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(removes)))
-    names.update({"#status": "status", "#stage": "stage"})
+    names.update({alias: attr for alias, attr in (("#status", "status"), ("#stage", "stage"), ("#owner", "owner"))
+                  if alias in condition})
     try:
         resp = table().update_item(Key={"id": task_id}, UpdateExpression=expr, ConditionExpression=condition,
                                    ExpressionAttributeNames=names, ExpressionAttributeValues=vals,
@@ -234,7 +236,7 @@ def list_for(owner: str, *, limit: int = 20, after: str | None = None) -> tuple[
             cursor = get(after, owner)
         except NotFound:
             raise BadRequest(f"Invalid 'after': no task '{after}' to continue from.", param="after") from None
-        kwargs["ExclusiveStartKey"] = {"id": cursor.id, "owner": owner, "created_at": cursor.created_at}
+        kwargs["ExclusiveStartKey"] = {"id": cursor.id, "owner": owner}
     items = table().query(**kwargs)["Items"]
     return [Task.from_item(i) for i in items[:limit]], len(items) > limit
 

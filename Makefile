@@ -1,0 +1,65 @@
+# imagegw: `make run` starts the whole gateway locally, `make test` installs and passes the tests.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# The Lambda runtime is python3.12: the venv uses it too, and `sam build` finds it through .venv/bin.
+PYTHON_VERSION := 3.12
+PYTHON ?= $(shell for p in python$(PYTHON_VERSION) $$HOME/.pyenv/versions/$(PYTHON_VERSION)*/bin/python$(PYTHON_VERSION) /usr/local/bin/python$(PYTHON_VERSION) /usr/bin/python$(PYTHON_VERSION); do \
+             $$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export AWS_DEFAULT_REGION ?= us-east-1
+export PATH := $(abspath $(BIN)):$(PATH)
+export SAM_CLI_TELEMETRY := 0
+
+STACK_NAME ?= imagegw
+PROVIDERS ?= config/providers.local.json
+PROVIDERS_PARAM ?= /imagegw/providers
+
+.PHONY: help venv install run test unit integration lint build deploy key providers bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements-dev.txt layers/imagegw/requirements.txt pyproject.toml
+	@test -n "$(PYTHON)" || { echo "python$(PYTHON_VERSION) not found: install it (e.g. pyenv install $(PYTHON_VERSION))"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	# The layer's package, importable in the venv as it is inside Lambda (scripts, the local stack).
+	echo $(abspath layers/imagegw) > $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/imagegw-layer.pth
+	touch $@
+
+venv install: $(STAMP) ## create .venv and install everything
+
+run: $(STAMP) ## start the gateway locally (API on :3000, embedded AWS on :4566)
+	$(BIN)/python -m local
+
+test: $(STAMP) lint ## install, lint, run every test
+	$(BIN)/python -m pytest
+
+unit: $(STAMP) ## unit tests only
+	$(BIN)/python -m pytest tests/unit
+
+integration: $(STAMP) ## integration tests only (they start the local stack)
+	$(BIN)/python -m pytest tests/integration
+
+lint: $(STAMP) ## cfn-lint and sam validate --lint on template.yaml
+	$(BIN)/cfn-lint template.yaml
+	$(BIN)/sam validate --lint --template template.yaml
+
+build: $(STAMP) ## sam build (needs python3.12, found in .venv/bin)
+	$(BIN)/sam build --template template.yaml
+
+deploy: build ## sam deploy with samconfig.toml (GUIDED=1 asks and saves the answers)
+	$(BIN)/sam deploy $(if $(GUIDED),--guided)
+
+providers: $(STAMP) ## upload PROVIDERS (a JSON file) to the SSM parameter the stack reads
+	$(BIN)/python -m scripts.put_providers $(PROVIDERS) $(PROVIDERS_PARAM)
+
+key: $(STAMP) ## create an API key in the deployed stack (printed once)
+	$(BIN)/python -m scripts.make_key --stack $(STACK_NAME) --name "$(or $(NAME),default)"
+
+clean: ## remove build outputs
+	rm -rf $(VENV) .aws-sam .pytest_cache

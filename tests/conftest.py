@@ -1,0 +1,80 @@
+"""Shared fixtures: AWS under moto's `mock_aws`, created from template.yaml itself, and loopback upstreams."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "sk-test"
+OTHER_KEY = "sk-other"
+
+
+def _reset_clients() -> None:
+    """The layer caches its boto3 clients and config: start every test from scratch."""
+    from imagegw import bus, keys, storage, tasks, transport
+
+    for cached in (tasks.table, bus._events, storage.s3, keys._keys_table, transport.session):
+        cached.cache_clear()
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """A moto account holding the template's tables, bucket and bus, with the layer's env pointing at them."""
+    for key, value in {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "POWERTOOLS_TRACE_DISABLED": "true",
+                       "API_KEYS": f"{API_KEY},{OTHER_KEY}", "UPSTREAM_BACKOFF_S": "0.01",
+                       "PROVIDERS_FILE": str(ROOT / "config" / "providers.local.json")}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_ENDPOINT_URL", "PROVIDERS_PARAM", "KEYS_TABLE", "ALLOW_LOOPBACK_FETCH"):
+        monkeypatch.delenv(key, raising=False)
+    with mock_aws():
+        for key, value in _create_resources().items():
+            monkeypatch.setenv(key, value)
+        _reset_clients()
+        yield
+        _reset_clients()
+
+
+def _create_resources() -> dict[str, str]:
+    """Create the template's table, bucket and bus in moto; return the env vars naming them."""
+    from cfnlint.decode import decode
+
+    template, _ = decode(str(ROOT / "template.yaml"))
+    props = template["Resources"]["TaskTable"]["Properties"]
+    boto3.client("dynamodb").create_table(
+        TableName="tasks", BillingMode="PAY_PER_REQUEST", KeySchema=props["KeySchema"],
+        AttributeDefinitions=props["AttributeDefinitions"], GlobalSecondaryIndexes=props["GlobalSecondaryIndexes"])
+    boto3.client("s3").create_bucket(Bucket="images")
+    boto3.client("events").create_event_bus(Name="bus")
+    return {"TASK_TABLE": "tasks", "IMAGE_BUCKET": "images", "EVENT_BUS": "bus"}
+
+
+@pytest.fixture
+def providers_file(tmp_path, monkeypatch):
+    """Write a provider configuration for this test and point PROVIDERS_FILE at it."""
+
+    def write(config: dict) -> Path:
+        path = tmp_path / "providers.json"
+        path.write_text(json.dumps(config))
+        monkeypatch.setenv("PROVIDERS_FILE", str(path))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def loopback_fetch(monkeypatch):
+    """Allow image downloads from loopback simulators (as the local stack does; never in AWS)."""
+    monkeypatch.setenv("ALLOW_LOOPBACK_FETCH", "1")
+
+
+def s3_objects(prefix: str = "images/") -> list[str]:
+    bucket = os.environ["IMAGE_BUCKET"]
+    listing = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(obj["Key"] for obj in listing.get("Contents", []))
