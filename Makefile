@@ -17,7 +17,7 @@ STACK_NAME ?= imagegw
 PROVIDERS ?= config/providers.local.json
 PROVIDERS_PARAM ?= /imagegw/providers
 
-.PHONY: help venv install run test unit integration lint build deploy key providers bench clean
+.PHONY: help venv install run test unit integration lint build deploy key providers events clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,3 +63,6 @@ key: $(STAMP) ## create an API key in the deployed stack (printed once)
 
 clean: ## remove build outputs
 	rm -rf $(VENV) .aws-sam .pytest_cache
+
+events: $(STAMP) ## regenerate events/ (API and schedule samples via sam local generate-event)
+	$(BIN)/python -m scripts.generate_events

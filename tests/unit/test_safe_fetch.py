@@ -519,3 +519,19 @@ def test_https_certificate_for_another_name_fails(tls_server, trust_ca, connecti
         open_image(f"https://other.test:{srv.port}/a.png", max_bytes=10_000,
                    resolver=stub_resolver({"other.test": ["127.0.0.1"]}), allow_loopback=True)
     assert sni == ["other.test"]
+
+
+def test_reads_are_full_like_a_file(server: LoopbackServer, connections) -> None:
+    # s3transfer treats a short read as end of stream, so read(n) must return n bytes until EOF,
+    # across the boundary between the sniffed first chunk and the rest.
+    body = PNG[:64] + bytes(range(256)) * 1000
+    server.routes["/a.png"] = (200, {}, body)
+    with open_image(server.url("/a.png"), max_bytes=len(body), allow_loopback=True) as img:
+        sizes = []
+        for _ in range(100):  # bounded
+            chunk = img.raw.read(100_000)
+            if not chunk:
+                break
+            sizes.append(len(chunk))
+        assert sizes == [100_000, 100_000, len(body) - 200_000]
+        assert img.raw.bytes_read == len(body)

@@ -52,13 +52,13 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @app.post("/v1/images/generations", summary="Create images (sync by default, async on request)")
 def create_images(request: Annotated[ImageRequest, Body(embed=False)],
-                  async_: Annotated[str | None, Query(alias="async")] = None) -> Response:
+                  async_: Annotated[str | None, Query(alias="async")] = None):
     owner = app.context["owner"]
     routes = routes_for(request.model)
     validate_for_model(request, request.model if request.model in CAPABILITIES else routes[0].upstream_model)
     task = tasks.create(owner, request.model, request.upstream_fields())
     bus.publish(bus.TASK_QUEUED, task.id)
-    prefer = app.current_event.get_header_value("prefer") or ""
+    prefer = app.current_event.headers.get("prefer") or ""
     if (async_ or "").lower() in ("true", "1", "yes") or "respond-async" in prefer.lower():
         return _accepted(task)
     task = _wait_for(task.id, _wait_bound(prefer))
@@ -73,25 +73,25 @@ def create_images(request: Annotated[ImageRequest, Body(embed=False)],
 
 @app.get("/v1/images/tasks", summary="List your tasks, newest first")
 def list_tasks(limit: Annotated[int, Query(ge=1, le=100)] = 20,
-               after: Annotated[str | None, Query()] = None) -> Response:
+               after: Annotated[str | None, Query()] = None):
     found, has_more = tasks.list_for(app.context["owner"], limit=limit, after=after)
     return _json(200, {"object": "list", "data": [views.task_object(t) for t in found], "has_more": has_more,
                        "last_id": found[-1].id if found else None})
 
 
 @app.get("/v1/images/tasks/<task_id>", summary="Get a task (checks an async upstream when a check is due)")
-def get_task(task_id: str) -> Response:
+def get_task(task_id: str):
     task = worker.poll_through(tasks.get(task_id, app.context["owner"]))
     return _json(200, views.task_object(task))
 
 
 @app.post("/v1/images/tasks/<task_id>/cancel", summary="Cancel a task that is not finished")
-def cancel_task(task_id: str) -> Response:
+def cancel_task(task_id: str):
     return _json(200, views.task_object(tasks.cancel(task_id, app.context["owner"])))
 
 
 @app.get("/v1/images/tasks/<task_id>/images/<index>", summary="Redirect to a fresh URL of one stored image")
-def get_image(task_id: str, index: str) -> Response:
+def get_image(task_id: str, index: str):
     task = tasks.get(task_id, app.context["owner"])
     if task.status != "succeeded":
         raise Conflict(f"Task '{task_id}' is {task.status}: it has no images yet.", code="task_not_succeeded")
@@ -104,7 +104,7 @@ def get_image(task_id: str, index: str) -> Response:
 
 
 @app.get("/v1/models", summary="List the public model names this gateway routes")
-def list_models() -> Response:
+def list_models():
     data = [{"id": name, "object": "model", "created": 0, "owned_by": provider}
             for name, provider in public_models()]
     return _json(200, {"object": "list", "data": data})
