@@ -39,7 +39,7 @@ def _retry_policy() -> Retry:
     return CappedRetry(
         total=int(os.environ.get("UPSTREAM_RETRIES", "2")),
         connect=2,
-        read=0,  # a read timeout may mean the image is being generated: do not pay twice
+        read=False,  # re-raise read timeouts: the image may be in the works, do not pay twice
         status_forcelist=RETRY_STATUSES,
         allowed_methods=None,  # POST too: a 429/503 means the upstream did not take the job
         backoff_factor=float(os.environ.get("UPSTREAM_BACKOFF_S", "0.5")),
