@@ -28,6 +28,7 @@ def aws(monkeypatch):
     """A moto account holding the template's tables, bucket and bus, with the layer's env pointing at them."""
     for key, value in {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
                        "AWS_SECRET_ACCESS_KEY": "testing", "POWERTOOLS_TRACE_DISABLED": "true",
+                       "POWERTOOLS_METRICS_NAMESPACE": "ImageGatewayTest",
                        "API_KEYS": f"{API_KEY},{OTHER_KEY}", "UPSTREAM_BACKOFF_S": "0.01",
                        "PROVIDERS_FILE": str(ROOT / "config" / "providers.local.json")}.items():
         monkeypatch.setenv(key, value)

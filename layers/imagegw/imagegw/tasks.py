@@ -159,10 +159,13 @@ def claim(task_id: str, stage: str, *, lease_s: int) -> Task | None:
     """Take the lease on `stage` of a live task. None if another worker holds it or the stage has moved."""
     now = now_ms()
     until = now + lease_s * 1000
+    sets = {"lease_id": uuid.uuid4().hex, "lease_until": until, "next_check_at": until, "status": "in_progress",
+            "updated_at": now}
+    if stage == "queued":
+        sets["progress"] = 5  # taken up: show movement before the upstream answers
     return _update(
         task_id,
-        {"lease_id": uuid.uuid4().hex, "lease_until": until, "next_check_at": until, "status": "in_progress",
-         "updated_at": now},
+        sets,
         f"#stage = :stage AND {_NOT_TERMINAL} AND (attribute_not_exists(lease_until) OR lease_until < :now)",
         {":stage": stage, ":now": now, **_STATUS_VALUES},
         adds={"claims": 1},

@@ -14,7 +14,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 
 from . import bus, storage, tasks, transport
 from .dialects import Done, Failed, Outcome, Pending, get_dialect
@@ -24,6 +25,7 @@ from .routing import Route, routes_for
 from .tasks import Task, now_ms
 
 logger = Logger(child=True)
+metrics = Metrics()  # flushed by each handler's @metrics.log_metrics
 
 LEASE_S = int(os.environ.get("WORKER_LEASE_S", "900"))  # >= the function timeout: a live worker keeps it
 CHECK_LEASE_S = 120
@@ -48,6 +50,7 @@ def submit_queued(task_id: str) -> Task | None:
         route = routes[index]
         outcome = get_dialect(route.dialect).submit(req, route, transport.send)
         if isinstance(outcome, Failed) and outcome.error.retriable and index + 1 < len(routes):
+            metrics.add_metric(name="RouteFallbacks", unit=MetricUnit.Count, value=1)
             logger.warning("route failed, falling back", extra={"task_id": task_id, "provider": route.provider,
                                                                  "error": outcome.error.message})
             continue
@@ -80,9 +83,9 @@ def store_generated(task_id: str) -> Task | None:
         if exc.retriable and task.claims < MAX_CLAIMS:
             logger.warning("download failed, will retry", extra={"task_id": task_id, "error": exc.message})
             return tasks.release(task, retry_at=now_ms() + 10_000)
-        return tasks.finish(task, "failed", error=exc.task_error())
+        return _finish(task, "failed", error=exc.task_error())
     images = sorted(task.images + stored, key=lambda image: image["index"])
-    return tasks.finish(task, "succeeded", images=images)
+    return _finish(task, "succeeded", images=images)
 
 
 def sweep(*, limit: int = 100) -> dict[str, int]:
@@ -124,7 +127,7 @@ def _apply(task: Task, outcome: Outcome, route: Route, route_index: int) -> Task
     upstream = {**task.upstream, "provider": route.provider, "model": route.upstream_model}
     if isinstance(outcome, Failed):
         logger.info("task failed", extra={"task_id": task.id, "error": outcome.error.message})
-        return tasks.finish(task, "failed", error=outcome.error.task_error(), upstream=upstream,
+        return _finish(task, "failed", error=outcome.error.task_error(), upstream=upstream,
                             route_index=route_index)
     upstream.update(outcome.meta)
     if outcome.upstream_id:
@@ -145,16 +148,26 @@ def _apply_done(task: Task, outcome: Done, upstream: dict[str, Any], route_index
             else:
                 sources.append({"index": index, "url": image.url, "revised_prompt": image.revised_prompt})
     except GatewayError as exc:
-        return tasks.finish(task, "failed", error=exc.task_error(), upstream=upstream)
+        return _finish(task, "failed", error=exc.task_error(), upstream=upstream)
     fields = {"upstream": upstream, "route_index": route_index, "usage": outcome.usage or {"images": len(stored)}}
     if not sources:
-        return tasks.finish(task, "succeeded", images=stored, **fields)
+        return _finish(task, "succeeded", images=stored, **fields)
     moved = tasks.advance(task, "generated", next_check_at=now_ms() + REPUBLISH_AFTER_S * 1000, images=stored,
                           sources=[{k: v for k, v in s.items() if v is not None} for s in sources],
                           progress=max(task.progress, 90), **fields)
     if moved:
         bus.publish(bus.TASK_GENERATED, task.id)
     return moved
+
+
+def _finish(task: Task, status: str, **fields: Any) -> Task | None:
+    """End the task and count the outcome (TasksSucceeded / TasksFailed, ImagesStored)."""
+    done = tasks.finish(task, status, **fields)
+    if done is not None:
+        metrics.add_metric(name=f"Tasks{status.capitalize()}", unit=MetricUnit.Count, value=1)
+        if status == "succeeded":
+            metrics.add_metric(name="ImagesStored", unit=MetricUnit.Count, value=len(done.images))
+    return done
 
 
 def _store_url(task: Task, source: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +191,7 @@ def _routes(task: Task) -> list[Route] | None:
     try:
         return routes_for(task.model)
     except GatewayError as exc:
-        tasks.finish(task, "failed", error=exc.task_error())
+        _finish(task, "failed", error=exc.task_error())
         return None
 
 
