@@ -25,7 +25,8 @@ from .routing import Route, routes_for
 from .tasks import Task, now_ms
 
 logger = Logger(child=True)
-metrics = Metrics()  # flushed by each handler's @metrics.log_metrics
+# One metrics sink for the layer; each handler flushes it with @worker.metrics.log_metrics.
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ImageGateway"))
 
 LEASE_S = int(os.environ.get("WORKER_LEASE_S", "900"))  # >= the function timeout: a live worker keeps it
 CHECK_LEASE_S = 120
