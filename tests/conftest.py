@@ -51,9 +51,12 @@ def _create_resources() -> dict[str, str]:
     boto3.client("dynamodb").create_table(
         TableName="tasks", BillingMode="PAY_PER_REQUEST", KeySchema=props["KeySchema"],
         AttributeDefinitions=props["AttributeDefinitions"], GlobalSecondaryIndexes=props["GlobalSecondaryIndexes"])
+    keys = template["Resources"]["KeysTable"]["Properties"]
+    boto3.client("dynamodb").create_table(TableName="keys", BillingMode="PAY_PER_REQUEST",
+                                          KeySchema=keys["KeySchema"], AttributeDefinitions=keys["AttributeDefinitions"])
     boto3.client("s3").create_bucket(Bucket="images")
     boto3.client("events").create_event_bus(Name="bus")
-    return {"TASK_TABLE": "tasks", "IMAGE_BUCKET": "images", "EVENT_BUS": "bus"}
+    return {"TASK_TABLE": "tasks", "IMAGE_BUCKET": "images", "EVENT_BUS": "bus", "KEYS_TABLE_NAME": "keys"}
 
 
 @pytest.fixture
