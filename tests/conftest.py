@@ -35,28 +35,19 @@ def aws(monkeypatch):
     for key in ("AWS_ENDPOINT_URL", "PROVIDERS_PARAM", "KEYS_TABLE", "ALLOW_LOOPBACK_FETCH"):
         monkeypatch.delenv(key, raising=False)
     with mock_aws():
-        for key, value in _create_resources().items():
-            monkeypatch.setenv(key, value)
+        # The same template-driven creation as the local stack: tests run against the template's resources.
+        from local.aws import clients, create_resources
+        from local.template import load
+
+        template = load(ROOT)
+        create_resources(template, clients())
+        for name in template.resource_variables:
+            monkeypatch.setenv(name, template.environment[name])
+        monkeypatch.setenv("KEYS_TABLE_NAME", os.environ["KEYS_TABLE"])
+        monkeypatch.delenv("KEYS_TABLE")  # API_KEYS is the key source here
         _reset_clients()
-        yield
+        yield template
         _reset_clients()
-
-
-def _create_resources() -> dict[str, str]:
-    """Create the template's table, bucket and bus in moto; return the env vars naming them."""
-    from cfnlint.decode import decode
-
-    template, _ = decode(str(ROOT / "template.yaml"))
-    props = template["Resources"]["TaskTable"]["Properties"]
-    boto3.client("dynamodb").create_table(
-        TableName="tasks", BillingMode="PAY_PER_REQUEST", KeySchema=props["KeySchema"],
-        AttributeDefinitions=props["AttributeDefinitions"], GlobalSecondaryIndexes=props["GlobalSecondaryIndexes"])
-    keys = template["Resources"]["KeysTable"]["Properties"]
-    boto3.client("dynamodb").create_table(TableName="keys", BillingMode="PAY_PER_REQUEST",
-                                          KeySchema=keys["KeySchema"], AttributeDefinitions=keys["AttributeDefinitions"])
-    boto3.client("s3").create_bucket(Bucket="images")
-    boto3.client("events").create_event_bus(Name="bus")
-    return {"TASK_TABLE": "tasks", "IMAGE_BUCKET": "images", "EVENT_BUS": "bus", "KEYS_TABLE_NAME": "keys"}
 
 
 @pytest.fixture

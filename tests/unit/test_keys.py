@@ -14,7 +14,7 @@ def test_created_keys_are_stored_hashed_and_authenticate(aws, monkeypatch):
     monkeypatch.setenv("KEYS_TABLE", os.environ["KEYS_TABLE_NAME"])
     key = keys.create_key("team-a")
     assert key.startswith("sk-imagegw-")
-    items = boto3.resource("dynamodb").Table("keys").scan()["Items"]
+    items = boto3.resource("dynamodb").Table(os.environ["KEYS_TABLE"]).scan()["Items"]
     assert len(items) == 1 and key not in str(items) and items[0]["key_hash"] == keys.key_hash(key)
     owner = keys.authenticate(f"Bearer {key}")
     assert owner == items[0]["owner"] and key not in owner

@@ -18,7 +18,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 
-from . import bus, keys, tasks, views, worker
+from . import bus, keys, storage, tasks, views, worker
 from .capabilities import CAPABILITIES, validate_for_model
 from .errors import BadRequest, Conflict, GatewayError, NotFound, PayloadTooLarge, ServerError, from_task_error
 from .request import MAX_BODY_BYTES, ImageRequest, bad_request_from_errors
@@ -38,7 +38,8 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Entry point for an API Gateway REST proxy event."""
     try:
         body = event.get("body") or ""
-        if len(body) > MAX_BODY_BYTES * (4 / 3 if event.get("isBase64Encoded") else 1):
+        size = len(body) * 3 // 4 if event.get("isBase64Encoded") else len(body.encode())
+        if size > MAX_BODY_BYTES:
             raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES // 1024} KiB.")
         headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
         app.append_context(owner=keys.authenticate(headers.get("authorization")))
@@ -54,12 +55,13 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def create_images(request: Annotated[ImageRequest, Body(embed=False)],
                   async_: Annotated[str | None, Query(alias="async")] = None):
     owner = app.context["owner"]
+    prefer = app.current_event.headers.get("prefer") or ""
+    respond_async = (async_ or "").lower() in ("true", "1", "yes") or "respond-async" in prefer.lower()
     routes = routes_for(request.model)
     validate_for_model(request, request.model if request.model in CAPABILITIES else routes[0].upstream_model)
     task = tasks.create(owner, request.model, request.upstream_fields())
     bus.publish(bus.TASK_QUEUED, task.id)
-    prefer = app.current_event.headers.get("prefer") or ""
-    if (async_ or "").lower() in ("true", "1", "yes") or "respond-async" in prefer.lower():
+    if respond_async:
         return _accepted(task)
     task = _wait_for(task.id, _wait_bound(prefer))
     if task.status == "succeeded":
@@ -97,8 +99,6 @@ def get_image(task_id: str, index: str):
         raise Conflict(f"Task '{task_id}' is {task.status}: it has no images yet.", code="task_not_succeeded")
     if not index.isdigit() or int(index) >= len(task.images):
         raise NotFound(f"Task '{task_id}' has no image {index} (it has {len(task.images)}).", param="index")
-    from . import storage
-
     url = storage.presigned_url(task.images[int(index)]["key"])
     return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"}, body="")
 
