@@ -96,3 +96,26 @@ def test_local_images_are_real_deterministic_and_sized():
     jpeg = render("p", 1, 0, (64, 64), "jpeg")
     assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
     assert get_dialect("local").name == "local"
+
+
+def test_nearest_ratio_and_size():
+    from imagegw.capabilities import GROK, JIMENG, nearest_ratio, nearest_size
+
+    assert nearest_ratio(1024, 1024, JIMENG.ratios) == "1:1"
+    assert nearest_ratio(1792, 1024, JIMENG.ratios) == "16:9"
+    assert nearest_ratio(1024, 1536, JIMENG.ratios) == "2:3"
+    assert nearest_size(1024, 1024, GROK.sizes) == "960x960"
+    assert nearest_size(1920, 1080, GROK.sizes) == "1280x720"
+    assert nearest_size(1024, 1536, GROK.sizes) == "784x1168"
+
+
+def test_jimeng_and_grok_capabilities():
+    validate_for_model(parse_request({"prompt": "p", "size": "2:3"}), "jimeng-4.0")
+    validate_for_model(parse_request({"prompt": "p", "size": "1024x1024"}), "jimeng-4.0")  # mapped later
+    validate_for_model(parse_request({"prompt": "p", "size": "1024x1024", "resolution": "2k"}), "grok-3-image")
+    for model, body, param in [("jimeng-4.0", {"size": "5:1"}, "size"), ("grok-3-image", {"resolution": "4k"},
+                               "resolution"), ("grok-3-image", {"aspect_ratio": "5:4"}, "aspect_ratio"),
+                               ("grok-3-image", {"quality": "hd"}, "quality")]:
+        with pytest.raises(BadRequest) as err:
+            validate_for_model(parse_request({"prompt": "p", **body}), model)
+        assert err.value.param == param

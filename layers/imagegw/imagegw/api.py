@@ -19,7 +19,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 
 from . import bus, keys, storage, tasks, views, worker
-from .capabilities import CAPABILITIES, validate_for_model
+from .capabilities import validate_for_model
 from .errors import BadRequest, Conflict, GatewayError, NotFound, PayloadTooLarge, ServerError, from_task_error
 from .request import MAX_BODY_BYTES, ImageRequest, bad_request_from_errors
 from .routing import public_models, routes_for
@@ -58,7 +58,7 @@ def create_images(request: Annotated[ImageRequest, Body(embed=False)],
     prefer = app.current_event.headers.get("prefer") or ""
     respond_async = (async_ or "").lower() in ("true", "1", "yes") or "respond-async" in prefer.lower()
     routes = routes_for(request.model)
-    validate_for_model(request, request.model if request.model in CAPABILITIES else routes[0].upstream_model)
+    validate_for_model(request, routes[0].upstream_model, routes[0].dialect)  # the first route's model decides
     task = tasks.create(owner, request.model, request.upstream_fields())
     bus.publish(bus.TASK_QUEUED, task.id)
     if respond_async:

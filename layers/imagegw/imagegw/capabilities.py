@@ -1,13 +1,15 @@
 """One capability table per model: what it accepts, used to validate (400 before any upstream call) and to
-translate (which optional parameters a dialect may send on).
+translate (sizes, ratios, which optional parameters may be sent on).
 
-A model not in the table gets `GENERIC`: any `WxH` size within sane bounds, an aspect ratio, or `auto`.
+Lookup: the exact upstream model name, then a name prefix (`gpt-image`, `jimeng`, `grok`), then the route's
+dialect default, then `GENERIC` (any `WxH` within sane bounds, an aspect ratio, or `auto`).
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import BadRequest
 from .request import ImageRequest
@@ -15,40 +17,54 @@ from .request import ImageRequest
 _PIXELS = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 _RATIO = re.compile(r"^(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)$")
 
-GPT_IMAGE_PARAMS = frozenset({"quality", "background", "output_format", "output_compression", "moderation"})
+ALL_QUALITIES = frozenset({"standard", "hd", "low", "medium", "high", "auto"})
 
 
 @dataclass(frozen=True)
 class Capability:
-    sizes: frozenset[str] | None = None  # None: any WxH within min_side..max_side, a ratio, or auto
-    default_size: str = "1024x1024"
+    #: accepted `size` values; None: any WxH within min_side..max_side, a ratio, or auto
+    sizes: frozenset[str] | None = None
+    #: accepted aspect ratios (in `size` or `aspect_ratio`); None: any
+    ratios: frozenset[str] | None = None
+    resolutions: frozenset[str] = frozenset({"1k", "2k", "4k"})
     n_max: int = 10
     prompt_max: int = 32000
-    qualities: frozenset[str] = frozenset({"standard", "hd", "low", "medium", "high", "auto"})
-    params: frozenset[str] = field(default_factory=lambda: frozenset({"quality", "style", "background",
-                                                                      "output_format", "output_compression",
-                                                                      "moderation", "seed", "aspect_ratio",
-                                                                      "resolution"}))
+    qualities: frozenset[str] = ALL_QUALITIES
     min_side: int = 64
     max_side: int = 4096
+    #: a pixel `size` outside `sizes` is mapped to the nearest one by aspect ratio instead of refused
+    maps_pixel_sizes: bool = False
 
 
-CAPABILITIES: dict[str, Capability] = {
-    "dall-e-2": Capability(sizes=frozenset({"256x256", "512x512", "1024x1024"}), prompt_max=1000,
-                           qualities=frozenset({"standard"}), params=frozenset({"quality"})),
-    "dall-e-3": Capability(sizes=frozenset({"1024x1024", "1792x1024", "1024x1792"}), n_max=10, prompt_max=4000,
-                           qualities=frozenset({"standard", "hd"}), params=frozenset({"quality", "style"})),
-}
-_GPT_IMAGE = Capability(sizes=frozenset({"1024x1024", "1536x1024", "1024x1536", "auto"}), default_size="auto",
-                        qualities=frozenset({"low", "medium", "high", "auto"}), params=GPT_IMAGE_PARAMS)
-for _name in ("gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5"):
-    CAPABILITIES[_name] = _GPT_IMAGE
-
+DALLE2 = Capability(sizes=frozenset({"256x256", "512x512", "1024x1024"}), prompt_max=1000,
+                    qualities=frozenset({"standard"}))
+DALLE3 = Capability(sizes=frozenset({"1024x1024", "1792x1024", "1024x1792"}), prompt_max=4000,
+                    qualities=frozenset({"standard", "hd"}))
+GPT_IMAGE = Capability(sizes=frozenset({"1024x1024", "1536x1024", "1024x1536", "auto"}),
+                       qualities=frozenset({"low", "medium", "high", "auto"}))
+# Seed 000: `size` is an aspect ratio; pixel sizes are translated to the nearest of these.
+JIMENG = Capability(ratios=frozenset({"1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9"}),
+                    prompt_max=1000, maps_pixel_sizes=True)
+# Seed 003: five sizes (others map to the nearest by ratio), ratios, quality and resolution lists.
+GROK = Capability(sizes=frozenset({"960x960", "720x1280", "1280x720", "1168x784", "784x1168"}),
+                  ratios=frozenset({"1:1", "3:4", "4:3", "9:16", "16:9", "2:3", "3:2", "9:19.5", "19.5:9", "9:20",
+                                    "20:9", "1:2", "2:1", "auto"}),
+                  resolutions=frozenset({"1k", "2k"}), prompt_max=1000,
+                  qualities=frozenset({"low", "medium", "high"}), maps_pixel_sizes=True)
 GENERIC = Capability()
 
+CAPABILITIES: dict[str, Capability] = {"dall-e-2": DALLE2, "dall-e-3": DALLE3}
+_BY_PREFIX = (("gpt-image", GPT_IMAGE), ("jimeng", JIMENG), ("grok", GROK))
+_BY_DIALECT = {"jimeng": JIMENG, "grok": GROK}
 
-def capability_for(model: str) -> Capability:
-    return CAPABILITIES.get(model, GENERIC)
+
+def capability_for(model: str, dialect: str | None = None) -> Capability:
+    if model in CAPABILITIES:
+        return CAPABILITIES[model]
+    for prefix, cap in _BY_PREFIX:
+        if model.startswith(prefix):
+            return cap
+    return _BY_DIALECT.get(dialect or "", GENERIC)
 
 
 def parse_pixels(size: str) -> tuple[int, int] | None:
@@ -63,9 +79,28 @@ def parse_ratio(size: str) -> tuple[float, float] | None:
     return float(match[1]), float(match[2])
 
 
-def validate_for_model(req: ImageRequest, model: str) -> None:
+def _log_ratio(w: float, h: float) -> float:
+    return math.log(w / h)
+
+
+def nearest_ratio(width: float, height: float, ratios: frozenset[str] | set[str]) -> str:
+    """The listed ratio closest to width:height (compared on a log scale, so 2:1 and 1:2 are equally far)."""
+    target = _log_ratio(width, height)
+    candidates = [r for r in ratios if parse_ratio(r)]
+    return min(sorted(candidates), key=lambda r: abs(_log_ratio(*parse_ratio(r)) - target))
+
+
+def nearest_size(width: float, height: float, sizes: frozenset[str] | set[str]) -> str:
+    """The listed WxH size closest in aspect ratio to width:height (then in area)."""
+    target = _log_ratio(width, height)
+    candidates = [s for s in sizes if parse_pixels(s)]
+    return min(sorted(candidates), key=lambda s: (round(abs(_log_ratio(*parse_pixels(s)) - target), 6),
+                                                  abs(math.prod(parse_pixels(s)) - width * height)))
+
+
+def validate_for_model(req: ImageRequest, model: str, dialect: str | None = None) -> None:
     """Raise BadRequest (naming the param) when `req` asks `model` for something it cannot do."""
-    cap = capability_for(model)
+    cap = capability_for(model, dialect)
     if len(req.prompt) > cap.prompt_max:
         raise BadRequest(f"Invalid 'prompt': {model} accepts at most {cap.prompt_max} characters "
                          f"(got {len(req.prompt)}).", param="prompt", code="invalid_value")
@@ -74,23 +109,42 @@ def validate_for_model(req: ImageRequest, model: str) -> None:
                          param="n", code="invalid_value")
     if req.size is not None:
         _validate_size(req.size, cap, model)
-    if req.quality is not None and "quality" in cap.params and req.quality not in cap.qualities:
+    if req.aspect_ratio is not None and cap.ratios is not None and req.aspect_ratio not in cap.ratios:
+        raise BadRequest(f"Invalid 'aspect_ratio' for {model}: {req.aspect_ratio!r}. Supported: "
+                         f"{', '.join(sorted(cap.ratios))}.", param="aspect_ratio", code="invalid_value")
+    if req.resolution is not None and req.resolution not in cap.resolutions:
+        raise BadRequest(f"Invalid 'resolution' for {model}: {req.resolution!r}. Supported: "
+                         f"{', '.join(sorted(cap.resolutions))}.", param="resolution", code="invalid_value")
+    if req.quality is not None and req.quality not in cap.qualities:
         raise BadRequest(f"Invalid 'quality' for {model}: {req.quality!r}. Supported: "
                          f"{', '.join(sorted(cap.qualities))}.", param="quality", code="invalid_value")
 
 
 def _validate_size(size: str, cap: Capability, model: str) -> None:
-    if cap.sizes is not None:
-        if size not in cap.sizes:
-            raise BadRequest(f"Invalid 'size' for {model}: {size!r}. Supported sizes: "
-                             f"{', '.join(sorted(cap.sizes))}.", param="size", code="invalid_size")
+    if cap.sizes is not None and size in cap.sizes:
         return
-    if size == "auto" or parse_ratio(size):
+    if parse_ratio(size):
+        if cap.ratios is not None and size in cap.ratios:
+            return
+        if cap.ratios is None and cap.sizes is None:
+            return
+        raise BadRequest(f"Invalid 'size' for {model}: {size!r}. Supported: {_listing(cap)}.", param="size",
+                         code="invalid_size")
+    if size == "auto" and cap.sizes is None:
         return
     pixels = parse_pixels(size)
-    if pixels is None:
-        raise BadRequest(f"Invalid 'size': {size!r}. Use WIDTHxHEIGHT in pixels (e.g. 1024x1024), an aspect "
-                         f"ratio (e.g. 16:9) or auto.", param="size", code="invalid_size")
+    if pixels is None or (cap.sizes is not None and not cap.maps_pixel_sizes):
+        raise BadRequest(f"Invalid 'size' for {model}: {size!r}. Supported: {_listing(cap)}.", param="size",
+                         code="invalid_size")
     if not all(cap.min_side <= side <= cap.max_side for side in pixels):
         raise BadRequest(f"Invalid 'size': {size!r}. Each side must be between {cap.min_side} and "
                          f"{cap.max_side} pixels.", param="size", code="invalid_size")
+
+
+def _listing(cap: Capability) -> str:
+    if cap.sizes is None and cap.ratios is None:
+        return "WIDTHxHEIGHT in pixels (e.g. 1024x1024), an aspect ratio (e.g. 16:9) or auto"
+    parts = sorted(cap.sizes or ()) + sorted(cap.ratios or ())
+    if cap.maps_pixel_sizes:
+        parts.append("or any WIDTHxHEIGHT (mapped to the nearest)")
+    return ", ".join(parts)
