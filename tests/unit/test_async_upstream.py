@@ -4,16 +4,12 @@ The seed async dialects arrive in the next issue; this drives the engine with a 
 against a loopback upstream that finishes after a few checks.
 """
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from imagegw import bus, tasks, worker
 from imagegw.dialects import DIALECTS, Done, HttpCall, ImageOut, Pending
 from imagegw.dialects.base import Dialect
-from tests.simulators.openai_sim import png_bytes
+from tests.simulators.loopback import Answer, LoopbackSimulator
 
 
 class TicketDialect(Dialect):
@@ -35,47 +31,27 @@ class TicketDialect(Dialect):
         return Pending(upstream_id=body["id"], progress=body["progress"])
 
 
+class TicketUpstream(LoopbackSimulator):
+    """Answers a submit with an id; reports running, then done with an image URL on the third check."""
+
+    checks = 0
+
+    def answer(self, request):
+        if request.method == "POST":
+            return Answer(200, {"id": "up-1"})
+        self.checks += 1
+        done = self.checks >= 3
+        return Answer(200, {"id": "up-1", "status": "done" if done else "running", "progress": 30 * self.checks,
+                            "url": self.file_url(32, 32, "img")})
+
+
 @pytest.fixture
 def ticket_upstream(providers_file, loopback_fetch, monkeypatch):
-    checks = {"count": 0}
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def _json(self, body):
-            raw = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self._json({"id": "up-1"})
-
-        def do_GET(self):
-            if self.path.startswith("/img"):
-                raw = png_bytes(32, 32)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-                return
-            checks["count"] += 1
-            done = checks["count"] >= 3
-            self._json({"id": "up-1", "status": "done" if done else "running", "progress": 30 * checks["count"],
-                        "url": f"http://127.0.0.1:{server.server_address[1]}/img.png"})
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setitem(DIALECTS, "ticket-test", TicketDialect())
-    providers_file({"providers": {"t": {"dialect": "ticket-test", "base_url": f"http://127.0.0.1:{server.server_address[1]}"}},
-                    "models": {"slowpoke": [{"provider": "t"}]}})
-    yield checks
-    server.shutdown()
-    server.server_close()
+    with TicketUpstream() as upstream:
+        monkeypatch.setitem(DIALECTS, "ticket-test", TicketDialect())
+        providers_file({"providers": {"t": {"dialect": "ticket-test", "base_url": upstream.base_url}},
+                        "models": {"slowpoke": [{"provider": "t"}]}})
+        yield upstream
 
 
 def test_pending_tasks_are_checked_by_the_sweep_until_done(aws, ticket_upstream, monkeypatch):
@@ -94,7 +70,7 @@ def test_pending_tasks_are_checked_by_the_sweep_until_done(aws, ticket_upstream,
         progress.append(current.progress)
         if current.terminal:
             break
-    assert current.status == "succeeded" and ticket_upstream["count"] == 3
+    assert current.status == "succeeded" and ticket_upstream.checks == 3
     assert progress[0] == 30 and published == [bus.TASK_GENERATED]
 
 
@@ -104,4 +80,4 @@ def test_a_read_polls_through_when_a_check_is_due(aws, ticket_upstream, monkeypa
     worker.submit_queued(task.id)
     monkeypatch.setattr(worker, "now_ms", lambda: tasks.now_ms() + 60_000)  # the check is due
     seen = worker.poll_through(tasks.get(task.id))
-    assert ticket_upstream["count"] == 1 and seen.progress == 30
+    assert ticket_upstream.checks == 1 and seen.progress == 30

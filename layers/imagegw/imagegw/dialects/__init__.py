@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from ..errors import ServerError
 from .base import Dialect, Done, Failed, HttpCall, HttpReply, ImageOut, Outcome, Pending
+from .async_relay import AsyncRelayDialect
+from .envelope import EnvelopeDialect
+from .grok import GrokDialect
+from .jimeng import JimengDialect
 from .local import LocalDialect
 from .openai import OpenAIDialect
 
-DIALECTS: dict[str, Dialect] = {d.name: d for d in (OpenAIDialect(), LocalDialect())}
+DIALECTS: dict[str, Dialect] = {
+    d.name: d for d in (OpenAIDialect(), JimengDialect(), EnvelopeDialect(), GrokDialect(), AsyncRelayDialect(),
+                        LocalDialect())
+}
 
 
 def get_dialect(name: str) -> Dialect:
