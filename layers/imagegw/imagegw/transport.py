@@ -106,6 +106,12 @@ def map_http_error(reply: HttpReply) -> GatewayError:
         return UpstreamFailed(f"The provider failed with HTTP {status}{': ' + message if message else ''}.")
     if status == 408:
         return UpstreamTimeout("The provider timed out.")
+    return refusal(message or f"HTTP {status}")
+
+
+def refusal(message: str) -> GatewayError:
+    """A provider's refusal of the request itself: content-policy wording is a 400 content_policy_violation,
+    anything else a 400 carrying the provider's message. Never retried on another route."""
     if any(word in message.lower() for word in _POLICY_WORDS):
-        return ContentPolicyViolation(message or "The provider refused the prompt under its content policy.")
-    return BadRequest(f"The provider refused the request: {message or f'HTTP {status}'}", code="upstream_rejected")
+        return ContentPolicyViolation(f"The provider refused the prompt under its content policy: {message}")
+    return BadRequest(f"The provider refused the request: {message}", code="upstream_rejected")
