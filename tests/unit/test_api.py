@@ -172,3 +172,20 @@ def test_unknown_routes_and_models(inline_bus, providers_file):
     reply = generate({"model": "no-such-model", "prompt": "x"})
     assert reply.status == 400 and reply.json()["error"]["param"] == "model"
     assert inline_bus.published == []
+
+
+def test_a_bus_outage_loses_nothing(inline_bus, monkeypatch):
+    def down(*args):
+        raise RuntimeError("EventBridge is down")
+
+    monkeypatch.setattr(bus, "publish", down)
+    reply = generate({"model": "gpt-image-1", "prompt": "x"}, query={"async": "true"})
+    assert reply.status == 202
+    task_id = reply.json()["id"]
+    monkeypatch.setattr(bus, "publish", inline_bus.publish)
+    from imagegw import tasks, worker
+
+    monkeypatch.setattr(tasks, "now_ms", lambda: int(time.time() * 1000) + 120_000)  # the check comes due
+    assert worker.sweep()["republished"] == 1
+    inline_bus.drain()
+    assert get_task(task_id).json()["status"] == "succeeded"

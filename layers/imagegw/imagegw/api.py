@@ -60,7 +60,10 @@ def create_images(request: Annotated[ImageRequest, Body(embed=False)],
     routes = routes_for(request.model)
     validate_for_model(request, routes[0].upstream_model, routes[0].dialect)  # the first route's model decides
     task = tasks.create(owner, request.model, request.upstream_fields())
-    bus.publish(bus.TASK_QUEUED, task.id)
+    try:
+        bus.publish(bus.TASK_QUEUED, task.id)
+    except Exception:  # noqa: BLE001 - the task is stored: the sweep re-publishes it, nothing is lost
+        logger.exception("could not publish Task Queued; the sweep will", extra={"task_id": task.id})
     if respond_async:
         return _accepted(task)
     task = _wait_for(task.id, _wait_bound(prefer))
