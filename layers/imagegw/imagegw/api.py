@@ -163,7 +163,7 @@ def _wait_bound(prefer: str) -> float:
 def _wait_for(task_id: str, bound_s: float) -> tasks.Task:
     deadline = time.monotonic() + bound_s
     while True:
-        task = tasks.get(task_id)
+        task = worker.poll_through(tasks.get(task_id))  # an async upstream is checked as soon as it is due
         if task.terminal or time.monotonic() >= deadline:
             return task
         time.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))

@@ -135,3 +135,20 @@ def from_task_error(error: dict[str, Any]) -> GatewayError:
             "authentication_error": AuthenticationFailed,
         }.get(error.get("type", ""), ServerError)
     return cls(error.get("message", "The task failed."), code=code)
+
+
+_POLICY_WORDS = ("content_policy", "safety", "moderation", "policy violation", "content policy", "违规", "敏感")
+
+
+def policy_violation(message: str) -> ContentPolicyViolation | None:
+    """A ContentPolicyViolation when a provider's message is worded as a content-policy refusal."""
+    if message and any(word in message.lower() for word in _POLICY_WORDS):
+        return ContentPolicyViolation(f"The provider refused the prompt under its content policy: {message}")
+    return None
+
+
+def refusal(message: str) -> GatewayError:
+    """A provider's refusal of the request itself: content-policy wording is a 400 content_policy_violation,
+    anything else a 400 carrying the provider's message. Never retried on another route."""
+    return policy_violation(message) or BadRequest(f"The provider refused the request: {message}",
+                                                   code="upstream_rejected")

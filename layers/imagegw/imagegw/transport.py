@@ -19,7 +19,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from .dialects.base import HttpCall, HttpReply
-from .errors import BadRequest, ContentPolicyViolation, GatewayError, RateLimited, UpstreamFailed, UpstreamTimeout
+from .errors import GatewayError, RateLimited, UpstreamFailed, UpstreamTimeout, refusal
 
 logger = Logger(child=True)
 
@@ -92,9 +92,6 @@ def upstream_message(reply: HttpReply) -> str:
     return ""
 
 
-_POLICY_WORDS = ("content_policy", "safety", "moderation", "policy violation", "content policy", "违规", "敏感")
-
-
 def map_http_error(reply: HttpReply) -> GatewayError:
     message = upstream_message(reply)
     status = reply.status
@@ -107,11 +104,3 @@ def map_http_error(reply: HttpReply) -> GatewayError:
     if status == 408:
         return UpstreamTimeout("The provider timed out.")
     return refusal(message or f"HTTP {status}")
-
-
-def refusal(message: str) -> GatewayError:
-    """A provider's refusal of the request itself: content-policy wording is a 400 content_policy_violation,
-    anything else a 400 carrying the provider's message. Never retried on another route."""
-    if any(word in message.lower() for word in _POLICY_WORDS):
-        return ContentPolicyViolation(f"The provider refused the prompt under its content policy: {message}")
-    return BadRequest(f"The provider refused the request: {message}", code="upstream_rejected")
