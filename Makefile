@@ -17,7 +17,7 @@ STACK_NAME ?= imagegw
 PROVIDERS ?= config/providers.local.json
 PROVIDERS_PARAM ?= /imagegw/providers
 
-.PHONY: help venv install run test unit integration lint build deploy key providers events clean
+.PHONY: help venv install run test unit integration lint build deploy key providers events simulators clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ venv install: $(STAMP) ## create .venv and install everything
 
 run: $(STAMP) ## start the gateway locally (API on :3000, embedded AWS on :4566)
 	$(BIN)/python -m local
+
+simulators: $(STAMP) ## every upstream simulator on :4701-4705 (then PROVIDERS_FILE=config/providers.simulators.json make run)
+	$(BIN)/python -m tests.simulators
 
 test: $(STAMP) lint ## install, lint, run every test
 	$(BIN)/python -m pytest

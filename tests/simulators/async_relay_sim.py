@@ -54,8 +54,8 @@ class SimTask:
 
 
 class AsyncRelaySimulator(LoopbackSimulator):
-    def __init__(self, api_key: str = "sk-relay", behaviour: Behaviour | None = None):
-        super().__init__()
+    def __init__(self, api_key: str = "sk-relay", behaviour: Behaviour | None = None, port: int = 0):
+        super().__init__(port)
         self.api_key = api_key
         self.behaviour = behaviour or Behaviour()
         self.tasks: dict[str, SimTask] = {}

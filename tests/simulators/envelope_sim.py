@@ -53,8 +53,8 @@ class Behaviour:
 
 class EnvelopeSimulator(LoopbackSimulator):
     def __init__(self, api_key: str = "sk-envelope", behaviour: Behaviour | None = None,
-                 models: tuple[str, ...] = ("gpt-image-1.5",)):
-        super().__init__()
+                 models: tuple[str, ...] = ("gpt-image-1.5",), port: int = 0):
+        super().__init__(port)
         self.api_key = api_key
         self.behaviour = behaviour or Behaviour()
         self.models = set(models)

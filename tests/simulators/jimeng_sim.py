@@ -33,8 +33,8 @@ class Behaviour:
 
 
 class JimengSimulator(LoopbackSimulator):
-    def __init__(self, api_key: str = "sk-jimeng", behaviour: Behaviour | None = None):
-        super().__init__()
+    def __init__(self, api_key: str = "sk-jimeng", behaviour: Behaviour | None = None, port: int = 0):
+        super().__init__(port)
         self.api_key = api_key
         self.behaviour = behaviour or Behaviour()
 

@@ -32,8 +32,8 @@ class Behaviour:
 
 
 class OpenAISimulator(LoopbackSimulator):
-    def __init__(self, api_key: str = "sk-upstream", behaviour: Behaviour | None = None):
-        super().__init__()
+    def __init__(self, api_key: str = "sk-upstream", behaviour: Behaviour | None = None, port: int = 0):
+        super().__init__(port)
         self.api_key = api_key
         self.behaviour = behaviour or Behaviour()
 
