@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 
 from . import bus, keys, storage, tasks, views, worker
@@ -33,6 +34,22 @@ _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.I)
 
 app = APIGatewayRestResolver(enable_validation=True)
 
+DOCS_PATHS = ("/docs", "/openapi.json")
+OPENAPI_INFO: dict[str, Any] = {
+    "title": "imagegw",
+    "version": "1.0.0",
+    "description": "One OpenAI-compatible image endpoint in front of many providers; every image is kept in "
+                   "your S3 bucket. Errors are OpenAI-shaped: {error: {message, type, param, code}}.",
+    "security_schemes": {"bearer": HTTPBearer(description="Authorization: Bearer <API key>")},
+    "security": [{"bearer": []}],
+}
+app.enable_swagger(path="/docs", **OPENAPI_INFO)
+
+
+def docs_enabled() -> bool:
+    """`GET /openapi.json` and `/docs` can be switched off by the template's EnableApiDocs parameter."""
+    return os.environ.get("API_DOCS", "true").lower() == "true"
+
 
 def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Entry point for an API Gateway REST proxy event."""
@@ -41,6 +58,10 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
         size = len(body) * 3 // 4 if event.get("isBase64Encoded") else len(body.encode())
         if size > MAX_BODY_BYTES:
             raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES // 1024} KiB.")
+        if event.get("path") in DOCS_PATHS and event.get("httpMethod") == "GET":
+            if not docs_enabled():
+                raise NotFound("The API documentation is switched off for this deployment.", code="unknown_route")
+            return app.resolve(event, context)  # the documentation needs no key
         headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
         app.append_context(owner=keys.authenticate(headers.get("authorization")))
     except GatewayError as exc:
@@ -104,6 +125,12 @@ def get_image(task_id: str, index: str):
         raise NotFound(f"Task '{task_id}' has no image {index} (it has {len(task.images)}).", param="index")
     url = storage.presigned_url(task.images[int(index)]["key"])
     return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"}, body="")
+
+
+@app.get("/openapi.json", include_in_schema=False)
+def openapi_document():
+    return Response(status_code=200, content_type=content_types.APPLICATION_JSON,
+                    body=app.get_openapi_json_schema(**OPENAPI_INFO))
 
 
 @app.get("/v1/models", summary="List the public model names this gateway routes")
