@@ -1,12 +1,13 @@
-"""submit: `POST /v1/images/generations`, `GET /v1/models`, and the bus event "Task Queued".
+"""submit: `POST /v1/images/generations`, `GET /v1/models`, the API docs, and two bus events.
 
-HTTP requests go to the shared API; a "Task Queued" event sends the task to its upstream.
+HTTP requests go to the shared API; "Task Queued" sends a task to its upstream; "Image Generation
+Requested" (another application asking over the bus) creates a task and sends it.
 """
 
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 
-from imagegw import api, worker
+from imagegw import api, bus, intake, worker
 
 logger = Logger()
 tracer = Tracer()
@@ -18,7 +19,10 @@ tracer = Tracer()
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
         return api.handle(event, context)
-    task_id = EventBridgeEvent(event).detail["task_id"]
-    logger.append_keys(task_id=task_id)
-    worker.submit_queued(task_id)
+    bus_event = EventBridgeEvent(event)
+    if bus_event.detail_type == bus.GENERATION_REQUESTED:
+        intake.accept(event)
+        return None
+    logger.append_keys(task_id=bus_event.detail["task_id"])
+    worker.submit_queued(bus_event.detail["task_id"])
     return None

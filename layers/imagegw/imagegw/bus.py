@@ -1,8 +1,15 @@
-"""Events on the gateway's EventBridge bus: the internal hand-offs between functions.
+"""Events on the gateway's EventBridge bus (source `imagegw`).
 
-`Task Queued` -> submit, `Task Generated` -> fetch (rules in template.yaml). Details carry only the task
-id: the task item is the truth, so an event is a nudge that is safe to redeliver or to lose (the schedule
-sweep re-publishes for tasks whose `next_check_at` passes).
+Internal hand-offs between functions: `Task Queued` -> submit, `Task Generated` -> fetch (rules in
+template.yaml). Their detail carries only the task id: the task item is the truth, so such an event is a
+nudge that is safe to redeliver or to lose (the schedule sweep re-publishes for tasks whose
+`next_check_at` passes).
+
+Lifecycle events for the team's own rules: `Image Task Succeeded` and `Image Task Failed`, whose detail
+is the task (`views.event_task`: S3 URIs, never presigned URLs) with the caller's `reference`.
+
+Inbound: `Image Generation Requested` (any source), detail `{request, reference, webhook?}`, asks for images
+without HTTP.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ import boto3
 SOURCE = "imagegw"
 TASK_QUEUED = "Task Queued"
 TASK_GENERATED = "Task Generated"
+TASK_SUCCEEDED = "Image Task Succeeded"
+TASK_FAILED = "Image Task Failed"
+GENERATION_REQUESTED = "Image Generation Requested"
 
 
 @lru_cache(maxsize=1)
@@ -24,8 +34,13 @@ def _events():
 
 
 def publish(detail_type: str, task_id: str) -> None:
-    entry = {"Source": SOURCE, "DetailType": detail_type, "Detail": json.dumps({"task_id": task_id}),
+    """An internal hand-off: the detail is just the task id."""
+    publish_detail(detail_type, {"task_id": task_id})
+
+
+def publish_detail(detail_type: str, detail: dict) -> None:
+    entry = {"Source": SOURCE, "DetailType": detail_type, "Detail": json.dumps(detail, ensure_ascii=False),
              "EventBusName": os.environ["EVENT_BUS"]}
     resp = _events().put_events(Entries=[entry])
     if resp.get("FailedEntryCount"):
-        raise RuntimeError(f"EventBridge refused {detail_type} for {task_id}: {resp['Entries'][0]}")
+        raise RuntimeError(f"EventBridge refused {detail_type}: {resp['Entries'][0]}")

@@ -83,6 +83,8 @@ class Task:
     lease_id: str | None = None
     lease_until: int | None = None
     claims: int = 0
+    reference: str | None = None  # the caller's id, for tasks requested by bus events
+    webhook: str | None = None
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> "Task":
@@ -100,14 +102,38 @@ def _retention_expiry() -> int:
     return int(time.time()) + days * 86400
 
 
-def create(owner: str, model: str, request: dict[str, Any], *, check_after_s: int = 60) -> Task:
-    """Put a new queued task. `check_after_s` is when the sweep re-publishes it if its event was lost."""
+def create(owner: str, model: str, request: dict[str, Any], *, check_after_s: int = 60,
+           task_id: str | None = None, **fields: Any) -> Task | None:
+    """Put a new queued task. `check_after_s` is when the sweep re-publishes it if its event was lost.
+
+    With an explicit `task_id` (derived from an event id) a second create of the same task returns None."""
     now = now_ms()
-    task = Task(id=new_task_id(), owner=owner, status="queued", stage="queued", model=model, request=request,
-                created_at=now, updated_at=now, next_check_at=now + check_after_s * 1000)
+    task = Task(id=task_id or new_task_id(), owner=owner, status="queued", stage="queued", model=model,
+                request=request, created_at=now, updated_at=now, next_check_at=now + check_after_s * 1000, **fields)
+    return _put(task, live=True)
+
+
+def create_failed(owner: str, model: str, request: dict[str, Any], error: dict[str, Any], *,
+                  task_id: str | None = None, **fields: Any) -> Task | None:
+    """Put a task that failed before it started (an invalid request that came as an event): never lost."""
+    now = now_ms()
+    task = Task(id=task_id or new_task_id(), owner=owner, status="failed", stage="done", model=model,
+                request=request, created_at=now, updated_at=now, completed_at=now, error=error, **fields)
+    return _put(task, live=False)
+
+
+def _put(task: Task, *, live: bool) -> Task | None:
     item = {k: v for k, v in task.__dict__.items() if v is not None and v != [] and v != {}}
-    item.update(sweep=SWEEP_PARTITION, expires_at=_retention_expiry())
-    table().put_item(Item=item, ConditionExpression="attribute_not_exists(id)")
+    item["request"] = task.request  # kept even when empty (an event that carried no request)
+    item["expires_at"] = _retention_expiry()
+    if live:
+        item["sweep"] = SWEEP_PARTITION
+    try:
+        table().put_item(Item=item, ConditionExpression="attribute_not_exists(id)")
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            return None
+        raise
     return task
 
 

@@ -14,6 +14,16 @@ def _seconds(ms: int | None) -> int | None:
 
 
 def task_object(task: Task) -> dict[str, Any]:
+    """The A1 task object, with presigned URLs of the stored images."""
+    obj = task_object_base(task)
+    if task.status == "succeeded":
+        obj["data"] = [_image_entry(image) for image in task.images]
+    if task.reference is not None:
+        obj["reference"] = task.reference
+    return obj
+
+
+def task_object_base(task: Task) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "id": task.id,
         "task_id": task.id,
@@ -26,12 +36,23 @@ def task_object(task: Task) -> dict[str, Any]:
     }
     if task.completed_at:
         obj["completed_at"] = _seconds(task.completed_at)
-    if task.status == "succeeded":
-        obj["data"] = [_image_entry(image) for image in task.images]
     if task.usage:
         obj["usage"] = task.usage
     if task.error:
         obj["error"] = task.error
+    return obj
+
+
+def event_task(task: Task) -> dict[str, Any]:
+    """The task as lifecycle events and webhooks carry it: S3 URIs, not presigned URLs (they would expire)."""
+    obj = {k: v for k, v in task_object_base(task).items()}
+    if task.status == "succeeded":
+        bucket = storage.bucket()
+        obj["data"] = [{"s3_uri": f"s3://{bucket}/{image['key']}", "content_type": image.get("content_type"),
+                        **({"revised_prompt": image["revised_prompt"]} if image.get("revised_prompt") else {})}
+                       for image in task.images]
+    if task.reference is not None:
+        obj["reference"] = task.reference
     return obj
 
 

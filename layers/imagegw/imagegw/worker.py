@@ -17,7 +17,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from . import bus, storage, tasks, transport
+from . import bus, storage, tasks, transport, views
 from .dialects import Done, Failed, Outcome, Pending, get_dialect
 from .errors import GatewayError, UpstreamTimeout
 from .request import ImageRequest
@@ -101,7 +101,9 @@ def sweep(*, limit: int = 100) -> dict[str, int]:
             continue
         if _past_deadline(task) or task.claims >= MAX_CLAIMS:
             reason = "did not finish in time" if _past_deadline(task) else "kept failing to make progress"
-            if tasks.fail_unclaimed(task_id, UpstreamTimeout(f"The task {reason}.").task_error()):
+            failed = tasks.fail_unclaimed(task_id, UpstreamTimeout(f"The task {reason}.").task_error())
+            if failed:
+                announce(failed)
                 counts["failed"] += 1
             continue
         if task.stage == "waiting":
@@ -162,13 +164,23 @@ def _apply_done(task: Task, outcome: Done, upstream: dict[str, Any], route_index
 
 
 def _finish(task: Task, status: str, **fields: Any) -> Task | None:
-    """End the task and count the outcome (TasksSucceeded / TasksFailed, ImagesStored)."""
+    """End the task, count the outcome (TasksSucceeded / TasksFailed, ImagesStored) and announce it."""
     done = tasks.finish(task, status, **fields)
     if done is not None:
-        metrics.add_metric(name=f"Tasks{status.capitalize()}", unit=MetricUnit.Count, value=1)
-        if status == "succeeded":
-            metrics.add_metric(name="ImagesStored", unit=MetricUnit.Count, value=len(done.images))
+        announce(done)
     return done
+
+
+def announce(task: Task) -> None:
+    """A task reached succeeded or failed: metrics, and the lifecycle event the team's own rules can match."""
+    metrics.add_metric(name=f"Tasks{task.status.capitalize()}", unit=MetricUnit.Count, value=1)
+    if task.status == "succeeded":
+        metrics.add_metric(name="ImagesStored", unit=MetricUnit.Count, value=len(task.images))
+    kind = bus.TASK_SUCCEEDED if task.status == "succeeded" else bus.TASK_FAILED
+    try:
+        bus.publish_detail(kind, views.event_task(task))
+    except Exception:  # noqa: BLE001 - the task itself is final and readable; the event is a notification
+        logger.exception("could not publish the lifecycle event", extra={"task_id": task.id})
 
 
 def _store_url(task: Task, source: dict[str, Any]) -> dict[str, Any]:
