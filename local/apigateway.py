@@ -1,0 +1,328 @@
+"""API Gateway (REST, Lambda proxy integration) on 127.0.0.1, routed by the template's `Api` events.
+
+A request is matched against the template's paths (`/v1/images/tasks/{id}`), turned into the proxy event
+API Gateway would send (`sam local generate-event apigateway aws-proxy` shows the shape), given to the
+route's function, and the function's `{statusCode, headers, multiValueHeaders, body, isBase64Encoded}`
+is written back. What API Gateway itself answers (no such route, wrong method, body over 10 MB, 502 for a
+failed invocation, 504 past the integration timeout) is answered here, in the gateway's OpenAI error shape.
+
+Each request is served by its own thread and invoked in a free execution environment of the pool
+(local/environments.py), so a sync request waiting on a slow upstream holds one environment, not the API.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .environments import EnvironmentPool, IntegrationTimeout, InvocationFailed
+from .template import ACCOUNT_ID, ApiRoute
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
+INTEGRATION_TIMEOUT_S = 29  # API Gateway's default integration timeout
+API_ID = "local"
+
+
+@dataclass(frozen=True)
+class Match:
+    route: ApiRoute
+    path_parameters: dict[str, str]
+
+
+class Router:
+    """The template's routes, most specific first (literal segments beat `{param}`, which beats `{proxy+}`)."""
+
+    def __init__(self, routes: list[ApiRoute]):
+        compiled = [(*self._pattern(r.path), r) for r in routes]
+        self._routes = sorted(compiled, key=lambda entry: self._specificity(entry[2].path))
+
+    @staticmethod
+    def _pattern(path: str) -> tuple[re.Pattern[str], list[str]]:
+        """A regex for a template path and its parameter names (which need not be Python identifiers)."""
+        parts, names = [], []
+        for segment in path.strip("/").split("/"):
+            if segment.startswith("{") and segment.endswith("}"):
+                greedy = segment.endswith("+}")
+                names.append(segment[1:-2] if greedy else segment[1:-1])
+                parts.append("(.+)" if greedy else "([^/]+)")
+            else:
+                parts.append(re.escape(segment))
+        return re.compile("^/" + "/".join(parts) + "/?$"), names
+
+    @staticmethod
+    def _specificity(path: str) -> tuple[int, int, int]:
+        segments = path.strip("/").split("/")
+        greedy = sum(s.endswith("+}") for s in segments)
+        params = sum(s.startswith("{") for s in segments)
+        return greedy, params, -len(segments)
+
+    def match(self, method: str, path: str) -> Match | str:
+        """The route for (method, still-encoded path), or "not_found" / "method_not_allowed".
+
+        Matching the encoded path keeps an escaped `/` (%2F) inside one path parameter, as API Gateway does.
+        """
+        path_matched = False
+        for pattern, names, route in self._routes:
+            found = pattern.match(path)
+            if not found:
+                continue
+            path_matched = True
+            if route.method in (method, "ANY"):
+                return Match(route, {name: unquote(value) for name, value in zip(names, found.groups())})
+        return "method_not_allowed" if path_matched else "not_found"
+
+
+def proxy_event(match: Match, *, method: str, raw_path: str, headers: list[tuple[str, str]], body: bytes | None,
+                source_ip: str, host: str) -> dict[str, Any]:
+    """The REST API proxy event for one request, as API Gateway builds it."""
+    url = urlsplit(raw_path)
+    path = unquote(url.path)
+    single_headers: dict[str, str] = {}
+    multi_headers: dict[str, list[str]] = {}
+    for name, value in headers:
+        single_headers[name] = value  # API Gateway keeps the last value of a repeated header here
+        multi_headers.setdefault(name, []).append(value)
+    query = parse_qsl(url.query, keep_blank_values=True)
+    single_query: dict[str, str] = {}
+    multi_query: dict[str, list[str]] = {}
+    for name, value in query:
+        single_query[name] = value
+        multi_query.setdefault(name, []).append(value)
+    body_text, is_b64 = None, False
+    if body:
+        try:
+            body_text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            body_text, is_b64 = base64.b64encode(body).decode("ascii"), True
+    route = match.route
+    now = datetime.now(timezone.utc)
+    request_id = str(uuid.uuid4())
+    user_agent = next((v for k, v in headers if k.lower() == "user-agent"), None)
+    return {
+        "resource": str(route.path),  # str(): the template decoder's string nodes do not pickle
+        "path": path,
+        "httpMethod": method,
+        "headers": single_headers or None,
+        "multiValueHeaders": multi_headers or None,
+        "queryStringParameters": single_query or None,
+        "multiValueQueryStringParameters": multi_query or None,
+        "pathParameters": match.path_parameters or None,
+        "stageVariables": None,
+        "requestContext": {
+            "accountId": ACCOUNT_ID,
+            "apiId": API_ID,
+            "resourceId": str(route.event),
+            "resourcePath": str(route.path),
+            "httpMethod": method,
+            "path": f"/{route.stage}{path}",
+            "stage": str(route.stage),
+            "protocol": "HTTP/1.1",
+            "requestId": request_id,
+            "extendedRequestId": request_id,
+            "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "requestTimeEpoch": int(now.timestamp() * 1000),
+            "domainName": host,
+            "domainPrefix": host.split(".")[0],
+            "identity": {"sourceIp": source_ip, "userAgent": user_agent, "accountId": None, "apiKey": None,
+                         "caller": None, "user": None, "userArn": None, "cognitoIdentityId": None,
+                         "cognitoIdentityPoolId": None, "cognitoAuthenticationType": None,
+                         "cognitoAuthenticationProvider": None, "accessKey": None, "apiKeyId": None,
+                         "principalOrgId": None},
+        },
+        "body": body_text,
+        "isBase64Encoded": is_b64,
+    }
+
+
+def error_body(message: str, error_type: str, code: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": error_type, "param": None, "code": code}}).encode()
+
+
+class ApiGateway:
+    """The HTTP server; invocations run in the execution environments of `environments`, one request each."""
+
+    def __init__(self, routes: list[ApiRoute], environments: EnvironmentPool, *, port: int):
+        self.router = Router(routes)
+        self.environments = environments
+        self.stages = {r.stage for r in routes}
+        try:
+            self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+        except OSError as exc:
+            raise OSError(f"PORT {port} on 127.0.0.1 is not available ({exc.strerror}); set PORT") from None
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+                                       name="apigateway", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    def handle(self, method: str, raw_path: str, headers: list[tuple[str, str]], body: bytes | None,
+               source_ip: str, host: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One request in, one (status, headers, body) out."""
+        encoded = urlsplit(raw_path).path
+        stage_prefix = encoded.split("/", 2)[1] if encoded.count("/") >= 2 else ""
+        if stage_prefix in self.stages:  # the deployed URL carries the stage (/prod/v1/...); accept both
+            raw_path = raw_path[len(stage_prefix) + 1:]
+            encoded = encoded[len(stage_prefix) + 1:]
+        path = unquote(encoded)
+        match = self.router.match(method, encoded)
+        if match == "not_found":
+            return 404, _json_headers(), error_body(f"Unknown route: {method} {path}.", "not_found_error",
+                                                    "unknown_route")
+        if match == "method_not_allowed":
+            return 405, _json_headers(), error_body(f"Method {method} is not allowed on {path}.",
+                                                    "invalid_request_error", "method_not_allowed")
+        assert isinstance(match, Match)
+        event = proxy_event(match, method=method, raw_path=raw_path, headers=headers, body=body,
+                            source_ip=source_ip, host=host)
+        request_id = event["requestContext"]["requestId"]
+        try:
+            result = self.environments.invoke(match.route.function, event, request_id=request_id,
+                                              deadline=time.monotonic() + INTEGRATION_TIMEOUT_S)
+        except IntegrationTimeout as exc:
+            if exc.queued:
+                log.warning("%s %s: no execution environment came free within %d s (API_CONCURRENCY=%d)",
+                            method, path, INTEGRATION_TIMEOUT_S, self.environments.size)
+                message = ("The local stack was busy with other requests for longer than API Gateway waits "
+                           f"(all {self.environments.size} execution environments; see API_CONCURRENCY).")
+            else:
+                log.warning("%s %s: %s did not answer within API Gateway's %d s integration timeout",
+                            method, path, match.route.function, INTEGRATION_TIMEOUT_S)
+                message = f"The function did not answer within API Gateway's {INTEGRATION_TIMEOUT_S} s timeout."
+            return 504, _json_headers(request_id), error_body(message, "server_error", "integration_timeout")
+        except InvocationFailed as exc:  # API Gateway answers 502 when the function errors
+            log.error("%s failed on %s %s: %s\n%s", match.route.function, method, path, exc, exc.detail.rstrip())
+            return 502, _json_headers(request_id), error_body("Internal server error", "server_error",
+                                                              "function_error")
+        return _proxy_result(result, request_id, match.route.function)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            server_version = "imagegw-local"
+
+            def _any(self) -> None:
+                started = time.monotonic()
+                body, too_large = self._read_body()
+                if too_large:
+                    status, headers, payload = 413, _json_headers(), error_body(
+                        "The request body is larger than API Gateway's 10 MB limit.", "invalid_request_error",
+                        "payload_too_large")
+                    self.close_connection = True
+                else:
+                    status, headers, payload = gateway.handle(
+                        self.command, self.path, list(self.headers.items()), body, self.client_address[0],
+                        self.headers.get("Host") or f"127.0.0.1:{gateway.port}")
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                if self.close_connection:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                log.info("%s %s %d %.0f ms", self.command, urlsplit(self.path).path, status,
+                         (time.monotonic() - started) * 1000)
+
+            def handle_expect_100(self) -> bool:
+                # Refuse an oversized body before the client sends it, rather than after `100 Continue`.
+                try:
+                    too_large = int(self.headers.get("Content-Length") or 0) > MAX_BODY_BYTES
+                except ValueError:
+                    too_large = False
+                if not too_large:
+                    return super().handle_expect_100()
+                payload = error_body("The request body is larger than API Gateway's 10 MB limit.",
+                                     "invalid_request_error", "payload_too_large")
+                self.send_response(413)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(payload)
+                self.close_connection = True
+                log.info("%s %s 413 (body over 10 MB refused)", self.command, urlsplit(self.path).path)
+                return False
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _any
+
+            def _read_body(self) -> tuple[bytes | None, bool]:
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    return self._read_chunked()
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = 0
+                if length > MAX_BODY_BYTES:
+                    return None, True  # not read: the connection is closed after the answer
+                return (self.rfile.read(length) if length > 0 else None), False
+
+            def _read_chunked(self) -> tuple[bytes | None, bool]:
+                parts, total = [], 0
+                while True:
+                    size = int(self.rfile.readline(65537).split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline(65537).strip():  # trailers
+                            pass
+                        break
+                    total += size
+                    if total > MAX_BODY_BYTES:
+                        return None, True
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline(65537)  # CRLF after the chunk
+                return (b"".join(parts) or None), False
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                pass  # one line per request is logged by _any, without the query string
+
+        return Handler
+
+
+def _json_headers(request_id: str | None = None) -> list[tuple[str, str]]:
+    headers = [("Content-Type", "application/json")]
+    if request_id:
+        headers.append(("x-amzn-RequestId", request_id))
+    return headers
+
+
+def _proxy_result(result: Any, request_id: str, function: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The HTTP answer for a proxy integration result (API Gateway: a malformed result is a 502)."""
+    if not isinstance(result, dict) or not isinstance(result.get("statusCode"), int):
+        log.error("%s returned no valid proxy response (statusCode missing)", function)
+        return 502, _json_headers(request_id), error_body("Internal server error", "server_error",
+                                                          "malformed_proxy_response")
+    headers: list[tuple[str, str]] = []
+    multi = result.get("multiValueHeaders") or {}
+    for name, values in multi.items():
+        for value in values if isinstance(values, list) else [values]:
+            headers.append((name, str(value)))
+    present = {name.lower() for name in multi}
+    for name, value in (result.get("headers") or {}).items():
+        if name.lower() not in present:
+            headers.append((name, str(value)))
+    headers.append(("x-amzn-RequestId", request_id))
+    body = result.get("body") or ""
+    payload = base64.b64decode(body) if result.get("isBase64Encoded") else str(body).encode("utf-8")
+    return result["statusCode"], headers, payload

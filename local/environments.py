@@ -1,0 +1,353 @@
+"""The API's Lambda execution environments: a pool of warm worker processes, one invocation at a time each.
+
+Deployed, API Gateway gives each concurrent request its own execution environment. Handlers rely on that:
+Powertools' REST resolver keeps the current request in class-level state (`BaseRouter.current_event`) and
+per-request context on the shared resolver, so two overlapping invocations in one process would read each
+other's request. Here every environment is a process started with `spawn` (the parent has threads, so
+`fork` is unsafe), which inherits the stack's environment variables (set before the pool starts), puts
+the functions' code and layers on sys.path and imports their handlers once, as Lambda's init phase does,
+then runs invocations one after another. Concurrency is the number of environments (API_CONCURRENCY).
+
+A request waits for a free environment; what API Gateway would cut short answers `IntegrationTimeout`
+(the caller turns it into a 504). A handler's exception comes back as its traceback text, and an
+environment that dies or runs past its function's Timeout is replaced by a fresh one.
+
+Only the API runs here: EventBridge deliveries and the schedule invoke the functions in the stack's own
+process (local/queues.py, local/schedule.py), since they do not go through the resolver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import multiprocessing
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
+from pathlib import Path
+from typing import Any
+
+from .template import Function
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = min(4, os.cpu_count() or 1)  # more processes than cores only slows the start
+WARM_TIMEOUT_S = 90  # one environment's init phase (imports), generous for a loaded laptop
+STOP_TIMEOUT_S = 5
+KILL_GRACE_S = 1  # after a function's Timeout, before its environment is stopped
+WARM_SERVICES = ("dynamodb", "s3", "events")  # what the functions call (local/aws.py creates these too)
+
+
+class IntegrationTimeout(TimeoutError):
+    """No answer before the deadline: no environment came free (`queued`), or the function was too slow."""
+
+    def __init__(self, message: str, *, queued: bool):
+        super().__init__(message)
+        self.queued = queued
+
+
+class InvocationFailed(Exception):
+    """The invocation ended without a result: `detail` is the handler's traceback, or what happened."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(message)
+        self.detail = detail
+
+
+@dataclass(eq=False)
+class _Environment:
+    name: str
+    process: BaseProcess
+    conn: Connection  # the parent's end; used only by whoever has the environment checked out
+
+
+class EnvironmentPool:
+    """`size` warm worker processes serving invocations of `functions` (by logical id)."""
+
+    def __init__(self, functions: dict[str, Function], region: str, size: int = DEFAULT_CONCURRENCY):
+        if size < 1:
+            raise ValueError(f"API_CONCURRENCY must be at least 1, not {size}")
+        self.size = size
+        self._specs = {str(logical_id): _plain(fn) for logical_id, fn in functions.items()}
+        self._region = region
+        self._ctx = multiprocessing.get_context("spawn")
+        # Last in, first out: sequential requests keep reusing the warmest environment (as Lambda reuses
+        # warm ones), and the others are only woken by concurrency.
+        self._idle: queue.LifoQueue[_Environment] = queue.LifoQueue()
+        self._live: dict[str, _Environment] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._stopping = threading.Event()
+        self._starting: list[_Environment] = []
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start every environment (their init phases run in parallel); `wait_ready` waits for them.
+
+        The processes copy os.environ now: the stack's environment must be complete before this is called.
+        """
+        self._starting = [self._spawn() for _ in range(self.size)]
+
+    def wait_ready(self, timeout_s: float = WARM_TIMEOUT_S) -> float:
+        """Wait until every environment has imported its handlers; the seconds waited. Raises if one failed."""
+        started = time.monotonic()
+        deadline = started + timeout_s
+        for env in self._starting:
+            self._await_init(env, deadline)
+            self._idle.put(env)
+        self._starting = []
+        return time.monotonic() - started
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Terminate every environment (a running invocation is cut short, as on a deployment) and reap them."""
+        self._stopping.set()
+        with self._lock:
+            envs = list(self._live.values())
+            self._live.clear()
+        for env in envs:
+            if env.process.is_alive():
+                env.process.terminate()
+        deadline = time.monotonic() + timeout_s
+        for env in envs:
+            env.process.join(max(0.0, deadline - time.monotonic()))
+            if env.process.is_alive():
+                env.process.kill()
+                env.process.join(1)
+            env.conn.close()
+
+    # -- invocations ------------------------------------------------------------------------------------------
+    def invoke(self, logical_id: str, event: dict[str, Any], *, request_id: str, deadline: float) -> Any:
+        """Run one invocation in a free environment and return the handler's result.
+
+        `deadline` (time.monotonic()) is when API Gateway stops waiting: reached while queued or while the
+        function runs, it raises IntegrationTimeout; a function still running then goes on in its
+        environment (as in Lambda) until it answers or reaches its Timeout.
+        """
+        fn = self._specs[logical_id]
+        env = self._checkout(deadline)
+        fn_deadline = time.monotonic() + fn.timeout_s
+        try:
+            payload = _pickle((str(logical_id), event, str(request_id)))
+        except Exception:  # noqa: BLE001 - nothing was sent: the environment is still clean
+            self._checkin(env)
+            raise InvocationFailed(f"{logical_id}: the event could not be passed on", traceback.format_exc()) from None
+        try:
+            env.conn.send_bytes(payload)
+        except OSError:
+            self._replace(env)
+            raise InvocationFailed(f"{logical_id}: its execution environment is gone",
+                                   f"{env.name} could not be sent the invocation (exit code {env.process.exitcode})")
+        answered = env.conn.poll(max(0.0, min(deadline, fn_deadline) - time.monotonic()))
+        if not answered:
+            if fn_deadline <= deadline:  # Lambda stops the function at its Timeout: API Gateway answers 502
+                self._replace(env)
+                raise InvocationFailed(f"{logical_id}: timed out",
+                                       f"{env.name} ran past the function's {fn.timeout_s} s Timeout and was stopped")
+            # API Gateway answers 504; the function itself runs on, and its environment stays busy until done.
+            threading.Thread(target=self._finish_late, args=(env, logical_id, request_id, fn_deadline),
+                             name=f"{env.name}-late", daemon=True).start()
+            raise IntegrationTimeout(f"{logical_id} did not answer before the integration timeout", queued=False)
+        return self._reply(env, logical_id)
+
+    def _reply(self, env: _Environment, logical_id: str) -> Any:
+        try:
+            status, payload = env.conn.recv()
+        except (EOFError, OSError):
+            env.process.join(1)
+            code = env.process.exitcode
+            self._replace(env)
+            raise InvocationFailed(f"{logical_id}: its execution environment died",
+                                   f"{env.name} exited with code {code} during the invocation") from None
+        self._checkin(env)
+        if status == "error":
+            raise InvocationFailed(f"{logical_id} raised", payload)
+        return payload
+
+    def _finish_late(self, env: _Environment, logical_id: str, request_id: str, fn_deadline: float) -> None:
+        if env.conn.poll(max(0.0, fn_deadline - time.monotonic()) + KILL_GRACE_S):
+            try:
+                status, payload = env.conn.recv()
+            except (EOFError, OSError):
+                if not self._stopping.is_set():
+                    log.error("%s: %s died after the integration timeout (request %s)", logical_id, env.name,
+                              request_id)
+                self._replace(env)
+                return
+            log.warning("%s finished request %s after API Gateway had answered 504 (%s)", logical_id, request_id,
+                        "raised:\n" + payload if status == "error" else "its result is dropped")
+            self._checkin(env)
+        else:
+            log.warning("%s: request %s ran past the function's Timeout; stopping %s as Lambda would",
+                        logical_id, request_id, env.name)
+            self._replace(env)
+
+    def _checkout(self, deadline: float) -> _Environment:
+        while True:
+            if self._stopping.is_set():
+                raise InvocationFailed("the stack is stopping", "no execution environment is left")
+            remaining = deadline - time.monotonic()
+            try:
+                env = self._idle.get(timeout=max(0.0, min(remaining, 0.5)))  # slices: notice stop()
+            except queue.Empty:
+                if remaining > 0.5:
+                    continue
+                raise IntegrationTimeout(f"all {self.size} execution environments stayed busy",
+                                         queued=True) from None
+            if env.process.is_alive():
+                return env
+            log.error("%s exited while idle (code %s); replacing it", env.name, env.process.exitcode)
+            self._replace(env)
+
+    def _checkin(self, env: _Environment) -> None:
+        if not self._stopping.is_set():
+            self._idle.put(env)
+
+    # -- environments -----------------------------------------------------------------------------------------
+    def _spawn(self) -> _Environment:
+        name = f"api-env-{next(self._ids)}"
+        parent_end, child_end = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=_environment_main, name=name, daemon=True,
+                                    args=(child_end, self._specs, self._region, _logging_setup()))
+        process.start()
+        child_end.close()  # so that the parent's end sees EOF when the process dies
+        env = _Environment(name, process, parent_end)
+        with self._lock:
+            if not self._stopping.is_set():
+                self._live[name] = env
+                return env
+        process.kill()  # stop() ran meanwhile and would not have seen this one
+        process.join(1)
+        parent_end.close()
+        raise RuntimeError("the pool is stopping")
+
+    def _await_init(self, env: _Environment, deadline: float) -> None:
+        try:
+            if not env.conn.poll(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(f"{env.name} did not finish importing the handlers in time")
+            status, detail = env.conn.recv()
+        except (EOFError, OSError):
+            env.process.join(1)
+            raise RuntimeError(f"{env.name} exited with code {env.process.exitcode} while importing the handlers; "
+                               "see its output above") from None
+        if status != "ready":
+            raise RuntimeError(f"{env.name} could not import the handlers:\n{detail}")
+        log.debug("%s warm in %.2f s", env.name, detail)
+
+    def _replace(self, env: _Environment) -> None:
+        """Retire a broken or stuck environment and warm a new one in the background."""
+        with self._lock:
+            if self._live.pop(env.name, None) is None:
+                return  # stop() has taken it over (it terminates, reaps and closes every live environment)
+        if env.process.is_alive():
+            env.process.kill()
+        env.process.join(1)
+        env.conn.close()
+        if self._stopping.is_set():
+            return
+        threading.Thread(target=self._add_one, name="api-env-replace", daemon=True).start()
+
+    def _add_one(self) -> None:
+        try:
+            env = self._spawn()
+            self._await_init(env, time.monotonic() + WARM_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - the pool runs on, one environment short
+            if not self._stopping.is_set():
+                log.exception("could not start a replacement execution environment")
+            return
+        if self._stopping.is_set():
+            return  # stop() has terminated it (it was live) or will find it gone
+        log.info("%s started, in place of an environment that exited or was stopped", env.name)
+        self._idle.put(env)
+
+
+def _warm_clients() -> None:
+    """Create boto3 clients on the default session, as the stack's own process does before the handlers run.
+
+    The handlers create theirs on first use, on that same session; its loader then has the service models
+    in memory already, which takes a few hundred milliseconds off the first request of each environment.
+    Creating a client makes no request.
+    """
+    try:
+        import boto3
+
+        for service in WARM_SERVICES:
+            boto3.client(service)
+    except Exception:  # noqa: BLE001 - only an optimisation: the handlers will say what is wrong
+        log.debug("could not pre-create boto3 clients", exc_info=True)
+
+
+def _pickle(obj: Any) -> memoryview:
+    """What `Connection.send` sends, pickled apart so that a failure to pickle leaves the pipe untouched."""
+    return ForkingPickler.dumps(obj)
+
+
+def _plain(fn: Function) -> Function:
+    """The spec with plain str/int values: the template decoder's string nodes cannot be pickled."""
+    return dataclasses.replace(
+        fn, logical_id=str(fn.logical_id), name=str(fn.name), code_dir=Path(str(fn.code_dir)), handler=str(fn.handler),
+        layer_dirs=[Path(str(d)) for d in fn.layer_dirs], timeout_s=int(fn.timeout_s), memory_mb=int(fn.memory_mb),
+        environment={str(k): str(v) for k, v in fn.environment.items()})
+
+
+def _logging_setup() -> tuple[int, bool, dict[str, int]]:
+    """The parent's logging, for the environments to mirror: root level, whether configured, named levels."""
+    root = logging.getLogger()
+    named = {name: logging.getLogger(name).level for name in ("botocore", "boto3", "urllib3", "local")
+             if logging.getLogger(name).level}
+    return root.getEffectiveLevel(), bool(root.handlers), named
+
+
+def _environment_main(conn: Connection, specs: dict[str, Function], region: str,
+                      logging_setup: tuple[int, bool, dict[str, int]]) -> None:
+    """One execution environment: the init phase (import the handlers), then invocations, one at a time."""
+    from .lambdas import Functions  # the package is importable here: spawn gave us the parent's sys.path
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent stops us
+    for stream in (sys.stdout, sys.stderr):  # a terminated environment must not take buffered log lines with it
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True)
+    level, configured, named = logging_setup
+    if configured:
+        logging.basicConfig(level=level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s[%(processName)s]: %(message)s")
+    for name, named_level in named.items():
+        logging.getLogger(name).setLevel(named_level)
+    # As in the stack's process: with metrics disabled Powertools warns on each invocation that published none.
+    warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
+    started = time.monotonic()
+    try:
+        functions = Functions(specs, region)
+        functions.load()
+    except BaseException:  # noqa: BLE001 - reported to the parent, which fails the start with it
+        conn.send(("failed", traceback.format_exc()))
+        return
+    conn.send(("ready", time.monotonic() - started))
+    _warm_clients()  # after "ready": it shortens the first request without lengthening the start
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the stack is gone
+        if message is None:
+            return
+        logical_id, event, request_id = message
+        try:
+            reply = ("ok", functions.invoke(logical_id, event, request_id=request_id))
+        except BaseException:  # noqa: BLE001 - as the Lambda runtime reports any error of the handler
+            reply = ("error", traceback.format_exc())
+        try:
+            conn.send(reply)
+        except OSError:
+            return
+        except Exception:  # noqa: BLE001 - a result that cannot be pickled: Lambda could not serialise it either
+            conn.send(("error", "the function's result could not be returned:\n" + traceback.format_exc()))

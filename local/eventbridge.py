@@ -1,0 +1,73 @@
+"""EventBridge (and S3 notification) triggers of template.yaml, as queues in moto feeding functions.
+
+Handlers publish with a real `put_events` to the moto bus; moto matches each rule's pattern (the
+template's own `Pattern`) and sends the event to the rule's SQS target, whose body is the event exactly
+as a Lambda target receives it. A rule a user adds to the bus locally works the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from . import aws
+from .queues import QueueSource
+from .template import ACCOUNT_ID, LocalTemplate
+
+log = logging.getLogger(__name__)
+
+VISIBILITY_MARGIN_S = 5
+
+
+def _name(*parts: str, limit: int) -> str:
+    """A deterministic resource name from the stack, function and event names, within AWS's limits."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", "-".join(parts))[:limit]
+
+
+def rule_sources(tpl: LocalTemplate, clients: dict[str, Any]) -> list[QueueSource]:
+    """A rule (template pattern) -> SQS queue pair per EventBridgeRule event of the template."""
+    sources = []
+    for rule in tpl.event_rules:
+        fn = tpl.functions[rule.function]
+        visibility = fn.timeout_s + VISIBILITY_MARGIN_S  # never redelivered while an invocation still runs
+        name = _name(tpl.stack_name, rule.function, rule.event, limit=64)
+        url, arn = aws.create_queue(clients["sqs"], name, visibility_timeout_s=visibility)
+        aws.put_rule_to_queue(clients["events"], rule_name=name, bus_name=rule.bus_name, pattern=rule.pattern,
+                              queue_arn=arn)
+        log.info("rule %s on bus %s -> %s", name, rule.bus_name, rule.function)
+        sources.append(QueueSource(f"{rule.function}.{rule.event}", rule.function, url, visibility, _as_lambda_event))
+    return sources
+
+
+def _as_lambda_event(body: dict[str, Any]) -> dict[str, Any]:
+    body.pop("ingestion-time", None)  # moto's bookkeeping; not part of the event a Lambda target gets
+    body.setdefault("account", ACCOUNT_ID)  # EventBridge always sets it; moto leaves it out
+    return body
+
+
+def s3_sources(tpl: LocalTemplate, clients: dict[str, Any]) -> list[QueueSource]:
+    """Bucket notifications (the template's `S3` events) delivered through a queue per event."""
+    sources = []
+    by_bucket: dict[str, list[dict[str, Any]]] = {}
+    for note in tpl.s3_notifications:
+        fn = tpl.functions[note.function]
+        visibility = fn.timeout_s + VISIBILITY_MARGIN_S
+        name = _name(tpl.stack_name, note.function, note.event, limit=80)
+        url, arn = aws.create_queue(clients["sqs"], name, visibility_timeout_s=visibility)
+        config: dict[str, Any] = {"Id": name, "QueueArn": arn, "Events": note.events}
+        if note.filter_rules:
+            config["Filter"] = {"Key": {"FilterRules": [{"Name": r["Name"], "Value": r["Value"]}
+                                                        for r in note.filter_rules]}}
+        by_bucket.setdefault(note.bucket, []).append(config)
+        sources.append(QueueSource(f"{note.function}.{note.event}", note.function, url, visibility, _s3_event))
+    for bucket, configs in by_bucket.items():
+        clients["s3"].put_bucket_notification_configuration(
+            Bucket=bucket, NotificationConfiguration={"QueueConfigurations": configs})
+        log.info("bucket %s notifications -> %s", bucket, ", ".join(c["Id"] for c in configs))
+    return sources
+
+
+def _s3_event(body: dict[str, Any]) -> dict[str, Any] | None:
+    # S3 sends a test message when a queue is configured; a Lambda notification never sees it.
+    return None if body.get("Event") == "s3:TestEvent" else body

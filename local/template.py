@@ -1,0 +1,373 @@
+"""template.yaml, read the way CloudFormation reads it, reduced to what the local stack has to play.
+
+The template is the single source of truth: routes, rules, the schedule, table and bucket definitions and
+the functions' environment all come from it, so the local stack cannot drift from what is deployed.
+cfn-lint's decoder understands the short-form intrinsics (`!Ref`, `!Sub`, `!GetAtt`) and hands them back
+as their long form (`{"Ref": ...}`), which `Resolver` then evaluates against local physical names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ACCOUNT_ID = "123456789012"  # moto's default account
+NO_VALUE = object()  # AWS::NoValue: the key disappears
+_SUB_VAR = re.compile(r"\$\{([^}!][^}]*)\}")
+
+
+class TemplateError(ValueError):
+    """Something in template.yaml the local stack cannot emulate (named, with its location)."""
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    function: str
+    event: str
+    path: str  # the template path, e.g. /v1/images/tasks/{id}
+    method: str  # upper case, or ANY
+    stage: str  # the API's StageName (API Gateway puts it in requestContext.path)
+
+
+@dataclass(frozen=True)
+class EventRule:
+    function: str
+    event: str
+    bus_name: str
+    pattern: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ScheduleEvent:
+    function: str
+    event: str
+    expression: str  # rate(...) or cron(...), as in the template
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class S3Notification:
+    function: str
+    event: str
+    bucket: str
+    events: list[str]
+    filter_rules: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Function:
+    logical_id: str
+    name: str
+    code_dir: Path
+    handler: str  # module.attribute
+    layer_dirs: list[Path]
+    timeout_s: int
+    memory_mb: int
+    environment: dict[str, str]
+
+    @property
+    def module_name(self) -> str:
+        return self.handler.rpartition(".")[0]
+
+    @property
+    def handler_name(self) -> str:
+        return self.handler.rpartition(".")[2]
+
+
+@dataclass
+class LocalTemplate:
+    """The resolved pieces of the template, with local physical names filled in."""
+
+    root: Path
+    stack_name: str
+    region: str
+    physical_names: dict[str, str]
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # logical id -> resolved Properties
+    buckets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    buses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    functions: dict[str, Function] = field(default_factory=dict)
+    api_routes: list[ApiRoute] = field(default_factory=list)
+    event_rules: list[EventRule] = field(default_factory=list)
+    schedules: list[ScheduleEvent] = field(default_factory=list)
+    s3_notifications: list[S3Notification] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)  # process-wide: the union of every function's
+    resource_variables: set[str] = field(default_factory=set)  # those naming a resource (local names must win)
+
+
+class Resolver:
+    """Evaluates the intrinsic functions the template uses, against local names and parameter defaults."""
+
+    def __init__(self, resources: dict[str, Any], parameters: dict[str, str], physical_names: dict[str, str],
+                 *, stack_name: str, region: str):
+        self.resources = resources
+        self.parameters = parameters
+        self.physical_names = physical_names
+        self.pseudo = {
+            "AWS::StackName": stack_name,
+            "AWS::Region": region,
+            "AWS::AccountId": ACCOUNT_ID,
+            "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com",
+            "AWS::StackId": f"arn:aws:cloudformation:{region}:{ACCOUNT_ID}:stack/{stack_name}/local",
+        }
+
+    def __call__(self, value: Any, where: str = "") -> Any:
+        if isinstance(value, dict):
+            if len(value) == 1:
+                (key, arg), = value.items()
+                if key == "Ref":
+                    return self.ref(arg, where)
+                if key == "Fn::Sub":
+                    return self.sub(arg, where)
+                if key == "Fn::GetAtt":
+                    return self.get_att(arg, where)
+                if key == "Fn::Join":
+                    sep, items = arg
+                    return str(sep).join(str(self(i, where)) for i in self(items, where))
+                if key == "Fn::Select":
+                    index, items = arg
+                    return self(items, where)[int(self(index, where))]
+                if key.startswith("Fn::"):
+                    raise TemplateError(f"{where}: {key} is not supported by the local stack")
+            out = {}
+            for k, v in value.items():
+                resolved = self(v, f"{where}.{k}")
+                if resolved is not NO_VALUE:
+                    out[str(k)] = resolved
+            return out
+        if isinstance(value, list):
+            return [r for i, v in enumerate(value) if (r := self(v, f"{where}[{i}]")) is not NO_VALUE]
+        if isinstance(value, str):
+            return str(value)  # cfn-lint's str_node -> plain str
+        return value
+
+    def ref(self, name: str, where: str) -> Any:
+        if name == "AWS::NoValue":
+            return NO_VALUE
+        if name in self.pseudo:
+            return self.pseudo[name]
+        if name in self.parameters:
+            return self.parameters[name]
+        if name in self.physical_names:
+            return self.physical_names[name]
+        raise TemplateError(f"{where}: !Ref {name} names no parameter or resource")
+
+    def get_att(self, arg: Any, where: str) -> str:
+        logical, _, attr = arg.partition(".") if isinstance(arg, str) else (arg[0], ".", arg[1])
+        if logical not in self.resources:
+            raise TemplateError(f"{where}: !GetAtt {logical} names no resource")
+        name = self.physical_names.get(logical, logical)
+        kind = self.resources[logical].get("Type", "")
+        if attr == "Arn":
+            return arn_of(kind, name, self.pseudo["AWS::Region"])
+        if attr == "Name":
+            return name
+        raise TemplateError(f"{where}: !GetAtt {logical}.{attr} is not supported by the local stack")
+
+    def sub(self, arg: Any, where: str) -> str:
+        text, local_vars = (arg, {}) if isinstance(arg, str) else (arg[0], self(arg[1], where))
+
+        def one(match: re.Match) -> str:
+            name = match[1]
+            if name in local_vars:
+                return str(local_vars[name])
+            if "." in name and not name.startswith("AWS::"):
+                return str(self.get_att(name, where))
+            return str(self.ref(name, where))
+
+        return _SUB_VAR.sub(one, str(text)).replace("${!", "${")
+
+
+def arn_of(resource_type: str, name: str, region: str) -> str:
+    if resource_type == "AWS::S3::Bucket":
+        return f"arn:aws:s3:::{name}"
+    if resource_type == "AWS::DynamoDB::Table":
+        return f"arn:aws:dynamodb:{region}:{ACCOUNT_ID}:table/{name}"
+    if resource_type == "AWS::Events::EventBus":
+        return f"arn:aws:events:{region}:{ACCOUNT_ID}:event-bus/{name}"
+    if resource_type in ("AWS::Serverless::Function", "AWS::Lambda::Function"):
+        return f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{name}"
+    if resource_type == "AWS::SQS::Queue":
+        return f"arn:aws:sqs:{region}:{ACCOUNT_ID}:{name}"
+    return f"arn:aws:local:{region}:{ACCOUNT_ID}:{resource_type.split('::')[-1].lower()}/{name}"
+
+
+def load(root: Path, *, stack_name: str = "imagegw-local", region: str = "us-east-1",
+         bucket_name: str | None = None, parameter_overrides: dict[str, str] | None = None,
+         template_file: str = "template.yaml") -> LocalTemplate:
+    """Decode `root/template_file` and resolve everything the local stack needs."""
+    # Imported here, not at the top: cfn-lint takes about a second to import, and the API's execution
+    # environments (local/environments.py) import this module for its dataclasses only.
+    from cfnlint.decode import cfn_yaml
+
+    path = root / template_file
+    raw = cfn_yaml.loads(path.read_text(encoding="utf-8"), fname=str(path))
+    if not isinstance(raw, dict) or "Resources" not in raw:
+        raise TemplateError(f"{path}: not a CloudFormation template")
+    resources: dict[str, Any] = raw["Resources"]
+    parameters = _parameter_values(raw.get("Parameters") or {}, parameter_overrides or {})
+    physical = _physical_names(resources, stack_name, bucket_name)
+    resolve = Resolver(resources, parameters, physical, stack_name=stack_name, region=region)
+    # Names given in the template itself (e.g. the bus's `Name: !Sub ${AWS::StackName}-imagegw`) win.
+    for logical, res in resources.items():
+        explicit = _explicit_name(res, resolve, logical)
+        if explicit:
+            physical[logical] = explicit
+
+    out = LocalTemplate(root=root, stack_name=stack_name, region=region, physical_names=physical)
+    for logical, res in resources.items():
+        kind = res.get("Type")
+        if kind == "AWS::DynamoDB::Table":
+            out.tables[logical] = resolve(res.get("Properties") or {}, f"Resources.{logical}.Properties")
+        elif kind == "AWS::S3::Bucket":
+            out.buckets[logical] = resolve(res.get("Properties") or {}, f"Resources.{logical}.Properties")
+        elif kind == "AWS::Events::EventBus":
+            out.buses[logical] = resolve(res.get("Properties") or {}, f"Resources.{logical}.Properties")
+
+    globals_fn = (raw.get("Globals") or {}).get("Function") or {}
+    for logical, res in resources.items():
+        if res.get("Type") == "AWS::Serverless::Function":
+            _add_function(out, logical, res.get("Properties") or {}, globals_fn, resources, resolve)
+    return out
+
+
+def _parameter_values(declared: dict[str, Any], overrides: dict[str, str]) -> dict[str, str]:
+    values = {}
+    for name, spec in declared.items():
+        if name in overrides:
+            values[name] = str(overrides[name])
+        elif "Default" in spec:
+            default = spec["Default"]
+            values[name] = ",".join(map(str, default)) if isinstance(default, list) else str(default)
+        else:
+            raise TemplateError(f"Parameters.{name} has no Default: pass it in parameter_overrides")
+    unknown = set(overrides) - set(declared)
+    if unknown:
+        raise TemplateError(f"parameter_overrides names unknown parameters: {sorted(unknown)}")
+    return values
+
+
+def _physical_names(resources: dict[str, Any], stack_name: str, bucket_name: str | None) -> dict[str, str]:
+    """Deterministic local names (`<stack>-<LogicalId>`), so a restart finds the same resources."""
+    names = {logical: f"{stack_name}-{logical}" for logical in resources}
+    buckets = [logical for logical, res in resources.items() if res.get("Type") == "AWS::S3::Bucket"]
+    for logical in buckets:
+        # S3 names must be lower case; one bucket (the images) may be named by IMAGE_BUCKET.
+        names[logical] = bucket_name if bucket_name and len(buckets) == 1 else f"{stack_name}-{logical}".lower()
+    return names
+
+
+def _explicit_name(res: dict[str, Any], resolve: Resolver, logical: str) -> str | None:
+    props = res.get("Properties") or {}
+    key = {"AWS::Events::EventBus": "Name", "AWS::DynamoDB::Table": "TableName", "AWS::S3::Bucket": "BucketName",
+           "AWS::Serverless::Function": "FunctionName", "AWS::SQS::Queue": "QueueName"}.get(res.get("Type", ""))
+    if key and key in props:
+        return str(resolve(props[key], f"Resources.{logical}.Properties.{key}"))
+    return None
+
+
+def _add_function(out: LocalTemplate, logical: str, props: dict[str, Any], globals_fn: dict[str, Any],
+                  resources: dict[str, Any], resolve: Resolver) -> None:
+    where = f"Resources.{logical}.Properties"
+
+    def prop(key: str, default: Any = None) -> Any:
+        return props[key] if key in props else globals_fn.get(key, default)
+
+    code_uri = resolve(prop("CodeUri"), f"{where}.CodeUri")
+    handler = resolve(prop("Handler"), f"{where}.Handler")
+    if not isinstance(code_uri, str) or not isinstance(handler, str) or "." not in handler:
+        raise TemplateError(f"{where}: a local CodeUri directory and a module.function Handler are needed")
+    if prop("PackageType", "Zip") != "Zip":
+        raise TemplateError(f"{where}: only Zip functions can run in-process")
+
+    layer_dirs = []
+    for i, layer in enumerate(list(globals_fn.get("Layers") or []) + list(props.get("Layers") or [])):
+        layer_id = layer.get("Ref") if isinstance(layer, dict) else None
+        layer_res = resources.get(layer_id or "")
+        if not layer_res or layer_res.get("Type") != "AWS::Serverless::LayerVersion":
+            raise TemplateError(f"{where}.Layers[{i}]: only !Ref to an AWS::Serverless::LayerVersion is supported")
+        content = resolve(layer_res["Properties"]["ContentUri"], f"Resources.{layer_id}.Properties.ContentUri")
+        base = (out.root / content).resolve()
+        # A built layer has python/ at its root (Lambda mounts it at /opt/python); a SAM-built one does not.
+        layer_dirs.append(base / "python" if (base / "python").is_dir() else base)
+
+    env: dict[str, str] = {}
+    for source, label in ((globals_fn, "Globals.Function"), (props, where)):
+        variables = ((source.get("Environment") or {}).get("Variables")) or {}
+        for name, value in resolve(variables, f"{label}.Environment.Variables").items():
+            env[name] = str(value)
+            if _mentions_resource(variables[name], resources):
+                out.resource_variables.add(name)
+
+    fn = Function(
+        logical_id=logical,
+        name=out.physical_names[logical],
+        code_dir=(out.root / code_uri).resolve(),
+        handler=handler,
+        layer_dirs=layer_dirs,
+        timeout_s=int(resolve(prop("Timeout", 3), f"{where}.Timeout")),
+        memory_mb=int(resolve(prop("MemorySize", 128), f"{where}.MemorySize")),
+        environment=env,
+    )
+    out.functions[logical] = fn
+    for name, value in env.items():
+        if name in out.environment and out.environment[name] != value:
+            # Every function shares this process's environment: one value per variable is all it can have.
+            log.warning("functions disagree on %s; the local stack uses %s's value", name, logical)
+        out.environment[name] = value
+
+    for event_name, event in (props.get("Events") or {}).items():
+        ev_where = f"{where}.Events.{event_name}"
+        kind = event.get("Type")
+        ep = resolve(event.get("Properties") or {}, f"{ev_where}.Properties")
+        if kind == "Api":
+            out.api_routes.append(ApiRoute(logical, event_name, ep["Path"], str(ep["Method"]).upper(),
+                                           _stage_of(event.get("Properties") or {}, resources, resolve)))
+        elif kind == "EventBridgeRule":
+            bus = ep.get("EventBusName", "default")
+            out.event_rules.append(EventRule(logical, event_name, bus, json.loads(json.dumps(ep["Pattern"]))))
+        elif kind == "Schedule":
+            enabled = ep.get("Enabled", True) and str(ep.get("State", "ENABLED")).upper() == "ENABLED"
+            out.schedules.append(ScheduleEvent(logical, event_name, ep["Schedule"], bool(enabled)))
+        elif kind == "S3":
+            events = ep.get("Events")
+            rules = (((ep.get("Filter") or {}).get("S3Key") or {}).get("Rules")) or []
+            out.s3_notifications.append(S3Notification(logical, event_name, ep["Bucket"],
+                                                       events if isinstance(events, list) else [events], rules))
+        else:
+            log.warning("%s: event type %s is not emulated locally; skipped", ev_where, kind)
+
+
+def _stage_of(api_event: dict[str, Any], resources: dict[str, Any], resolve: Resolver) -> str:
+    """The stage of the API an `Api` event belongs to (SAM's implicit API is deployed as "Prod")."""
+    ref = api_event.get("RestApiId")
+    api = resources.get(ref.get("Ref", "")) if isinstance(ref, dict) else None
+    if api and "StageName" in (api.get("Properties") or {}):
+        return str(resolve(api["Properties"]["StageName"], "StageName"))
+    return "Prod"
+
+
+def _mentions_resource(value: Any, resources: dict[str, Any]) -> bool:
+    """Whether a raw template value refers to a resource (so its local physical name must be used)."""
+    if isinstance(value, dict):
+        for key, arg in value.items():
+            if key == "Ref" and arg in resources:
+                return True
+            if key == "Fn::GetAtt":
+                return True
+            if key == "Fn::Sub":
+                text = arg if isinstance(arg, str) else arg[0]
+                names = {m.split(".")[0] for m in _SUB_VAR.findall(str(text))}
+                if names & set(resources):
+                    return True
+            if _mentions_resource(arg, resources):
+                return True
+    if isinstance(value, list):
+        return any(_mentions_resource(v, resources) for v in value)
+    return False
