@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 import sys
