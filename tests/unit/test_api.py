@@ -189,3 +189,25 @@ def test_a_bus_outage_loses_nothing(inline_bus, monkeypatch):
     assert worker.sweep()["republished"] == 1
     inline_bus.drain()
     assert get_task(task_id).json()["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_openai_dialect_in_both_client_modes(inline_bus, providers_file, loopback_fetch, mode):
+    with OpenAISimulator() as sim:
+        providers_file({"providers": {"oai": {"dialect": "openai", "base_url": sim.base_url + "/v1",
+                                              "api_key": sim.api_key}},
+                        "models": {"dall-e-3": [{"provider": "oai"}]}})
+        body = {"model": "dall-e-3", "prompt": "a heron", "n": 2, "size": "1024x1792", "style": "natural"}
+        reply = generate(body, query={"async": "true"} if mode == "async" else None)
+        if mode == "async":
+            assert reply.status == 202
+            inline_bus.drain()
+            task = get_task(reply.json()["id"]).json()
+            data = task["data"]
+        else:
+            assert reply.status == 200
+            data = reply.json()["data"]
+        assert len(data) == 2 and all(d["revised_prompt"].startswith("A detailed rendering") for d in data)
+        assert [r.body for r in sim.generations] == [{"model": "dall-e-3", "prompt": "a heron", "n": 1,
+                                                       "size": "1024x1792", "style": "natural"}] * 2
+        assert len(s3_objects()) == 2
