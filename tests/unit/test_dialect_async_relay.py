@@ -294,7 +294,8 @@ def test_sync_request_past_its_wait_bound_is_finished_by_polling(relay):
     accepted = generate(REQUEST, headers={"Prefer": "wait=1"})
     assert accepted.status == 202 and accepted.headers["location"].startswith("/v1/images/tasks/")
     task = accepted.json()
-    assert task["status"] == "in_progress" and 1 <= len(sim.checks) < 40  # the wait itself checked upstream
+    # the wait itself checks upstream once a check is due (how many depends on the machine's speed)
+    assert task["status"] in ("queued", "in_progress") and len(sim.checks) < 40
     for _ in range(60):
         task = call(poll_handler.lambda_handler, "GET", accepted.headers["location"], key=API_KEY).json()
         if task["status"] == "succeeded":
