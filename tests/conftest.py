@@ -17,10 +17,11 @@ OTHER_KEY = "sk-other"
 
 def _reset_clients() -> None:
     """The layer caches its boto3 clients and config: start every test from scratch."""
-    from imagegw import bus, keys, storage, tasks, transport
+    from imagegw import bus, idempotency, keys, storage, tasks, transport
 
     for cached in (tasks.table, bus._events, storage.s3, keys._keys_table, transport.session):
         cached.cache_clear()
+    idempotency.reset()
 
 
 @pytest.fixture

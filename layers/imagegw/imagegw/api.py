@@ -17,9 +17,9 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
-from aws_lambda_powertools.event_handler.openapi.params import Body, Query
+from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
 
-from . import bus, keys, storage, tasks, views, worker
+from . import bus, idempotency, keys, storage, tasks, views, worker
 from .capabilities import validate_for_model
 from .errors import BadRequest, Conflict, GatewayError, NotFound, PayloadTooLarge, ServerError, from_task_error
 from .request import MAX_BODY_BYTES, ImageRequest, bad_request_from_errors
@@ -74,27 +74,36 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @app.post("/v1/images/generations", summary="Create images (sync by default, async on request)")
 def create_images(request: Annotated[ImageRequest, Body(embed=False)],
-                  async_: Annotated[str | None, Query(alias="async")] = None):
+                  async_: Annotated[str | None, Query(alias="async")] = None,
+                  idempotency_key: Annotated[str | None, Header(
+                      alias=idempotency.HEADER,
+                      description="Create the task once: a repeat within 24 h (same API key, same body) answers "
+                                  "with the same task; a different body is a 422, a concurrent repeat a 409.",
+                  )] = None):
     owner = app.context["owner"]
     prefer = app.current_event.headers.get("prefer") or ""
     respond_async = (async_ or "").lower() in ("true", "1", "yes") or "respond-async" in prefer.lower()
+    key = idempotency.validate_key(idempotency_key)
     routes = routes_for(request.model)
     validate_for_model(request, routes[0].upstream_model, routes[0].dialect)  # the first route's model decides
-    task = tasks.create(owner, request.model, request.upstream_fields())
-    try:
-        bus.publish(bus.TASK_QUEUED, task.id)
-    except Exception:  # noqa: BLE001 - the task is stored: the sweep re-publishes it, nothing is lost
-        logger.exception("could not publish Task Queued; the sweep will", extra={"task_id": task.id})
+    replayed = False
+    if key is None:
+        task = _queue(owner, request)
+    else:
+        task_id, replayed = idempotency.once(owner, key, request.model_dump(mode="json"),
+                                             lambda: _queue(owner, request).id, app.lambda_context)
+        task = tasks.get(task_id, owner)
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
     if respond_async:
-        return _accepted(task)
+        return _accepted(task, headers)
     task = _wait_for(task.id, _wait_bound(prefer))
     if task.status == "succeeded":
-        return _json(200, views.images_response(task, request.response_format))
+        return _json(200, views.images_response(task, request.response_format), headers)
     if task.status == "failed":
         raise from_task_error(task.error or {})
     if task.status == "cancelled":
         raise Conflict(f"Task '{task.id}' was cancelled.", code="task_cancelled")
-    return _accepted(task)
+    return _accepted(task, headers)
 
 
 @app.get("/v1/images/tasks", summary="List your tasks, newest first")
@@ -176,9 +185,19 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
                     body=json.dumps(body, ensure_ascii=False), headers=headers)
 
 
-def _accepted(task: tasks.Task) -> Response:
+def _queue(owner: str, request: ImageRequest) -> tasks.Task:
+    """Store the task and announce it (the step an Idempotency-Key makes happen once)."""
+    task = tasks.create(owner, request.model, request.upstream_fields())
+    try:
+        bus.publish(bus.TASK_QUEUED, task.id)
+    except Exception:  # noqa: BLE001 - the task is stored: the sweep re-publishes it, nothing is lost
+        logger.exception("could not publish Task Queued; the sweep will", extra={"task_id": task.id})
+    return task
+
+
+def _accepted(task: tasks.Task, headers: dict[str, str] | None = None) -> Response:
     location = f"/v1/images/tasks/{task.id}"
-    return _json(202, views.task_object(task), headers={"Location": location})
+    return _json(202, views.task_object(task), headers={"Location": location, **(headers or {})})
 
 
 def _wait_bound(prefer: str) -> float:
