@@ -29,6 +29,8 @@ $(STAMP): requirements-dev.txt layers/imagegw/requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	# The layer's package, importable in the venv as it is inside Lambda (scripts, the local stack).
 	echo $(abspath layers/imagegw) > $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/imagegw-layer.pth
+	# The `imagegw` command (cli/imagegw_cli, the project's console script), editable, into .venv/bin.
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
 venv install: $(STAMP) ## create .venv and install everything
