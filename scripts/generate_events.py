@@ -61,6 +61,8 @@ def main() -> None:
     files["bus-task-queued.json"] = bus_event("Task Queued")
     files["bus-task-generated.json"] = bus_event("Task Generated")
     files["schedule-sweep.json"] = sam_event("cloudwatch", "scheduled-event")
+    files["s3-batch-created.json"] = sam_event("s3", "put", "--bucket", "imagegw-local-images", "--key",
+                                               "batches/posters.jsonl")
     for name, event in files.items():
         (EVENTS / name).write_text(json.dumps(event, indent=2) + "\n")
         print(f"events/{name}")

@@ -1,13 +1,14 @@
 """submit: `POST /v1/images/generations`, `GET /v1/models`, the API docs, and two bus events.
 
 HTTP requests go to the shared API; "Task Queued" sends a task to its upstream; "Image Generation
-Requested" (another application asking over the bus) creates a task and sends it.
+Requested" (another application asking over the bus) creates a task and sends it; an S3 object created
+under batches/ starts a batch job, and "Batch Continue" carries it on (reading or writing its results).
 """
 
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 
-from imagegw import api, bus, intake, worker
+from imagegw import api, batches, bus, intake, worker
 
 logger = Logger()
 tracer = Tracer()
@@ -19,7 +20,13 @@ tracer = Tracer()
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
         return api.handle(event, context)
+    if batches.is_s3_event(event):
+        batches.on_s3_event(event, context)
+        return None
     bus_event = EventBridgeEvent(event)
+    if bus_event.detail_type == batches.BATCH_CONTINUE:
+        batches.on_continue(event, context)
+        return None
     if bus_event.detail_type == bus.GENERATION_REQUESTED:
         intake.accept(event)
         return None

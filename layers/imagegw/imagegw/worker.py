@@ -181,6 +181,12 @@ def announce(task: Task) -> None:
         bus.publish_detail(kind, views.event_task(task))
     except Exception:  # noqa: BLE001 - the task itself is final and readable; the event is a notification
         logger.exception("could not publish the lifecycle event", extra={"task_id": task.id})
+    from . import batches
+
+    try:
+        batches.task_terminal(task)  # a batch's task: count it, and have the batch finished after its last
+    except Exception:  # noqa: BLE001 - the task is final either way; a lost count leaves the batch unfinished
+        logger.exception("could not count the task on its batch", extra={"task_id": task.id})
 
 
 def _store_url(task: Task, source: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,406 @@
+"""Batch jobs from S3: `batches/<name>.jsonl` in the image bucket -> one task per line -> `results/<name>.jsonl`.
+
+Each input line is `{"custom_id": "...", "body": {<image request>}}`; the OpenAI Batch line shape
+`{"custom_id", "method": "POST", "url": "/v1/images/generations", "body"}` is accepted too. Blank lines are
+skipped (they are not lines of the batch). A bad line (not JSON, not an object, invalid request) becomes a
+failed task with a clear error, so it still gets its result line and never sinks the batch.
+
+Ownership: batch tasks belong to the deployment's event tenant (`EVENT_TENANT`, as bus-requested tasks do);
+each task's `reference` is its `custom_id` (or `<name>#<line>` without one).
+
+State: one batch record in the task table, id `batch#<hash of bucket, key, ETag>` (no `owner`, no `sweep`:
+listings and the sweep never see it) holding the byte `offset` and the number of `lines` read so far,
+`done`/`total` once the whole object is read, and `terminal`, a counter of finished tasks. The object is
+read streamed with a ranged GET from `offset` (IfMatch the ETag: an overwritten object is a new batch);
+every `CHECKPOINT_LINES` lines the offset is saved, and when the run has read `BATCH_LINES_PER_RUN` lines or
+little time is left, it publishes "Batch Continue" and the next submit run resumes there. Task ids derive
+from the record and the line number, so re-reading a line (a redelivered S3 event, a crashed run) creates
+nothing twice.
+
+Completion: every task that ends is announced (worker.announce), which calls `task_terminal`: an atomic ADD
+on the record. When `terminal` reaches `total`, "Batch Continue" asks the submit function (it may write the
+bucket) to write the results: one line per input line, in input order, read back 100 tasks at a time and
+uploaded as a stream. A conditional claim on the record makes one writer win.
+
+Result URLs: `url` is presigned for PRESIGN_EXPIRES_S (S3 caps presigned URLs at 7 days), so each line also
+carries `s3_uri`, the durable reference; `GET /v1/images/tasks/{task_id}/images/{i}` with the event tenant's
+key gives a fresh URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+
+from . import bus, storage, tasks
+from .capabilities import validate_for_model
+from .errors import BadRequest, GatewayError
+from .request import parse_request
+from .routing import routes_for
+from .tasks import Task, now_ms
+
+logger = Logger(child=True)
+
+BATCH_CONTINUE = "Batch Continue"
+INPUT_PREFIX = "batches/"
+RESULTS_PREFIX = "results/"
+CHECKPOINT_LINES = 100
+MAX_LINE_BYTES = 256 * 1024
+MIN_REMAINING_MS = 60_000  # stop reading and hand over while this much of the run is left
+RESULTS_LEASE_MS = 600_000
+_READ_CHUNK = 64 * 1024
+
+
+def lines_per_run() -> int:
+    return int(os.environ.get("BATCH_LINES_PER_RUN", "2000"))
+
+
+def _tenant() -> str:
+    return os.environ.get("EVENT_TENANT", "events")
+
+
+def record_id(bucket: str, key: str, etag: str) -> str:
+    return "batch#" + hashlib.sha256(f"{bucket}/{key}#{etag}".encode()).hexdigest()[:24]
+
+
+def task_id_for(batch: dict[str, Any], line: int) -> str:
+    """Time-ordered like every task id (the batch's start plus the line number), the same on every re-read."""
+    return f"imgtask_{int(batch['base_ns']) + line:016x}{batch['id'][6:14]}"
+
+
+def results_key(key: str) -> str:
+    return RESULTS_PREFIX + key[len(INPUT_PREFIX):] if key.startswith(INPUT_PREFIX) else RESULTS_PREFIX + key
+
+
+# -- entry points ---------------------------------------------------------------------------------------
+
+def is_s3_event(event: dict[str, Any]) -> bool:
+    records = event.get("Records")
+    return isinstance(records, list) and bool(records) and records[0].get("eventSource") == "aws:s3"
+
+
+def on_s3_event(event: dict[str, Any], context: Any) -> None:
+    """ObjectCreated under batches/: start (or, on redelivery, harmlessly resume) each batch."""
+    for record in event["Records"]:
+        if not str(record.get("eventName", "")).startswith("ObjectCreated"):
+            continue
+        bucket = record["s3"]["bucket"]["name"]
+        key = unquote_plus(record["s3"]["object"]["key"])  # S3 notifications URL-encode the key
+        etag = str(record["s3"]["object"].get("eTag") or record["s3"]["object"].get("etag") or "").strip('"')
+        if bucket != storage.bucket() or not key.startswith(INPUT_PREFIX):
+            logger.warning("ignoring an object outside the batch prefix", extra={"bucket": bucket, "key": key})
+            continue
+        batch = _start(bucket, key, etag)
+        logger.append_keys(batch_id=batch["id"])
+        _run(batch, context)
+
+
+def on_continue(event: dict[str, Any], context: Any) -> None:
+    """"Batch Continue": read on from the saved offset, or write the results of a finished batch."""
+    batch = _get((event.get("detail") or {}).get("batch_id", ""))
+    if batch is None:
+        logger.warning("no such batch", extra={"detail": event.get("detail")})
+        return
+    logger.append_keys(batch_id=batch["id"])
+    _run(batch, context)
+
+
+def task_terminal(task: Task) -> None:
+    """Called by worker.announce for every task that ended: count it on its batch, finish the batch."""
+    if task.owner != _tenant():
+        return  # API tasks are never batch tasks: no extra read for them
+    item = tasks.table().get_item(Key={"id": task.id}, ProjectionExpression="#b",
+                                  ExpressionAttributeNames={"#b": "batch"}).get("Item") or {}
+    if not item.get("batch"):
+        return
+    batch = tasks._plain(tasks.table().update_item(
+        Key={"id": item["batch"]}, UpdateExpression="ADD terminal :one", ExpressionAttributeValues={":one": 1},
+        ConditionExpression="attribute_exists(id)", ReturnValues="ALL_NEW")["Attributes"])
+    if _complete(batch):
+        _publish_continue(batch["id"])  # the submit function writes the results (it may write the bucket)
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+
+def _start(bucket: str, key: str, etag: str) -> dict[str, Any]:
+    batch = {"id": record_id(bucket, key, etag), "kind": "batch", "bucket": bucket, "key": key, "etag": etag,
+             "results_key": results_key(key), "offset": 0, "lines": 0, "terminal": 0, "done": False,
+             "base_ns": time.time_ns(), "created_at": now_ms(), "expires_at": tasks._retention_expiry()}
+    try:
+        tasks.table().put_item(Item=batch, ConditionExpression="attribute_not_exists(id)")
+        logger.info("batch started", extra={"batch_id": batch["id"], "key": key})
+        return batch
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+            raise
+    return _get(batch["id"])  # a redelivered event: resume from what was saved
+
+
+def _get(batch_id: str) -> dict[str, Any] | None:
+    if not batch_id.startswith("batch#"):
+        return None
+    item = tasks.table().get_item(Key={"id": batch_id}, ConsistentRead=True).get("Item")
+    return tasks._plain(item) if item else None
+
+
+def _run(batch: dict[str, Any], context: Any) -> None:
+    if not batch["done"]:
+        batch = _read(batch, context)
+        if batch is None or not batch["done"]:
+            return
+    if _complete(batch):
+        write_results(batch)
+
+
+def _read(batch: dict[str, Any], context: Any) -> dict[str, Any] | None:
+    """Create tasks for lines from the saved offset on; hand over to a new run before time runs out."""
+    offset, line_no, budget = int(batch["offset"]), int(batch["lines"]), lines_per_run()
+    since_checkpoint = 0
+    try:
+        body = storage.s3().get_object(Bucket=batch["bucket"], Key=batch["key"], Range=f"bytes={offset}-",
+                                       **({"IfMatch": batch["etag"]} if batch["etag"] else {}))["Body"]
+    except ClientError as exc:
+        code = exc.response["Error"]["Code"]
+        if code == "InvalidRange":  # nothing (more) to read: an empty object, or read to its very end
+            return _finish_reading(batch, offset, line_no)
+        if code in ("PreconditionFailed", "NoSuchKey", "404"):
+            logger.warning("batch object replaced or deleted; its new version is a batch of its own",
+                           extra={"key": batch["key"], "error": code})
+            return None
+        raise
+    try:
+        for raw, end in _lines(body, offset):
+            offset = end
+            if raw is not None and not raw.strip():
+                continue  # a blank line is not a line of the batch
+            line_no += 1
+            _accept_line(batch, line_no, raw)
+            since_checkpoint += 1
+            budget -= 1
+            if since_checkpoint >= CHECKPOINT_LINES:
+                _checkpoint(batch, offset, line_no)
+                since_checkpoint = 0
+            if budget <= 0 or _time_left_ms(context) < MIN_REMAINING_MS:
+                _checkpoint(batch, offset, line_no)
+                logger.info("batch continues in a new run", extra={"lines": line_no, "offset": offset})
+                _publish_continue(batch["id"])
+                return None
+    finally:
+        body.close()
+    return _finish_reading(batch, offset, line_no)
+
+
+def _lines(body: Any, offset: int) -> Iterator[tuple[bytes | None, int]]:
+    """(line, byte offset after it) for each line; a line over MAX_LINE_BYTES comes as None, never buffered."""
+    parts: list[bytes] = []
+    pending = 0  # bytes of the current line seen so far (kept in `parts` unless it is too long)
+    for chunk in body.iter_chunks(_READ_CHUNK):
+        start = 0
+        while True:
+            cut = chunk.find(b"\n", start)
+            piece = chunk[start:] if cut < 0 else chunk[start:cut]
+            pending += len(piece)
+            if pending <= MAX_LINE_BYTES:
+                parts.append(piece)
+            else:
+                parts = []
+            if cut < 0:
+                break
+            offset += pending + 1
+            yield (b"".join(parts) if pending <= MAX_LINE_BYTES else None), offset
+            parts, pending, start = [], 0, cut + 1
+    if pending:
+        yield (b"".join(parts) if pending <= MAX_LINE_BYTES else None), offset + pending
+
+
+def _checkpoint(batch: dict[str, Any], offset: int, lines: int) -> None:
+    """Save progress; only ever forward (a concurrent reader of a redelivered event may be ahead)."""
+    try:
+        tasks.table().update_item(Key={"id": batch["id"]}, UpdateExpression="SET #o = :o, #l = :l",
+                                  ConditionExpression="#o < :o", ExpressionAttributeNames={"#o": "offset", "#l": "lines"},
+                                  ExpressionAttributeValues={":o": offset, ":l": lines})
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+            raise
+
+
+def _finish_reading(batch: dict[str, Any], offset: int, lines: int) -> dict[str, Any]:
+    resp = tasks.table().update_item(
+        Key={"id": batch["id"]}, UpdateExpression="SET #o = :o, #l = :l, #t = :l, done = :yes",
+        ExpressionAttributeNames={"#o": "offset", "#l": "lines", "#t": "total"},
+        ExpressionAttributeValues={":o": offset, ":l": lines, ":yes": True}, ReturnValues="ALL_NEW")
+    logger.info("batch read", extra={"lines": lines})
+    return tasks._plain(resp["Attributes"])
+
+
+def _time_left_ms(context: Any) -> int:
+    getter = getattr(context, "get_remaining_time_in_millis", None)
+    return int(getter()) if getter else 10**9
+
+
+def _parse_line(raw: bytes | None) -> tuple[str | None, Any]:
+    """(custom_id, request body) of a line; raises BadRequest with what is wrong with it."""
+    if raw is None:
+        raise BadRequest(f"The line is longer than {MAX_LINE_BYTES} bytes.", code="line_too_long")
+    try:
+        line = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The line is not valid JSON.", code="invalid_json") from None
+    if not isinstance(line, dict):
+        raise BadRequest("The line must be a JSON object: {\"custom_id\", \"body\"}.", code="invalid_json")
+    custom_id = line.get("custom_id")
+    custom_id = None if custom_id is None else str(custom_id)[:512]
+    if "method" in line and str(line["method"]).upper() != "POST":
+        raise BadRequest(f"Invalid 'method': {line['method']!r}; batch lines must be POST.", param="method")
+    if "url" in line and str(line["url"]).rstrip("/") not in ("/v1/images/generations", "/images/generations"):
+        raise BadRequest(f"Invalid 'url': {line['url']!r}; only /v1/images/generations is supported.", param="url")
+    if not isinstance(line.get("body"), dict):
+        raise BadRequest("The line must carry `body`: an image request object.", param="body")
+    return custom_id, line["body"]
+
+
+def _accept_line(batch: dict[str, Any], line_no: int, raw: bytes | None) -> None:
+    task_id = task_id_for(batch, line_no)
+    now = now_ms()
+    custom_id, body = None, None
+    try:
+        try:
+            custom_id, body = _parse_line(raw)
+        except BadRequest:
+            custom_id = _salvage_custom_id(raw)
+            raise
+        req = parse_request(body)
+        routes = routes_for(req.model)
+        validate_for_model(req, routes[0].upstream_model, routes[0].dialect)
+    except GatewayError as exc:
+        model = str(body.get("model", "unknown")) if isinstance(body, dict) else "unknown"
+        task = Task(id=task_id, owner=_tenant(), status="failed", stage="done", model=model or "unknown",
+                    request=body if isinstance(body, dict) else {}, created_at=now, updated_at=now,
+                    completed_at=now, error=exc.task_error(),
+                    reference=custom_id or f"{batch['key']}#{line_no}")
+        if _put(task, batch, line_no, custom_id, live=False):
+            from . import worker  # late: worker imports this module
+
+            worker.announce(task)  # "Image Task Failed", and the batch's terminal count
+        return
+    task = Task(id=task_id, owner=_tenant(), status="queued", stage="queued", model=req.model,
+                request=req.upstream_fields(), created_at=now, updated_at=now, next_check_at=now + 60_000,
+                reference=custom_id or f"{batch['key']}#{line_no}", webhook=req.webhook)
+    if _put(task, batch, line_no, custom_id, live=True):
+        bus.publish(bus.TASK_QUEUED, task_id)
+
+
+def _salvage_custom_id(raw: bytes | None) -> str | None:
+    try:
+        line = json.loads(raw) if raw is not None else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return str(line["custom_id"])[:512] if isinstance(line, dict) and line.get("custom_id") is not None else None
+
+
+def _put(task: Task, batch: dict[str, Any], line_no: int, custom_id: str | None, *, live: bool) -> bool:
+    """Put the task with its batch, line and custom_id; False when this line's task already exists."""
+    task.batch = batch["id"]  # type: ignore[attr-defined] - stored with the item, beside the Task fields
+    task.line = line_no  # type: ignore[attr-defined]
+    if custom_id is not None:
+        task.custom_id = custom_id  # type: ignore[attr-defined]
+    return tasks._put(task, live=live) is not None
+
+
+def _publish_continue(batch_id: str) -> None:
+    bus.publish_detail(BATCH_CONTINUE, {"batch_id": batch_id})
+
+
+# -- results ---------------------------------------------------------------------------------------------
+
+def _complete(batch: dict[str, Any]) -> bool:
+    return bool(batch.get("done")) and int(batch.get("terminal", 0)) >= int(batch.get("total", -1)) \
+        and not batch.get("results_written")
+
+
+def write_results(batch: dict[str, Any]) -> bool:
+    """Write results/<name>.jsonl once: claim the write on the record, stream the lines, mark it written."""
+    now = now_ms()
+    try:
+        tasks.table().update_item(
+            Key={"id": batch["id"]}, UpdateExpression="SET results_lease = :until",
+            ConditionExpression="done = :yes AND terminal >= #t AND attribute_not_exists(results_written) AND "
+                                "(attribute_not_exists(results_lease) OR results_lease < :now)",
+            ExpressionAttributeNames={"#t": "total"},
+            ExpressionAttributeValues={":yes": True, ":now": now, ":until": now + RESULTS_LEASE_MS})
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            return False
+        raise
+    storage.s3().upload_fileobj(_Stream(_result_lines(batch)), batch["bucket"], batch["results_key"],
+                                ExtraArgs={"ContentType": "application/jsonl"}, Config=storage.TRANSFER_CONFIG)
+    tasks.table().update_item(Key={"id": batch["id"]}, UpdateExpression="SET results_written = :now",
+                              ExpressionAttributeValues={":now": now_ms()})
+    logger.info("batch results written", extra={"key": batch["results_key"], "lines": batch["total"]})
+    return True
+
+
+def _result_lines(batch: dict[str, Any]) -> Iterator[bytes]:
+    total = int(batch["total"])
+    bucket = batch["bucket"]
+    for first in range(1, total + 1, 100):
+        ids = [task_id_for(batch, n) for n in range(first, min(first + 100, total + 1))]
+        found = _get_many(ids)
+        for n, task_id in zip(range(first, first + len(ids)), ids):
+            item = found.get(task_id)
+            if item is None:
+                line = {"custom_id": None, "task_id": task_id, "status": "failed", "data": None,
+                        "error": {"code": "task_missing", "type": "server_error",
+                                  "message": f"The task of line {n} is missing."}}
+            else:
+                data = None
+                if item.get("status") == "succeeded":
+                    data = [{"url": storage.presigned_url(image["key"]), "s3_uri": f"s3://{bucket}/{image['key']}"}
+                            for image in item.get("images", [])]
+                line = {"custom_id": item.get("custom_id"), "task_id": task_id, "status": item.get("status"),
+                        "data": data, "error": item.get("error")}
+            yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
+
+
+def _get_many(ids: list[str]) -> dict[str, dict[str, Any]]:
+    client = tasks.table().meta.client
+    name = tasks.table().name
+    request = {name: {"Keys": [{"id": i} for i in ids], "ConsistentRead": True,
+                      "ProjectionExpression": "id, #s, images, #e, custom_id",
+                      "ExpressionAttributeNames": {"#s": "status", "#e": "error"}}}
+    out: dict[str, dict[str, Any]] = {}
+    while request:
+        resp = client.batch_get_item(RequestItems=request)
+        for raw in resp["Responses"].get(name, []):
+            item = tasks._plain(raw)  # the resource's client hands back plain values
+            out[item["id"]] = item
+        request = resp.get("UnprocessedKeys") or {}
+    return out
+
+
+class _Stream:
+    """A read()-able file over a generator of byte strings: the results are uploaded as they are made."""
+
+    def __init__(self, parts: Iterator[bytes]):
+        self._parts = parts
+        self._buf = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buf) < size:
+            part = next(self._parts, None)
+            if part is None:
+                break
+            self._buf += part
+        if size < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:size], self._buf[size:]
+        return out

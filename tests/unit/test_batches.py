@@ -1,0 +1,199 @@
+"""Batch jobs: a JSONL object under batches/ -> one task per line -> results/<name>.jsonl in input order."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import tracemalloc
+from collections import deque
+from urllib.parse import quote_plus
+
+import boto3
+import pytest
+
+import submit_handler
+from imagegw import batches, bus, tasks
+from imagegw.intake import event_tenant
+from tests.apiclient import FakeContext, bus_event
+from tests.conftest import ROOT
+
+SAMPLE = json.loads((ROOT / "events" / "s3-batch-created.json").read_text())
+
+
+class Bus:
+    """EventBridge and the submit function's rules, run in order in this thread until nothing is left."""
+
+    def __init__(self, monkeypatch):
+        self.queue: deque = deque()
+        self.lifecycle: list[tuple[str, dict]] = []
+        self.continues = 0
+        monkeypatch.setattr(bus, "publish", lambda kind, task_id: self.queue.append(bus_event(kind, task_id)))
+        monkeypatch.setattr(bus, "publish_detail", self._publish_detail)
+
+    def _publish_detail(self, kind, detail):
+        if kind == batches.BATCH_CONTINUE:
+            self.continues += 1
+            self.queue.append({**bus_event(kind, ""), "detail": detail})
+        else:
+            self.lifecycle.append((kind, detail))
+
+    def drain(self, context=None):
+        while self.queue:
+            submit_handler.lambda_handler(self.queue.popleft(), context or FakeContext())
+
+
+@pytest.fixture
+def inline(aws, monkeypatch):
+    return Bus(monkeypatch)
+
+
+def put_batch(key: str, lines: list, *, raw: bytes | None = None) -> dict:
+    """Upload the batch and build the S3 notification for it (from the events/ sample, key URL-encoded)."""
+    body = raw if raw is not None else "".join(
+        (line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines).encode()
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=os.environ["IMAGE_BUCKET"], Key=key, Body=body)
+    etag = s3.head_object(Bucket=os.environ["IMAGE_BUCKET"], Key=key)["ETag"].strip('"')
+    event = json.loads(json.dumps(SAMPLE))
+    record = event["Records"][0]
+    record["s3"]["bucket"]["name"] = os.environ["IMAGE_BUCKET"]
+    record["s3"]["object"].update(key=quote_plus(key), size=len(body), eTag=etag)
+    return event
+
+
+def results(key: str) -> list[dict]:
+    obj = boto3.client("s3").get_object(Bucket=os.environ["IMAGE_BUCKET"], Key=key)
+    return [json.loads(line) for line in obj["Body"].read().decode().splitlines()]
+
+
+def line(custom_id, prompt, **extra):
+    return {"custom_id": custom_id, "body": {"model": "local-tiny", "prompt": prompt, "size": "64x64", **extra}}
+
+
+MIXED = [
+    line("a", "a red kite"),
+    "{not json",
+    {"custom_id": "b", "method": "POST", "url": "/v1/images/generations",
+     "body": {"model": "gpt-image-1", "prompt": "a blue door", "n": 2}},
+    line("bad-size", "x", size="7x7"),
+    line("c", "a green field"),
+]
+
+
+def test_a_batch_gets_one_result_line_per_input_line_in_order(inline):
+    event = put_batch("batches/my posters.jsonl", MIXED)  # a space: S3 sends the key URL-encoded
+    submit_handler.lambda_handler(event, FakeContext())
+    inline.drain()
+    out = results("results/my posters.jsonl")
+    assert [r["custom_id"] for r in out] == ["a", None, "b", "bad-size", "c"]
+    assert [r["status"] for r in out] == ["succeeded", "failed", "succeeded", "failed", "succeeded"]
+    assert out[1]["error"]["code"] == "invalid_json" and "not valid JSON" in out[1]["error"]["message"]
+    assert out[3]["error"]["code"] == "invalid_size" and "size" in out[3]["error"]["message"]
+    assert len(out[2]["data"]) == 2 and out[0]["error"] is None and out[1]["data"] is None
+    bucket = os.environ["IMAGE_BUCKET"]
+    for r in (out[0], out[2], out[4]):
+        for image in r["data"]:
+            assert image["s3_uri"].startswith(f"s3://{bucket}/images/{r['task_id']}/")
+            assert image["url"].startswith("http") and "Signature" in image["url"]
+    # the tasks belong to the event tenant and carry the custom_id as their reference
+    task = tasks.get(out[0]["task_id"], event_tenant())
+    assert task.reference == "a" and task.status == "succeeded"
+    assert tasks.get(out[1]["task_id"]).reference == "batches/my posters.jsonl#2"
+    # every line was announced like any other event-tenant task
+    assert sorted(kind for kind, _ in inline.lifecycle) == ["Image Task Failed"] * 2 + ["Image Task Succeeded"] * 3
+
+
+def test_the_batch_record_stays_out_of_listings_and_the_sweep(inline):
+    submit_handler.lambda_handler(put_batch("batches/one.jsonl", [line("x", "one")]), FakeContext())
+    assert len(tasks.list_for(event_tenant())[0]) == 1  # the task, not the batch record
+    assert all(not i.startswith("batch#") for i in tasks.due(now=tasks.now_ms() + 10**9))
+    inline.drain()
+    assert [r["status"] for r in results("results/one.jsonl")] == ["succeeded"]
+
+
+def test_a_redelivered_s3_event_creates_no_second_task(inline):
+    event = put_batch("batches/twice.jsonl", [line("x", "one"), line("y", "two")])
+    submit_handler.lambda_handler(event, FakeContext())
+    submit_handler.lambda_handler(event, FakeContext())
+    inline.drain()
+    submit_handler.lambda_handler(event, FakeContext())  # after completion too
+    inline.drain()
+    assert len(tasks.list_for(event_tenant(), limit=50)[0]) == 2
+    assert [r["custom_id"] for r in results("results/twice.jsonl")] == ["x", "y"]
+
+
+def test_a_batch_is_read_across_runs_when_it_must_hand_over(inline, monkeypatch):
+    monkeypatch.setenv("BATCH_LINES_PER_RUN", "3")
+    monkeypatch.setattr(batches, "CHECKPOINT_LINES", 2)
+    lines = [line(f"id-{i}", f"prompt {i}") for i in range(10)] + ["", "   "]  # blank lines are not lines
+    submit_handler.lambda_handler(put_batch("batches/split.jsonl", lines), FakeContext())
+    inline.drain()
+    assert inline.continues >= 3  # 10 lines, 3 per run, plus the call to write the results
+    out = results("results/split.jsonl")
+    assert [r["custom_id"] for r in out] == [f"id-{i}" for i in range(10)]
+    assert all(r["status"] == "succeeded" for r in out)
+
+
+def test_a_run_short_of_time_hands_over(inline):
+    class Short(FakeContext):
+        @staticmethod
+        def get_remaining_time_in_millis():
+            return 1_000
+
+    submit_handler.lambda_handler(put_batch("batches/short.jsonl", [line("1", "a"), line("2", "b")]), Short())
+    inline.drain()  # each run reads one line then hands over
+    assert [r["custom_id"] for r in results("results/short.jsonl")] == ["1", "2"]
+    assert inline.continues >= 2
+
+
+def test_a_line_too_long_a_non_object_and_a_wrong_url_fail_alone(inline, monkeypatch):
+    monkeypatch.setattr(batches, "MAX_LINE_BYTES", 200)
+    huge = json.dumps(line("huge", "p" * 500))
+    lines = [huge, "[1, 2]", {"custom_id": "u", "url": "/v1/chat/completions", "body": {"prompt": "x"}},
+             line("ok", "fine")]
+    raw = "".join(x if isinstance(x, str) else json.dumps(x) for x in [lines[0] + "\n", lines[1] + "\n",
+                                                                       json.dumps(lines[2]) + "\n"])
+    raw += json.dumps(lines[3])  # no newline at the end of the last line
+    submit_handler.lambda_handler(put_batch("batches/odd.jsonl", [], raw=raw.encode()), FakeContext())
+    inline.drain()
+    out = results("results/odd.jsonl")
+    assert [r["status"] for r in out] == ["failed", "failed", "failed", "succeeded"]
+    assert out[0]["error"]["code"] == "line_too_long" and out[2]["custom_id"] == "u"
+    assert "url" in out[2]["error"]["message"]
+
+
+def test_an_empty_batch_writes_empty_results(inline):
+    submit_handler.lambda_handler(put_batch("batches/empty.jsonl", [], raw=b""), FakeContext())
+    inline.drain()
+    assert results("results/empty.jsonl") == []
+
+
+def test_objects_outside_batches_are_ignored(inline):
+    event = put_batch("batches/x.jsonl", [line("x", "one")])
+    event["Records"][0]["s3"]["object"]["key"] = "images/x.jsonl"
+    submit_handler.lambda_handler(event, FakeContext())
+    assert inline.queue == deque() and tasks.list_for(event_tenant())[0] == []
+
+
+@pytest.mark.skipif(os.environ.get("BATCH_10K") != "1", reason="set BATCH_10K=1: about a minute or more")
+def test_ten_thousand_lines_complete_with_bounded_memory(inline, monkeypatch):
+    n = 10_000
+    raw = "".join(json.dumps(line(f"id-{i}", f"poster {i}")) + "\n" for i in range(n)).encode()
+    event = put_batch("batches/big.jsonl", [], raw=raw)
+    del raw
+    monkeypatch.setenv("BATCH_LINES_PER_RUN", "2500")
+    tracemalloc.start()
+    started = time.monotonic()
+    submit_handler.lambda_handler(event, FakeContext())
+    inline.drain()
+    elapsed = time.monotonic() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    print(f"\n10,000-line batch: {elapsed:.1f} s, peak traced memory {peak / 2**20:.1f} MiB")
+    body = boto3.client("s3").get_object(Bucket=os.environ["IMAGE_BUCKET"], Key="results/big.jsonl")["Body"]
+    count = 0
+    for count, raw_line in enumerate(body.iter_lines(), start=1):
+        result = json.loads(raw_line)
+        assert result["custom_id"] == f"id-{count - 1}" and result["status"] == "succeeded"
+    assert count == n
