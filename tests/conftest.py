@@ -52,6 +52,21 @@ def aws(monkeypatch):
 
 
 @pytest.fixture
+def inline_bus(aws, monkeypatch):
+    """EventBridge and its rules, in process: each publish runs the rule's function (the real handler)."""
+    import fetch_handler
+    import submit_handler
+    from imagegw import bus
+    from tests.apiclient import InlineBus
+
+    inline = InlineBus({bus.TASK_QUEUED: submit_handler.lambda_handler,
+                        bus.TASK_GENERATED: fetch_handler.lambda_handler})
+    monkeypatch.setattr(bus, "publish", inline.publish)
+    yield inline
+    inline.drain()
+
+
+@pytest.fixture
 def providers_file(tmp_path, monkeypatch):
     """Write a provider configuration for this test and point PROVIDERS_FILE at it."""
 

@@ -12,20 +12,12 @@ import fetch_handler
 import poll_handler
 import submit_handler
 from imagegw import bus
-from tests.apiclient import InlineBus, call
+from tests.apiclient import call
 from tests.conftest import API_KEY, OTHER_KEY, s3_objects
 from tests.simulators.openai_sim import Behaviour, OpenAISimulator
 
 GEN = "/v1/images/generations"
 
-
-@pytest.fixture
-def inline_bus(aws, monkeypatch):
-    inline = InlineBus({bus.TASK_QUEUED: submit_handler.lambda_handler,
-                        bus.TASK_GENERATED: fetch_handler.lambda_handler})
-    monkeypatch.setattr(bus, "publish", inline.publish)
-    yield inline
-    inline.drain()
 
 
 def generate(body, key=API_KEY, **kwargs):

@@ -10,16 +10,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import fetch_handler
 import poll_handler
 import submit_handler
-from imagegw import bus, tasks, worker
+from imagegw import tasks, worker
 from imagegw.dialects import Done, Failed, HttpReply, Pending
 from imagegw.dialects.async_relay import AsyncRelayDialect, parse_progress, request_body
 from imagegw.errors import ContentPolicyViolation, UpstreamFailed
 from imagegw.request import parse_request
 from imagegw.routing import ProviderConfig, Route
-from tests.apiclient import FakeContext, InlineBus, call
+from tests.apiclient import FakeContext, call
 from tests.conftest import API_KEY, s3_objects
 from tests.simulators.async_relay_sim import ID_SHAPES, AsyncRelaySimulator, Behaviour
 from tests.simulators.loopback import png_bytes
@@ -195,14 +194,6 @@ def test_progress_parsing(value, expected):
 
 
 # -- contract through the real handlers ---------------------------------------------------------------------
-
-@pytest.fixture
-def inline_bus(aws, monkeypatch):
-    inline = InlineBus({bus.TASK_QUEUED: submit_handler.lambda_handler,
-                        bus.TASK_GENERATED: fetch_handler.lambda_handler})
-    monkeypatch.setattr(bus, "publish", inline.publish)
-    yield inline
-    inline.drain()
 
 
 @pytest.fixture

@@ -7,16 +7,14 @@ import json
 import pytest
 from PIL import Image
 
-import fetch_handler
 import poll_handler
 import submit_handler
-from imagegw import bus
 from imagegw.dialects import Done, Failed, HttpReply
 from imagegw.dialects.grok import GrokDialect, request_body
 from imagegw.errors import ContentPolicyViolation, UpstreamFailed
 from imagegw.request import parse_request
 from imagegw.routing import ProviderConfig, Route
-from tests.apiclient import InlineBus, call
+from tests.apiclient import call
 from tests.conftest import API_KEY, s3_objects
 from tests.simulators.grok_sim import Behaviour, GrokSimulator
 from tests.simulators.loopback import png_bytes
@@ -122,14 +120,6 @@ def test_an_answer_without_images_is_a_failure_or_a_refusal():
 
 
 # -- contract through the real handlers ---------------------------------------------------------------------
-
-@pytest.fixture
-def inline_bus(aws, monkeypatch):
-    inline = InlineBus({bus.TASK_QUEUED: submit_handler.lambda_handler,
-                        bus.TASK_GENERATED: fetch_handler.lambda_handler})
-    monkeypatch.setattr(bus, "publish", inline.publish)
-    yield inline
-    inline.drain()
 
 
 @pytest.fixture

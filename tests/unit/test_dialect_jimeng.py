@@ -10,16 +10,14 @@ import pytest
 import requests
 from PIL import Image
 
-import fetch_handler
 import poll_handler
 import submit_handler
-from imagegw import bus
 from imagegw.dialects import Done, Failed, HttpReply, get_dialect
 from imagegw.dialects.jimeng import jimeng_ratio
 from imagegw.errors import ContentPolicyViolation, UpstreamFailed
 from imagegw.request import parse_request
 from imagegw.routing import load_config_text, routes_for
-from tests.apiclient import InlineBus, call
+from tests.apiclient import call
 from tests.conftest import API_KEY, s3_objects
 from tests.simulators.jimeng_sim import PIXELS, Behaviour, JimengSimulator
 
@@ -175,12 +173,9 @@ def test_simulator_refuses_pixel_sizes_bad_keys_and_missing_fields():
 # -- contract through the real handlers ------------------------------------------------------------------------
 
 @pytest.fixture
-def inline_bus(aws, monkeypatch, loopback_fetch):
-    inline = InlineBus({bus.TASK_QUEUED: submit_handler.lambda_handler,
-                        bus.TASK_GENERATED: fetch_handler.lambda_handler})
-    monkeypatch.setattr(bus, "publish", inline.publish)
-    yield inline
-    inline.drain()
+def inline_bus(inline_bus, loopback_fetch):
+    """The shared in-process bus, with image downloads from the loopback simulators allowed."""
+    return inline_bus
 
 
 @pytest.fixture

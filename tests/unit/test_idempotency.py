@@ -10,24 +10,12 @@ import pytest
 import poll_handler
 import submit_handler
 from imagegw import bus, idempotency, tasks
-from tests.apiclient import InlineBus, call
+from tests.apiclient import call
 from tests.conftest import API_KEY, OTHER_KEY, s3_objects
 
 GEN = "/v1/images/generations"
 BODY = {"model": "gpt-image-1", "prompt": "a lighthouse at dusk"}
 
-
-@pytest.fixture
-def inline_bus(aws, monkeypatch):
-    idempotency.reset()
-    import fetch_handler
-
-    inline = InlineBus({bus.TASK_QUEUED: submit_handler.lambda_handler,
-                        bus.TASK_GENERATED: fetch_handler.lambda_handler})
-    monkeypatch.setattr(bus, "publish", inline.publish)
-    yield inline
-    inline.drain()
-    idempotency.reset()
 
 
 def generate(body=BODY, key=API_KEY, idem=None, **kwargs):

@@ -21,7 +21,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Que
 
 from . import bus, idempotency, keys, storage, tasks, views, worker
 from .capabilities import validate_for_model
-from .errors import BadRequest, Conflict, GatewayError, NotFound, PayloadTooLarge, ServerError, from_task_error
+from .errors import Conflict, GatewayError, NotFound, PayloadTooLarge, ServerError, from_task_error
 from .request import MAX_BODY_BYTES, ImageRequest, bad_request_from_errors
 from .routing import public_models, routes_for
 
