@@ -112,6 +112,10 @@ def _create_bucket(s3: Any, name: str, props: dict[str, Any], region: str) -> No
         rules = [{("ApplyServerSideEncryptionByDefault" if k == "ServerSideEncryptionByDefault" else k): v
                   for k, v in rule.items()} for rule in encryption]
         s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": rules})
+    if (props.get("NotificationConfiguration") or {}).get("EventBridgeConfiguration", {}).get("EventBridgeEnabled"):
+        # S3 -> EventBridge: moto then sends "Object Created" to the buses, where the template's rules match.
+        s3.put_bucket_notification_configuration(Bucket=name, NotificationConfiguration={
+            "EventBridgeConfiguration": {}})
     # Not emulated: lifecycle expiry (moto never expires objects) and the bucket policy (it denies plain
     # HTTP, which is all a loopback endpoint speaks; moto does not enforce policies anyway).
     log.info("bucket %s", name)

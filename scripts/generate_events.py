@@ -55,14 +55,25 @@ def bus_event(detail_type: str) -> dict:
             "resources": [], "detail": {"task_id": TASK}}
 
 
+def s3_object_created(bucket: str, key: str) -> dict:
+    """S3's "Object Created" on EventBridge (the batch trigger); `sam local generate-event` has no such sample."""
+    return {"version": "0", "id": "17793124-05d4-b198-2fde-7ededc63b103", "detail-type": "Object Created",
+            "source": "aws.s3", "account": "123456789012", "time": "2026-11-21T12:00:00Z", "region": "us-east-1",
+            "resources": [f"arn:aws:s3:::{bucket}"],
+            "detail": {"version": "0", "bucket": {"name": bucket},
+                       "object": {"key": key, "size": 90, "etag": "b1946ac92492d2347c6235b4d2611184",
+                                  "sequencer": "00617F08299329D189"},
+                       "request-id": "N4N7GDK58NMKJ12R", "requester": "123456789012",
+                       "source-ip-address": "203.0.113.15", "reason": "PutObject"}}
+
+
 def main() -> None:
     EVENTS.mkdir(exist_ok=True)
     files = {name: api_event(*spec) for name, spec in API.items()}
     files["bus-task-queued.json"] = bus_event("Task Queued")
     files["bus-task-generated.json"] = bus_event("Task Generated")
     files["schedule-sweep.json"] = sam_event("cloudwatch", "scheduled-event")
-    files["s3-batch-created.json"] = sam_event("s3", "put", "--bucket", "imagegw-local-images", "--key",
-                                               "batches/posters.jsonl")
+    files["s3-batch-created.json"] = s3_object_created("imagegw-local-images", "batches/posters.jsonl")
     for name, event in files.items():
         (EVENTS / name).write_text(json.dumps(event, indent=2) + "\n")
         print(f"events/{name}")

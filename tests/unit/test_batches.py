@@ -7,7 +7,6 @@ import os
 import time
 import tracemalloc
 from collections import deque
-from urllib.parse import quote_plus
 
 import boto3
 import pytest
@@ -49,16 +48,15 @@ def inline(aws, monkeypatch):
 
 
 def put_batch(key: str, lines: list, *, raw: bytes | None = None) -> dict:
-    """Upload the batch and build the S3 notification for it (from the events/ sample, key URL-encoded)."""
+    """Upload the batch and build S3's "Object Created" event for it (from the events/ sample)."""
     body = raw if raw is not None else "".join(
         (line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines).encode()
     s3 = boto3.client("s3")
     s3.put_object(Bucket=os.environ["IMAGE_BUCKET"], Key=key, Body=body)
     etag = s3.head_object(Bucket=os.environ["IMAGE_BUCKET"], Key=key)["ETag"].strip('"')
     event = json.loads(json.dumps(SAMPLE))
-    record = event["Records"][0]
-    record["s3"]["bucket"]["name"] = os.environ["IMAGE_BUCKET"]
-    record["s3"]["object"].update(key=quote_plus(key), size=len(body), eTag=etag)
+    event["detail"]["bucket"]["name"] = os.environ["IMAGE_BUCKET"]
+    event["detail"]["object"].update(key=key, size=len(body), etag=etag)
     return event
 
 
@@ -171,7 +169,7 @@ def test_an_empty_batch_writes_empty_results(inline):
 
 def test_objects_outside_batches_are_ignored(inline):
     event = put_batch("batches/x.jsonl", [line("x", "one")])
-    event["Records"][0]["s3"]["object"]["key"] = "images/x.jsonl"
+    event["detail"]["object"]["key"] = "images/x.jsonl"
     submit_handler.lambda_handler(event, FakeContext())
     assert inline.queue == deque() and tasks.list_for(event_tenant())[0] == []
 

@@ -83,18 +83,30 @@ def results_key(key: str) -> str:
 # -- entry points ---------------------------------------------------------------------------------------
 
 def is_s3_event(event: dict[str, Any]) -> bool:
+    """An object created in a bucket: as S3 sends it to EventBridge (the template's trigger), or as a direct
+    S3 notification (`Records`), which is accepted too."""
+    if event.get("source") == "aws.s3":
+        return event.get("detail-type") == "Object Created"
     records = event.get("Records")
     return isinstance(records, list) and bool(records) and records[0].get("eventSource") == "aws:s3"
 
 
+def _created_objects(event: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(bucket, key, etag) of every object the event says was created."""
+    if event.get("source") == "aws.s3":
+        detail = event.get("detail") or {}
+        obj = detail.get("object") or {}
+        return [((detail.get("bucket") or {}).get("name", ""), str(obj.get("key", "")),
+                 str(obj.get("etag") or obj.get("eTag") or "").strip('"'))]
+    return [(record["s3"]["bucket"]["name"],
+             unquote_plus(record["s3"]["object"]["key"]),  # S3 notifications URL-encode the key
+             str(record["s3"]["object"].get("eTag") or record["s3"]["object"].get("etag") or "").strip('"'))
+            for record in event["Records"] if str(record.get("eventName", "")).startswith("ObjectCreated")]
+
+
 def on_s3_event(event: dict[str, Any], context: Any) -> None:
-    """ObjectCreated under batches/: start (or, on redelivery, harmlessly resume) each batch."""
-    for record in event["Records"]:
-        if not str(record.get("eventName", "")).startswith("ObjectCreated"):
-            continue
-        bucket = record["s3"]["bucket"]["name"]
-        key = unquote_plus(record["s3"]["object"]["key"])  # S3 notifications URL-encode the key
-        etag = str(record["s3"]["object"].get("eTag") or record["s3"]["object"].get("etag") or "").strip('"')
+    """An object created under batches/: start (or, on redelivery, harmlessly resume) its batch."""
+    for bucket, key, etag in _created_objects(event):
         if bucket != storage.bucket() or not key.startswith(INPUT_PREFIX):
             logger.warning("ignoring an object outside the batch prefix", extra={"bucket": bucket, "key": key})
             continue
