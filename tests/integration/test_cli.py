@@ -54,3 +54,18 @@ def test_api_error_is_printed_with_its_param(stack, tmp_path):
     assert result.returncode == 1 and result.stdout == ""
     assert re.fullmatch(r"error: .*7x7.* \(param: size\)\n", result.stderr)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_uploads_a_jsonl_and_waits_for_its_results(stack, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGEGW_BUCKET", "imagegw-local-images")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{stack.aws_port}")
+    source = tmp_path / "cli-posters.jsonl"
+    source.write_text("\n".join(json.dumps({"custom_id": f"p{i}", "body": {"model": "gpt-image-1",
+                                                                           "prompt": f"poster {i}"}})
+                                for i in range(3)) + "\n")
+    result = imagegw(stack, "batch", str(source), "--timeout", "90", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = tmp_path / "cli-posters.results.jsonl"
+    lines = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert [(r["custom_id"], r["status"]) for r in lines] == [("p0", "succeeded"), ("p1", "succeeded"),
+                                                                ("p2", "succeeded")]
