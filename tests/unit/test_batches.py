@@ -11,6 +11,7 @@ from collections import deque
 import boto3
 import pytest
 
+import poll_handler
 import submit_handler
 from imagegw import batches, bus, tasks
 from imagegw.intake import event_tenant
@@ -108,6 +109,22 @@ def test_the_batch_record_stays_out_of_listings_and_the_sweep(inline):
     assert all(not i.startswith("batch#") for i in tasks.due(now=tasks.now_ms() + 10**9))
     inline.drain()
     assert [r["status"] for r in results("results/one.jsonl")] == ["succeeded"]
+
+
+def test_a_cancelled_task_still_lets_its_batch_finish(inline, monkeypatch):
+    from imagegw.keys import key_hash, owner_of_hash
+    from tests.apiclient import call
+
+    monkeypatch.setenv("EVENT_TENANT", owner_of_hash(key_hash("sk-test")))  # the tenant's key may cancel
+    submit_handler.lambda_handler(put_batch("batches/cancel.jsonl", [line("x", "one"), line("y", "two")]),
+                                  FakeContext())
+    first = tasks.list_for(owner_of_hash(key_hash("sk-test")))[0][-1]
+    assert first.status == "queued"  # its "Task Queued" is still on the bus
+    reply = call(poll_handler.lambda_handler, "POST", f"/v1/images/tasks/{first.id}/cancel", key="sk-test")
+    assert reply.status == 200
+    inline.drain()
+    assert [(r["custom_id"], r["status"]) for r in results("results/cancel.jsonl")] == [("x", "cancelled"),
+                                                                                        ("y", "succeeded")]
 
 
 def test_a_redelivered_s3_event_creates_no_second_task(inline):

@@ -122,7 +122,9 @@ def get_task(task_id: str):
 
 @app.post("/v1/images/tasks/<task_id>/cancel", summary="Cancel a task that is not finished")
 def cancel_task(task_id: str):
-    return _json(200, views.task_object(tasks.cancel(task_id, app.context["owner"])))
+    task = tasks.cancel(task_id, app.context["owner"])
+    worker.announce(task)  # a batch counts its cancelled tasks too
+    return _json(200, views.task_object(task))
 
 
 @app.get("/v1/images/tasks/<task_id>/images/<index>", summary="Redirect to a fresh URL of one stored image")

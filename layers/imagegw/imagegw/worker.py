@@ -172,13 +172,15 @@ def _finish(task: Task, status: str, **fields: Any) -> Task | None:
 
 
 def announce(task: Task) -> None:
-    """A task reached succeeded or failed: metrics, and the lifecycle event the team's own rules can match."""
+    """A task reached a terminal status: metrics, the lifecycle event the team's own rules can match
+    (succeeded or failed; a cancel was the caller's own doing), and its batch's count."""
     metrics.add_metric(name=f"Tasks{task.status.capitalize()}", unit=MetricUnit.Count, value=1)
     if task.status == "succeeded":
         metrics.add_metric(name="ImagesStored", unit=MetricUnit.Count, value=len(task.images))
-    kind = bus.TASK_SUCCEEDED if task.status == "succeeded" else bus.TASK_FAILED
+    kind = {"succeeded": bus.TASK_SUCCEEDED, "failed": bus.TASK_FAILED}.get(task.status)
     try:
-        bus.publish_detail(kind, views.event_task(task))
+        if kind:
+            bus.publish_detail(kind, views.event_task(task))
     except Exception:  # noqa: BLE001 - the task itself is final and readable; the event is a notification
         logger.exception("could not publish the lifecycle event", extra={"task_id": task.id})
     from . import batches
