@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 
-from .stack import DEFAULT_API_KEYS, start
+from .stack import DEFAULT_API_KEYS, DEV_WEBHOOK_SECRET, start
 
 READY_LINE = "imagegw local stack ready"
 
@@ -41,6 +41,12 @@ def _sweep_interval() -> float | None:
     return value
 
 
+def _webhook_secret_shown() -> str:
+    # Like the key: the development default is shown (receivers need it to verify); a configured one never.
+    return DEV_WEBHOOK_SECRET if not os.environ.get("WEBHOOK_SECRET") or \
+        os.environ["WEBHOOK_SECRET"] == DEV_WEBHOOK_SECRET else "WEBHOOK_SECRET (as configured)"
+
+
 def banner(api_url: str, aws_url: str, base_url: str) -> str:
     # The default development key is shown so the curl pastes as is; a configured key is never printed.
     keys = os.environ.get("API_KEYS", DEFAULT_API_KEYS)
@@ -50,6 +56,7 @@ def banner(api_url: str, aws_url: str, base_url: str) -> str:
         "",
         f"  API (OpenAI base_url)  {api_url}",
         f"  Embedded AWS (moto)    {aws_url}",
+        f"  Webhook secret         {_webhook_secret_shown()}",
         "",
         "  Try it:",
         f"  curl -s {base_url}/v1/images/generations -H \"Authorization: Bearer {key}\" "

@@ -33,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 STACK_NAME = "imagegw-local"
 DEFAULT_BUCKET = "imagegw-local-images"
 DEFAULT_API_KEYS = "sk-local"
+DEV_WEBHOOK_SECRET = "whsec_aW1hZ2Vndy1sb2NhbC13ZWJob29rLXNlY3JldA=="  # base64 of "imagegw-local-webhook-secret"
 FAKE_CREDENTIAL = "testing"
 EVENT_WORKERS = 8
 
@@ -231,6 +232,9 @@ def _base_env(*, endpoint: str, region: str, api_keys: str, providers_file: str)
         "ALLOW_LOOPBACK_FETCH": "1",  # local only: upstream simulators and webhook receivers on loopback
         "API_KEYS": api_keys,
         "PROVIDERS_FILE": providers_file,
+        # Webhooks are signed with WEBHOOK_SECRET (whsec_...); without one, a fixed development secret that
+        # `python -m local` prints, so a local receiver can verify what it gets.
+        "WEBHOOK_SECRET": os.environ.get("WEBHOOK_SECRET") or DEV_WEBHOOK_SECRET,
     }
     for name in os.environ:
         if name.startswith("AWS_ENDPOINT_URL_"):
@@ -251,6 +255,7 @@ def _function_env(tpl: template.LocalTemplate) -> dict[str, str | None]:
             env[name] = value
     env["PROVIDERS_PARAM"] = None
     env["KEYS_TABLE"] = None
+    env["WEBHOOK_SECRET_ID"] = None  # locally the secret is WEBHOOK_SECRET
     return env
 
 

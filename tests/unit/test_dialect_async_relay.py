@@ -273,7 +273,8 @@ def test_sync_request_completes_as_the_schedule_checks(relay):
         answer = generate(REQUEST)
     assert answer.status == 200, answer.body
     assert_submitted(sim)
-    assert len(sim.checks) == 4 and {r.path for r in sim.checks} == {"/v1/images/tasks/img_task_0001"}
+    # (at least 4: the relay reports SUCCESS on its 4th check; on a loaded machine a check may be retried)
+    assert len(sim.checks) >= 4 and {r.path for r in sim.checks} == {"/v1/images/tasks/img_task_0001"}
     data = answer.json()["data"]
     raw = base64.b64decode(data[0]["b64_json"])  # answered from our stored copy of the relay's URL image
     assert Image.open(io.BytesIO(raw)).size == (1792, 1024) and sim.image_downloads == 1

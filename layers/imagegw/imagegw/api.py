@@ -22,7 +22,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Que
 from . import bus, idempotency, keys, storage, tasks, views, worker
 from .capabilities import validate_for_model
 from .errors import Conflict, GatewayError, NotFound, PayloadTooLarge, ServerError, from_task_error
-from .request import MAX_BODY_BYTES, ImageRequest, bad_request_from_errors
+from .request import MAX_BODY_BYTES, ImageRequest, bad_request_from_errors, parse_request
 from .routing import public_models, routes_for
 
 logger = Logger(child=True)
@@ -75,6 +75,8 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
 @app.post("/v1/images/generations", summary="Create images (sync by default, async on request)")
 def create_images(request: Annotated[ImageRequest, Body(embed=False)],
                   async_: Annotated[str | None, Query(alias="async")] = None,
+                  webhook: Annotated[str | None, Query(description="Where to POST the task when it ends "
+                                                       "(as the `webhook` body field; relays' convention)")] = None,
                   idempotency_key: Annotated[str | None, Header(
                       alias=idempotency.HEADER,
                       description="Create the task once: a repeat within 24 h (same API key, same body) answers "
@@ -84,6 +86,8 @@ def create_images(request: Annotated[ImageRequest, Body(embed=False)],
     prefer = app.current_event.headers.get("prefer") or ""
     respond_async = (async_ or "").lower() in ("true", "1", "yes") or "respond-async" in prefer.lower()
     key = idempotency.validate_key(idempotency_key)
+    if webhook and not request.webhook:
+        request = parse_request({**request.upstream_fields(), "webhook": webhook})
     routes = routes_for(request.model)
     validate_for_model(request, routes[0].upstream_model, routes[0].dialect)  # the first route's model decides
     replayed = False
@@ -189,7 +193,7 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 def _queue(owner: str, request: ImageRequest) -> tasks.Task:
     """Store the task and announce it (the step an Idempotency-Key makes happen once)."""
-    task = tasks.create(owner, request.model, request.upstream_fields())
+    task = tasks.create(owner, request.model, request.upstream_fields(), webhook=request.webhook)
     try:
         bus.publish(bus.TASK_QUEUED, task.id)
     except Exception:  # noqa: BLE001 - the task is stored: the sweep re-publishes it, nothing is lost

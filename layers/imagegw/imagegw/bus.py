@@ -26,6 +26,7 @@ TASK_GENERATED = "Task Generated"
 TASK_SUCCEEDED = "Image Task Succeeded"
 TASK_FAILED = "Image Task Failed"
 GENERATION_REQUESTED = "Image Generation Requested"
+WEBHOOK_DUE = "Webhook Due"  # internal: fetch makes one delivery attempt of a task's webhook
 
 
 @lru_cache(maxsize=1)

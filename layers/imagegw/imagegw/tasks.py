@@ -34,6 +34,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 SWEEP_INDEX = "sweep-index"
 OWNER_INDEX = "owner-index"
 SWEEP_PARTITION = "inflight"
+WEBHOOK_PARTITION = "webhook"  # terminal tasks whose webhook is still to be delivered
 
 
 def now_ms() -> int:
@@ -85,6 +86,10 @@ class Task:
     claims: int = 0
     reference: str | None = None  # the caller's id, for tasks requested by bus events
     webhook: str | None = None
+    webhook_status: str | None = None  # pending, delivered, or why it was given up
+    webhook_attempts: int = 0
+    webhook_lease: int | None = None
+    webhook_error: str | None = None  # why the last attempt failed
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> "Task":
@@ -270,9 +275,49 @@ def list_for(owner: str, *, limit: int = 20, after: str | None = None) -> tuple[
     return [Task.from_item(i) for i in items[:limit]], len(items) > limit
 
 
-def due(*, now: int | None = None, limit: int = 100) -> list[str]:
-    """Ids of live tasks whose `next_check_at` has passed, oldest first (the schedule's work list)."""
+def due(*, now: int | None = None, limit: int = 100, partition: str = SWEEP_PARTITION) -> list[str]:
+    """Ids of live tasks (or, with WEBHOOK_PARTITION, of webhooks) whose `next_check_at` has passed."""
     now = now if now is not None else now_ms()
     resp = table().query(IndexName=SWEEP_INDEX, Limit=limit, ProjectionExpression="id",
-                         KeyConditionExpression=Key("sweep").eq(SWEEP_PARTITION) & Key("next_check_at").lte(now))
+                         KeyConditionExpression=Key("sweep").eq(partition) & Key("next_check_at").lte(now))
     return [item["id"] for item in resp["Items"]]
+
+
+# -- webhook deliveries: a terminal task re-enters the sweep index under WEBHOOK_PARTITION ------------------
+
+_WEBHOOK_FREE = "(attribute_not_exists(webhook_lease) OR webhook_lease < :now)"
+
+
+def webhook_pending(task: Task, *, check_after_s: int = 60) -> Task | None:
+    """Queue the first delivery of a terminal task's webhook (once: a second call finds it queued)."""
+    now = now_ms()
+    return _update(task.id, {"webhook_status": "pending", "sweep": WEBHOOK_PARTITION,
+                             "next_check_at": now + check_after_s * 1000, "webhook_attempts": 0},
+                   "NOT " + _NOT_TERMINAL + " AND attribute_not_exists(webhook_status)", dict(_STATUS_VALUES))
+
+
+def claim_webhook(task_id: str, *, lease_s: int = 60) -> Task | None:
+    """Take the next delivery attempt; None if it is not pending or another worker is making it."""
+    now = now_ms()
+    return _update(task_id, {"webhook_lease": now + lease_s * 1000},
+                   f"webhook_status = :pending AND {_WEBHOOK_FREE}", {":pending": "pending", ":now": now})
+
+
+def webhook_retry(task: Task, *, attempts: int, next_at: int, last_error: str) -> Task | None:
+    # A retry due at once also travels on the bus; the index entry is its safety net should that be lost.
+    return _update(task.id, {"webhook_attempts": attempts, "webhook_error": last_error,
+                             "next_check_at": next_at if next_at > now_ms() else now_ms() + 60_000},  # 0: the bus carries it
+                   "webhook_lease = :lease", {":lease": task.webhook_lease}, removes=("webhook_lease",))
+
+
+def webhook_done(task: Task, *, attempts: int, status: str) -> Task | None:
+    return _update(task.id, {"webhook_attempts": attempts, "webhook_status": status},
+                   "webhook_lease = :lease", {":lease": task.webhook_lease},
+                   removes=("webhook_lease", "sweep", "next_check_at"))
+
+
+def webhook_touch(task_id: str, *, next_at: int) -> Task | None:
+    """The sweep re-published a due delivery: not again until `next_at` unless it fails meanwhile."""
+    now = now_ms()
+    return _update(task_id, {"next_check_at": next_at}, f"webhook_status = :pending AND {_WEBHOOK_FREE}",
+                   {":pending": "pending", ":now": now})

@@ -91,7 +91,11 @@ def store_generated(task_id: str) -> Task | None:
 
 def sweep(*, limit: int = 100) -> dict[str, int]:
     """Advance every live task whose check is due; returns counts by action for logging and tests."""
-    counts = {"republished": 0, "checked": 0, "failed": 0}
+    counts = {"republished": 0, "checked": 0, "failed": 0, "webhooks": 0}
+    for task_id in tasks.due(limit=limit, partition=tasks.WEBHOOK_PARTITION):
+        if tasks.webhook_touch(task_id, next_at=now_ms() + REPUBLISH_AFTER_S * 1000):
+            bus.publish(bus.WEBHOOK_DUE, task_id)
+            counts["webhooks"] += 1
     for task_id in tasks.due(limit=limit):
         try:
             task = tasks.get(task_id)
@@ -183,8 +187,13 @@ def announce(task: Task) -> None:
             bus.publish_detail(kind, views.event_task(task))
     except Exception:  # noqa: BLE001 - the task itself is final and readable; the event is a notification
         logger.exception("could not publish the lifecycle event", extra={"task_id": task.id})
-    from . import batches
+    from . import batches, webhooks
 
+    if webhooks.wants_delivery(task) and tasks.webhook_pending(task):
+        try:
+            bus.publish(bus.WEBHOOK_DUE, task.id)
+        except Exception:  # noqa: BLE001 - the sweep publishes it when its check comes due
+            logger.exception("could not publish Webhook Due", extra={"task_id": task.id})
     try:
         batches.task_terminal(task)  # a batch's task: count it, and have the batch finished after its last
     except Exception:  # noqa: BLE001 - the task is final either way; a lost count leaves the batch unfinished

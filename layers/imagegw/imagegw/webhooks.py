@@ -1,0 +1,123 @@
+"""Webhooks: the task, on a terminal status, POSTed to the caller's URL and signed per Standard Webhooks.
+
+Headers `webhook-id` (the same on every retry), `webhook-timestamp`, `webhook-signature: v1,<base64
+HMAC-SHA256 of "{id}.{timestamp}.{body}">`, keyed by the bytes of a `whsec_`-prefixed base64 secret
+(`WEBHOOK_SECRET` locally, the Secrets Manager secret named by `WEBHOOK_SECRET_ID` when deployed). Body:
+`{"type": "image.task.succeeded" | "image.task.failed", "timestamp", "data": <task>}`.
+
+Delivery never sleeps in a Lambda. The first attempt and the first retry are "Webhook Due" events on the
+bus (so the first retry comes within seconds); later retries wait in the task table's sweep index and the
+schedule re-publishes them when due, with growing delays (`RETRY_DELAYS_S`, over an hour in all). A 2xx
+ends it; so does running out of delays (the task records why). URLs pass the SSRF guard.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import time
+from functools import lru_cache
+
+import requests
+from aws_lambda_powertools import Logger
+
+from . import safe_fetch, tasks, views
+from .errors import GatewayError
+from .tasks import Task, now_ms
+
+logger = Logger(child=True)
+
+#: after attempt k fails, wait RETRY_DELAYS_S[k - 1] (the first: at once, via the bus); 96 min in all.
+#: `WEBHOOK_RETRY_DELAYS_S` ("0,1,2") overrides it, for development and tests.
+RETRY_DELAYS_S = (0, 60, 120, 300, 600, 900, 1800, 1800)
+
+
+def retry_delays() -> tuple[int, ...]:
+    override = os.environ.get("WEBHOOK_RETRY_DELAYS_S")
+    return tuple(int(part) for part in override.split(",")) if override else RETRY_DELAYS_S
+TIMEOUT_S = (5, 15)
+EVENT_TYPES = {"succeeded": "image.task.succeeded", "failed": "image.task.failed"}
+
+
+def secret_bytes() -> bytes:
+    raw = os.environ.get("WEBHOOK_SECRET") or _secret_from_manager()
+    if not raw:
+        raise GatewayError("No webhook secret: set WEBHOOK_SECRET or WEBHOOK_SECRET_ID.")
+    return base64.b64decode(raw.removeprefix("whsec_"))
+
+
+@lru_cache(maxsize=1)
+def _secret_from_manager() -> str | None:
+    secret_id = os.environ.get("WEBHOOK_SECRET_ID")
+    if not secret_id:
+        return None
+    from aws_lambda_powertools.utilities import parameters
+
+    return parameters.get_secret(secret_id, max_age=300)
+
+
+def sign(secret: bytes, msg_id: str, timestamp: int, body: str) -> str:
+    digest = hmac.new(secret, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def payload(task: Task) -> str:
+    return json.dumps({"type": EVENT_TYPES.get(task.status, f"image.task.{task.status}"),
+                       "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "data": views.event_task(task)}, ensure_ascii=False, separators=(",", ":"))
+
+
+def wants_delivery(task: Task) -> bool:
+    return bool(task.webhook) and task.status in EVENT_TYPES
+
+
+def deliver_due(task_id: str) -> str | None:
+    """One delivery attempt of a task's webhook, if one is due and nobody else is making it.
+
+    Returns "delivered", "retry" or "gave_up" (None when there was nothing to do)."""
+    task = tasks.claim_webhook(task_id)
+    if task is None or not wants_delivery(task):
+        return None
+    attempt = int(task.webhook_attempts or 0) + 1
+    msg_id = f"msg_{task.id}"
+    body = payload(task)
+    timestamp = int(time.time())
+    headers = {"Content-Type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
+               "webhook-signature": sign(secret_bytes(), msg_id, timestamp, body),
+               "User-Agent": "imagegw-webhooks"}
+    outcome = _post(task.webhook, body, headers)
+    if outcome is None:
+        tasks.webhook_done(task, attempts=attempt, status="delivered")
+        logger.info("webhook delivered", extra={"task_id": task.id, "attempt": attempt})
+        return "delivered"
+    delays = retry_delays()
+    if attempt > len(delays):
+        tasks.webhook_done(task, attempts=attempt, status=f"gave up after {attempt} attempts: {outcome}")
+        logger.warning("webhook given up", extra={"task_id": task.id, "attempt": attempt, "reason": outcome})
+        return "gave_up"
+    delay_s = delays[attempt - 1]
+    tasks.webhook_retry(task, attempts=attempt, next_at=now_ms() + delay_s * 1000, last_error=outcome)
+    logger.info("webhook failed, will retry", extra={"task_id": task.id, "attempt": attempt, "reason": outcome,
+                                                      "retry_in_s": delay_s})
+    if delay_s == 0:
+        from . import bus  # the first retry goes straight back on the bus
+
+        bus.publish(bus.WEBHOOK_DUE, task.id)
+    return "retry"
+
+
+def _post(url: str, body: str, headers: dict[str, str]) -> str | None:
+    """None on a 2xx answer, else why it failed (never the body: it may hold anything)."""
+    allow_loopback = os.environ.get("ALLOW_LOOPBACK_FETCH") == "1"
+    try:
+        safe_fetch.check_url(url, allow_loopback=allow_loopback)
+        resp = safe_fetch.guarded_session(allow_loopback=allow_loopback).post(
+            url, data=body.encode(), headers=headers, timeout=TIMEOUT_S, allow_redirects=False)
+    except GatewayError as exc:
+        return exc.message
+    except requests.RequestException as exc:
+        return f"no answer ({type(exc).__name__})"
+    return None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
