@@ -106,3 +106,15 @@ def test_the_webhook_url_must_be_http(webhook_env):
     reply = call(submit_handler.lambda_handler, "POST", "/v1/images/generations", key=API_KEY,
                  body={"model": "gpt-image-1", "prompt": "x", "webhook": "ftp://example.com/hook"})
     assert reply.status == 400 and reply.json()["error"]["param"] == "webhook"
+
+
+def test_without_a_secret_the_webhook_is_given_up_once_not_retried_forever(webhook_env, monkeypatch):
+    monkeypatch.delenv("WEBHOOK_SECRET")
+    with Receiver(failures=0) as receiver:
+        reply = call(submit_handler.lambda_handler, "POST", "/v1/images/generations", key=API_KEY,
+                     query={"async": "true", "webhook": receiver.base_url}, body={"model": "gpt-image-1",
+                                                                                 "prompt": "x"})
+        webhook_env.drain()
+        task = tasks.get(reply.json()["id"])
+        assert task.webhook_status.startswith("not sent: No webhook secret") and receiver.requests == []
+        assert task.id not in tasks.due(now=tasks.now_ms() + 10**9, partition=tasks.WEBHOOK_PARTITION)
