@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .loopback import Answer, Captured, LoopbackSimulator, png_bytes
+from .loopback import Answer, Captured, LoopbackSimulator, field_problem, png_bytes
 
 GEN = "/v1/images/generations"
 TASKS = "/v1/images/tasks/"
@@ -102,14 +102,8 @@ class AsyncRelaySimulator(LoopbackSimulator):
 
     @staticmethod
     def problem(body: Any) -> str | None:
-        if not isinstance(body, dict):
-            return "The request body must be a JSON object."
-        for name in REQUIRED:
-            if name not in body:
-                return f"Missing required parameter: '{name}'."
-        unknown = sorted(set(body) - FIELDS)
-        if unknown:
-            return f"Unknown parameter: '{unknown[0]}'."
+        if shape := field_problem(body, REQUIRED, FIELDS):
+            return shape
         if not isinstance(body["prompt"], str) or not body["prompt"]:
             return "'prompt' must be a non-empty string."
         if not isinstance(body["size"], str) or not (body["size"] == "auto" or _PIXELS.match(body["size"])):

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .loopback import Answer, Captured, LoopbackSimulator, png_bytes
+from .loopback import Answer, Captured, LoopbackSimulator, field_problem, png_bytes
 
 PATH = "/v1/images/generations"
 SIZES = {"960x960", "720x1280", "1280x720", "1168x784", "784x1168"}
@@ -80,14 +80,8 @@ class GrokSimulator(LoopbackSimulator):
     @staticmethod
     def problem(body: Any) -> str | None:
         """What the service would refuse in this body, or None."""
-        if not isinstance(body, dict):
-            return "The request body must be a JSON object."
-        for name in REQUIRED:
-            if name not in body:
-                return f"Missing required parameter: '{name}'."
-        unknown = sorted(set(body) - FIELDS)
-        if unknown:
-            return f"Unknown parameter: '{unknown[0]}'."
+        if shape := field_problem(body, REQUIRED, FIELDS):
+            return shape
         if not isinstance(body["prompt"], str) or not body["prompt"] or len(body["prompt"]) > 1000:
             return "'prompt' must be a string of 1 to 1000 characters."
         if not isinstance(body["model"], str) or not body["model"]:

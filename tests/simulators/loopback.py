@@ -37,6 +37,17 @@ class Answer:
     headers: dict[str, str] | None = None
 
 
+def field_problem(body: Any, required: tuple[str, ...], allowed: set[str]) -> str | None:
+    """What a service that checks its body's fields would refuse: not an object, a missing or unknown field."""
+    if not isinstance(body, dict):
+        return "The request body must be a JSON object."
+    for name in required:
+        if name not in body:
+            return f"Missing required parameter: '{name}'."
+    unknown = sorted(set(body) - allowed)
+    return f"Unknown parameter: '{unknown[0]}'." if unknown else None
+
+
 class LoopbackSimulator:
     """Subclasses implement `answer(request) -> Answer`; use as a context manager."""
 

@@ -20,10 +20,10 @@ from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
 
 from . import bus, idempotency, keys, storage, tasks, views, worker
-from .capabilities import validate_for_model
+from .capabilities import validate_routable
 from .errors import Conflict, GatewayError, NotFound, PayloadTooLarge, ServerError, from_task_error
 from .request import MAX_BODY_BYTES, ImageRequest, bad_request_from_errors, parse_request
-from .routing import public_models, routes_for
+from .routing import public_models
 
 logger = Logger(child=True)
 
@@ -88,8 +88,7 @@ def create_images(request: Annotated[ImageRequest, Body(embed=False)],
     key = idempotency.validate_key(idempotency_key)
     if webhook and not request.webhook:
         request = parse_request({**request.upstream_fields(), "webhook": webhook})
-    routes = routes_for(request.model)
-    validate_for_model(request, routes[0].upstream_model, routes[0].dialect)  # the first route's model decides
+    validate_routable(request)
     replayed = False
     if key is None:
         task = _queue(owner, request)

@@ -41,10 +41,9 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from . import bus, storage, tasks
-from .capabilities import validate_for_model
+from .capabilities import validate_routable
 from .errors import BadRequest, GatewayError
 from .request import parse_request
-from .routing import routes_for
 from .tasks import Task, now_ms
 
 logger = Logger(child=True)
@@ -290,8 +289,7 @@ def _accept_line(batch: dict[str, Any], line_no: int, raw: bytes | None) -> None
             custom_id = _salvage_custom_id(raw)
             raise
         req = parse_request(body)
-        routes = routes_for(req.model)
-        validate_for_model(req, routes[0].upstream_model, routes[0].dialect)
+        validate_routable(req)
     except GatewayError as exc:
         model = str(body.get("model", "unknown")) if isinstance(body, dict) else "unknown"
         task = Task(id=task_id, owner=_tenant(), status="failed", stage="done", model=model or "unknown",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .errors import BadRequest
 from .request import ImageRequest
+from .routing import routes_for
 
 _PIXELS = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 _RATIO = re.compile(r"^(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)$")
@@ -96,6 +97,13 @@ def nearest_size(width: float, height: float, sizes: frozenset[str] | set[str]) 
     candidates = [s for s in sizes if parse_pixels(s)]
     return min(sorted(candidates), key=lambda s: (round(abs(_log_ratio(*parse_pixels(s)) - target), 6),
                                                   abs(math.prod(parse_pixels(s)) - width * height)))
+
+
+def validate_routable(req: ImageRequest) -> None:
+    """The one check every entry point (HTTP, bus event, batch line) makes before a task exists: the model is
+    routed, and the request fits the first route's model (400 naming the param otherwise)."""
+    first = routes_for(req.model)[0]
+    validate_for_model(req, first.upstream_model, first.dialect)
 
 
 def validate_for_model(req: ImageRequest, model: str, dialect: str | None = None) -> None:

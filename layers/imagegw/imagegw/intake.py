@@ -16,10 +16,9 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from . import tasks, worker
-from .capabilities import validate_for_model
+from .capabilities import validate_routable
 from .errors import BadRequest, GatewayError
 from .request import parse_request
-from .routing import routes_for
 
 logger = Logger(child=True)
 MAX_REFERENCE = 512
@@ -51,8 +50,7 @@ def accept(event: dict[str, Any]) -> tasks.Task | None:
         if not isinstance(raw_request, dict):
             raise BadRequest("The event's detail must carry `request`: an image request object.", param="request")
         req = parse_request({**raw_request, **({"webhook": detail["webhook"]} if detail.get("webhook") else {})})
-        routes = routes_for(req.model)
-        validate_for_model(req, routes[0].upstream_model, routes[0].dialect)
+        validate_routable(req)
     except GatewayError as exc:
         logger.info("invalid requested event", extra={"task_id": task_id, "error": exc.message})
         failed = tasks.create_failed(event_tenant(), model or "unknown", raw_request if isinstance(raw_request, dict)
