@@ -138,7 +138,8 @@ def test_a_slow_upstream_passes_the_wait_bound_and_the_work_goes_on(inline_bus, 
         inline_bus.drain()
         task = call(poll_handler.lambda_handler, "GET", location, key=API_KEY).json()
         assert task["status"] == "succeeded"
-        assert requests.get(task["data"][0]["url"]).status_code in (200, 403)  # presigned (moto in-process)
+        stored = requests.get(task["data"][0]["url"])  # presigned: moto answers it in process, no auth header
+        assert stored.status_code == 200 and stored.content[:8] == b"\x89PNG\r\n\x1a\n"
         assert len(sim.generations) == 1 and s3_objects() == [f"images/{task['id']}/0.png"]
 
 
