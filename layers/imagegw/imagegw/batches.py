@@ -126,14 +126,10 @@ def on_continue(event: dict[str, Any], context: Any) -> None:
 
 def task_terminal(task: Task) -> None:
     """Called by worker.announce for every task that ended: count it on its batch, finish the batch."""
-    if task.owner != _tenant():
-        return  # API tasks are never batch tasks: no extra read for them
-    item = tasks.table().get_item(Key={"id": task.id}, ProjectionExpression="#b",
-                                  ExpressionAttributeNames={"#b": "batch"}).get("Item") or {}
-    if not item.get("batch"):
+    if not task.batch:
         return
     batch = tasks._plain(tasks.table().update_item(
-        Key={"id": item["batch"]}, UpdateExpression="ADD terminal :one", ExpressionAttributeValues={":one": 1},
+        Key={"id": task.batch}, UpdateExpression="ADD terminal :one", ExpressionAttributeValues={":one": 1},
         ConditionExpression="attribute_exists(id)", ReturnValues="ALL_NEW")["Attributes"])
     if _complete(batch):
         _publish_continue(batch["id"])  # the submit function writes the results (it may write the bucket)
@@ -279,9 +275,11 @@ def _parse_line(raw: bytes | None) -> tuple[str | None, Any]:
 
 
 def _accept_line(batch: dict[str, Any], line_no: int, raw: bytes | None) -> None:
-    task_id = task_id_for(batch, line_no)
+    """One task for the line: queued, or failed at once with what is wrong with the line."""
     now = now_ms()
     custom_id, body = None, None
+    common = {"id": task_id_for(batch, line_no), "owner": _tenant(), "created_at": now, "updated_at": now,
+              "batch": batch["id"], "line": line_no}
     try:
         try:
             custom_id, body = _parse_line(raw)
@@ -292,20 +290,19 @@ def _accept_line(batch: dict[str, Any], line_no: int, raw: bytes | None) -> None
         validate_routable(req)
     except GatewayError as exc:
         model = str(body.get("model", "unknown")) if isinstance(body, dict) else "unknown"
-        task = Task(id=task_id, owner=_tenant(), status="failed", stage="done", model=model or "unknown",
-                    request=body if isinstance(body, dict) else {}, created_at=now, updated_at=now,
-                    completed_at=now, error=exc.task_error(),
-                    reference=custom_id or f"{batch['key']}#{line_no}")
-        if _put(task, batch, line_no, custom_id, live=False):
+        task = Task(**common, status="failed", stage="done", model=model or "unknown",
+                    request=body if isinstance(body, dict) else {}, completed_at=now, error=exc.task_error(),
+                    custom_id=custom_id, reference=custom_id or f"{batch['key']}#{line_no}")
+        if tasks._put(task, live=False):  # None: this line's task exists (a re-read)
             from . import worker  # late: worker imports this module
 
             worker.announce(task)  # "Image Task Failed", and the batch's terminal count
         return
-    task = Task(id=task_id, owner=_tenant(), status="queued", stage="queued", model=req.model,
-                request=req.upstream_fields(), created_at=now, updated_at=now, next_check_at=now + 60_000,
-                reference=custom_id or f"{batch['key']}#{line_no}", webhook=req.webhook)
-    if _put(task, batch, line_no, custom_id, live=True):
-        bus.publish(bus.TASK_QUEUED, task_id)
+    task = Task(**common, status="queued", stage="queued", model=req.model, request=req.upstream_fields(),
+                next_check_at=now + 60_000, custom_id=custom_id, reference=custom_id or f"{batch['key']}#{line_no}",
+                webhook=req.webhook)
+    if tasks._put(task, live=True):
+        bus.publish(bus.TASK_QUEUED, task.id)
 
 
 def _salvage_custom_id(raw: bytes | None) -> str | None:
@@ -314,15 +311,6 @@ def _salvage_custom_id(raw: bytes | None) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return str(line["custom_id"])[:512] if isinstance(line, dict) and line.get("custom_id") is not None else None
-
-
-def _put(task: Task, batch: dict[str, Any], line_no: int, custom_id: str | None, *, live: bool) -> bool:
-    """Put the task with its batch, line and custom_id; False when this line's task already exists."""
-    task.batch = batch["id"]  # type: ignore[attr-defined] - stored with the item, beside the Task fields
-    task.line = line_no  # type: ignore[attr-defined]
-    if custom_id is not None:
-        task.custom_id = custom_id  # type: ignore[attr-defined]
-    return tasks._put(task, live=live) is not None
 
 
 def _publish_continue(batch_id: str) -> None:

@@ -90,6 +90,9 @@ class Task:
     webhook_attempts: int = 0
     webhook_lease: int | None = None
     webhook_error: str | None = None  # why the last attempt failed
+    batch: str | None = None  # the batch record of a task read from a batch file (see `batches`)
+    line: int | None = None  # its line number in that file
+    custom_id: str | None = None  # the line's custom_id
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> "Task":
