@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
-from boto3.s3.transfer import TransferConfig
 from moto import mock_aws
 from PIL import Image
 
@@ -199,8 +198,7 @@ def test_store_from_url_streams_to_s3(aws, server, upload_spy) -> None:
 def test_store_from_url_large_image_uses_multipart(aws, server, upload_spy, monkeypatch) -> None:
     monkeypatch.setattr(
         storage, "TRANSFER_CONFIG",
-        TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB, max_concurrency=2,
-                       preferred_transfer_client="classic"),
+        storage.transfer_config(part_mib=5, in_memory_parts=2),
     )
     body = PNG[:64] + os.urandom(11 * MIB)
     server.routes["/big.png"] = ({}, body)  # close-delimited, no Content-Length
@@ -220,8 +218,7 @@ def test_store_from_url_large_image_uses_multipart(aws, server, upload_spy, monk
 def test_store_from_url_over_cap_leaves_nothing(aws, server, monkeypatch) -> None:
     monkeypatch.setattr(
         storage, "TRANSFER_CONFIG",
-        TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB, max_concurrency=2,
-                       preferred_transfer_client="classic"),
+        storage.transfer_config(part_mib=5, in_memory_parts=2),
     )
     server.routes["/big.png"] = ({}, PNG[:64] + b"\0" * (12 * MIB))
     with pytest.raises(UpstreamFailed) as exc:

@@ -56,6 +56,8 @@ MAX_LINE_BYTES = 256 * 1024
 MIN_REMAINING_MS = 60_000  # stop reading and hand over while this much of the run is left
 RESULTS_LEASE_MS = 600_000
 _READ_CHUNK = 64 * 1024
+# Results are uploaded as they are made: at most 2 parts of 5 MiB (S3's smallest) in memory, whatever the size.
+RESULTS_TRANSFER = storage.transfer_config(part_mib=5, in_memory_parts=2)
 
 
 def lines_per_run() -> int:
@@ -339,7 +341,7 @@ def write_results(batch: dict[str, Any]) -> bool:
             return False
         raise
     storage.s3().upload_fileobj(_Stream(_result_lines(batch)), batch["bucket"], batch["results_key"],
-                                ExtraArgs={"ContentType": "application/jsonl"}, Config=storage.TRANSFER_CONFIG)
+                                ExtraArgs={"ContentType": "application/jsonl"}, Config=RESULTS_TRANSFER)
     tasks.table().update_item(Key={"id": batch["id"]}, UpdateExpression="SET results_written = :now",
                               ExpressionAttributeValues={":now": now_ms()})
     logger.info("batch results written", extra={"key": batch["results_key"], "lines": batch["total"]})
@@ -389,7 +391,7 @@ class _Stream:
 
     def __init__(self, parts: Iterator[bytes]):
         self._parts = parts
-        self._buf = b""
+        self._buf = bytearray()  # grows in place: appending many short lines stays linear
 
     def read(self, size: int = -1) -> bytes:
         while size < 0 or len(self._buf) < size:
@@ -397,8 +399,10 @@ class _Stream:
             if part is None:
                 break
             self._buf += part
-        if size < 0:
-            out, self._buf = self._buf, b""
+        if size < 0 or size >= len(self._buf):
+            out = bytes(self._buf)
+            self._buf.clear()
         else:
-            out, self._buf = self._buf[:size], self._buf[size:]
+            out = bytes(self._buf[:size])
+            del self._buf[:size]
         return out

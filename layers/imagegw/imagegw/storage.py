@@ -25,18 +25,22 @@ DEFAULT_PRESIGN_EXPIRES_S = 3600
 _MIB = 1024 * 1024
 
 
-def _transfer_config() -> TransferConfig:
-    # Parts are buffered in memory by s3transfer: 8 MiB parts x 4 in flight keeps a Lambda's footprint
-    # bounded. "classic" so the non-seekable stream path (and its abort-on-failure) is used even where
-    # awscrt is installed; older boto3 (before the CRT option existed) always behaves that way.
-    sizes = {"multipart_threshold": 8 * _MIB, "multipart_chunksize": 8 * _MIB, "max_concurrency": 4}
+def transfer_config(*, part_mib: int = 8, in_memory_parts: int = 4) -> TransferConfig:
+    """Uploads of streams we cannot seek: s3transfer buffers at most `in_memory_parts` parts of `part_mib`
+    (its default would be 10 parts), so the memory an upload needs is bounded whatever the object's size.
+    "classic" so this non-seekable path (and its abort-on-failure) is used even where awscrt is installed;
+    older boto3 (before the CRT option existed) always behaves that way."""
+    sizes = {"multipart_threshold": part_mib * _MIB, "multipart_chunksize": part_mib * _MIB,
+             "max_concurrency": in_memory_parts}
     try:
-        return TransferConfig(**sizes, preferred_transfer_client="classic")
+        config = TransferConfig(**sizes, preferred_transfer_client="classic")
     except TypeError:
-        return TransferConfig(**sizes)
+        config = TransferConfig(**sizes)
+    config.max_in_memory_upload_chunks = in_memory_parts  # not a boto3 argument; s3transfer reads it
+    return config
 
 
-TRANSFER_CONFIG = _transfer_config()
+TRANSFER_CONFIG = transfer_config()  # images: at most 4 parts of 8 MiB held at once
 _B64_CHUNK = 3 * 256 * 1024  # multiple of 3 so chunks encode independently without padding
 
 
