@@ -17,7 +17,7 @@ STACK_NAME ?= imagegw
 PROVIDERS ?= config/providers.local.json
 PROVIDERS_PARAM ?= /imagegw/providers
 
-.PHONY: help venv install run test unit integration lint build deploy key providers events simulators clean
+.PHONY: help venv install run test unit integration lint bench build deploy key providers events simulators clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ unit: $(STAMP) ## unit tests only
 
 integration: $(STAMP) ## integration tests only (they start the local stack)
 	$(BIN)/python -m pytest tests/integration
+
+bench: $(STAMP) ## benchmarks: a 10,000-line batch job end to end, its time and peak memory (about 25 min)
+	$(BIN)/python -m pytest bench -q -s -p no:cacheprovider
 
 lint: $(STAMP) ## cfn-lint and sam validate --lint on template.yaml
 	$(BIN)/cfn-lint template.yaml

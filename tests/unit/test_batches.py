@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-import tracemalloc
 from collections import deque
 
 import boto3
@@ -189,26 +187,3 @@ def test_objects_outside_batches_are_ignored(inline):
     event["detail"]["object"]["key"] = "images/x.jsonl"
     submit_handler.lambda_handler(event, FakeContext())
     assert inline.queue == deque() and tasks.list_for(event_tenant())[0] == []
-
-
-@pytest.mark.skipif(os.environ.get("BATCH_10K") != "1", reason="set BATCH_10K=1: about a minute or more")
-def test_ten_thousand_lines_complete_with_bounded_memory(inline, monkeypatch):
-    n = 10_000
-    raw = "".join(json.dumps(line(f"id-{i}", f"poster {i}")) + "\n" for i in range(n)).encode()
-    event = put_batch("batches/big.jsonl", [], raw=raw)
-    del raw
-    monkeypatch.setenv("BATCH_LINES_PER_RUN", "2500")
-    tracemalloc.start()
-    started = time.monotonic()
-    submit_handler.lambda_handler(event, FakeContext())
-    inline.drain()
-    elapsed = time.monotonic() - started
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    print(f"\n10,000-line batch: {elapsed:.1f} s, peak traced memory {peak / 2**20:.1f} MiB")
-    body = boto3.client("s3").get_object(Bucket=os.environ["IMAGE_BUCKET"], Key="results/big.jsonl")["Body"]
-    count = 0
-    for count, raw_line in enumerate(body.iter_lines(), start=1):
-        result = json.loads(raw_line)
-        assert result["custom_id"] == f"id-{count - 1}" and result["status"] == "succeeded"
-    assert count == n
