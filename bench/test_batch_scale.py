@@ -121,6 +121,7 @@ class Run:
         self.writes: list[int] = []  # peak bytes of the results-writing run
         self.invocations = 0
         monkeypatch.setattr(bus, "publish", lambda kind, task_id: self.queue.append((kind, {"task_id": task_id})))
+        monkeypatch.setattr(bus, "publish_all", lambda kind, ids: self.queue.extend((kind, {"task_id": i}) for i in ids))
         monkeypatch.setattr(bus, "publish_detail", self._publish_detail)
         monkeypatch.setattr(batches, "_read", self._measured(batches._read, self.reads))
         monkeypatch.setattr(batches, "write_results", self._measured(batches.write_results, self.writes))

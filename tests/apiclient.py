@@ -93,6 +93,10 @@ class InlineBus:
         self.threads.append(thread)
         thread.start()
 
+    def publish_all(self, detail_type: str, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            self.publish(detail_type, task_id)
+
     def drain(self, timeout_s: float = 30) -> None:
         """Wait for every delivery, including those that earlier deliveries published."""
         joined = 0

@@ -62,6 +62,7 @@ def inline_bus(aws, monkeypatch):
     inline = InlineBus({bus.TASK_QUEUED: submit_handler.lambda_handler,
                         bus.TASK_GENERATED: fetch_handler.lambda_handler})
     monkeypatch.setattr(bus, "publish", inline.publish)
+    monkeypatch.setattr(bus, "publish_all", inline.publish_all)
     yield inline
     inline.drain()
 

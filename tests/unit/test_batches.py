@@ -27,6 +27,7 @@ class Bus:
         self.lifecycle: list[tuple[str, dict]] = []
         self.continues = 0
         monkeypatch.setattr(bus, "publish", lambda kind, task_id: self.queue.append(bus_event(kind, task_id)))
+        monkeypatch.setattr(bus, "publish_all", lambda kind, ids: self.queue.extend(bus_event(kind, i) for i in ids))
         monkeypatch.setattr(bus, "publish_detail", self._publish_detail)
 
     def _publish_detail(self, kind, detail):
@@ -187,3 +188,60 @@ def test_objects_outside_batches_are_ignored(inline):
     event["detail"]["object"]["key"] = "images/x.jsonl"
     submit_handler.lambda_handler(event, FakeContext())
     assert inline.queue == deque() and tasks.list_for(event_tenant())[0] == []
+
+
+def test_large_results_go_up_in_parts_never_whole(aws, monkeypatch):
+    """12 MiB of result lines: uploaded as 5 MiB parts while they are made, never held as one object."""
+    line_bytes = b'{"custom_id": "x", "status": "succeeded", "pad": "' + b"p" * 650 + b'"}\n'
+    n = (12 * 2**20) // len(line_bytes) + 1
+    made = {"lines": 0, "most_buffered": 0}
+    stream = batches._Stream(iter(()))
+
+    def lines():
+        for _ in range(n):
+            made["lines"] += 1
+            made["most_buffered"] = max(made["most_buffered"], len(stream._buf))
+            yield line_bytes
+
+    stream._parts = lines()
+    s3 = boto3.client("s3")
+    bucket = os.environ["IMAGE_BUCKET"]
+    s3.upload_fileobj(stream, bucket, "results/big.jsonl", Config=batches.RESULTS_TRANSFER)
+    head = s3.head_object(Bucket=bucket, Key="results/big.jsonl")
+    assert head["ContentLength"] == n * len(line_bytes) and made["lines"] == n
+    assert head["ETag"].strip('"').endswith("-3")  # three parts: 5 + 5 + 2 MiB
+    assert made["most_buffered"] <= 5 * 2**20  # the stream never held more than one part
+
+
+class RecordingEvents:
+    """An EventBridge client that records each PutEvents call (and refuses the entries it is told to)."""
+
+    def __init__(self, refuse: int = 0):
+        self.calls: list[list[dict]] = []
+        self.refuse = refuse
+
+    def put_events(self, Entries):  # noqa: N803 - boto3's argument name
+        self.calls.append(Entries)
+        answers = [{"EventId": f"e{i}"} for i in range(len(Entries))]
+        for answer in answers[:self.refuse]:
+            answer.update(ErrorCode="ThrottlingException", ErrorMessage="Rate exceeded")
+        return {"FailedEntryCount": min(self.refuse, len(Entries)), "Entries": answers}
+
+
+def test_a_batch_hands_its_lines_to_eventbridge_ten_per_call(aws, monkeypatch):
+    events = RecordingEvents()
+    monkeypatch.setattr(bus._events(), "put_events", events.put_events)
+    lines = [line(f"id-{i}", f"poster {i}") for i in range(23)] + ["{not json"]
+    submit_handler.lambda_handler(put_batch("batches/tens.jsonl", lines), FakeContext())
+    queued = [call for call in events.calls if call[0]["DetailType"] == "Task Queued"]
+    assert [len(call) for call in queued] == [10, 10, 3]
+    ids = [json.loads(entry["Detail"])["task_id"] for call in queued for entry in call]
+    assert len(set(ids)) == 23 and {tasks.get(i).status for i in ids} == {"queued"}
+    # the bad line is failed at once and announced on its own
+    assert [call[0]["DetailType"] for call in events.calls if call not in queued] == ["Image Task Failed"]
+
+
+def test_a_refused_hand_over_is_an_error_that_names_it(aws, monkeypatch):
+    monkeypatch.setattr(bus._events(), "put_events", RecordingEvents(refuse=2).put_events)
+    with pytest.raises(RuntimeError, match="refused 2 of 10 Task Queued events: ThrottlingException"):
+        bus.publish_all(bus.TASK_QUEUED, [f"t{i}" for i in range(12)])

@@ -58,6 +58,7 @@ def test_every_sample_event_runs_against_its_handler(aws, path, monkeypatch):
     inline = InlineBus({bus.TASK_QUEUED: submit_handler.lambda_handler,
                         bus.TASK_GENERATED: fetch_handler.lambda_handler})
     monkeypatch.setattr(bus, "publish", inline.publish)
+    monkeypatch.setattr(bus, "publish_all", inline.publish_all)
     publish_detail = bus.publish_detail
 
     def continue_batches(kind, detail):  # "Batch Continue" goes to SubmitFunction (the template's rule)

@@ -185,23 +185,35 @@ def _read(batch: dict[str, Any], context: Any) -> dict[str, Any] | None:
                            extra={"key": batch["key"], "error": code})
             return None
         raise
+    queued: list[str] = []  # tasks whose "Task Queued" is still to send: PutEvents takes 10 at a time
+
+    def send_queued() -> None:
+        bus.publish_all(bus.TASK_QUEUED, queued)
+        queued.clear()
+
     try:
         for raw, end in _lines(body, offset):
             offset = end
             if raw is not None and not raw.strip():
                 continue  # a blank line is not a line of the batch
             line_no += 1
-            _accept_line(batch, line_no, raw)
+            if task_id := _accept_line(batch, line_no, raw):
+                queued.append(task_id)
+                if len(queued) >= bus.PUT_EVENTS_MAX:
+                    send_queued()
             since_checkpoint += 1
             budget -= 1
             if since_checkpoint >= CHECKPOINT_LINES:
+                send_queued()  # before the offset moves past their lines (a lost one waits for the sweep)
                 _checkpoint(batch, offset, line_no)
                 since_checkpoint = 0
             if budget <= 0 or _time_left_ms(context) < MIN_REMAINING_MS:
+                send_queued()
                 _checkpoint(batch, offset, line_no)
                 logger.info("batch continues in a new run", extra={"lines": line_no, "offset": offset})
                 _publish_continue(batch["id"])
                 return None
+        send_queued()
     finally:
         body.close()
     return _finish_reading(batch, offset, line_no)
@@ -276,8 +288,9 @@ def _parse_line(raw: bytes | None) -> tuple[str | None, Any]:
     return custom_id, line["body"]
 
 
-def _accept_line(batch: dict[str, Any], line_no: int, raw: bytes | None) -> None:
-    """One task for the line: queued, or failed at once with what is wrong with the line."""
+def _accept_line(batch: dict[str, Any], line_no: int, raw: bytes | None) -> str | None:
+    """One task for the line: queued (its id is returned, for "Task Queued"), or failed at once with what
+    is wrong with the line. None too when the line's task exists already (a re-read)."""
     now = now_ms()
     custom_id, body = None, None
     common = {"id": task_id_for(batch, line_no), "owner": _tenant(), "created_at": now, "updated_at": now,
@@ -299,12 +312,11 @@ def _accept_line(batch: dict[str, Any], line_no: int, raw: bytes | None) -> None
             from . import worker  # late: worker imports this module
 
             worker.announce(task)  # "Image Task Failed", and the batch's terminal count
-        return
+        return None
     task = Task(**common, status="queued", stage="queued", model=req.model, request=req.upstream_fields(),
                 next_check_at=now + 60_000, custom_id=custom_id, reference=custom_id or f"{batch['key']}#{line_no}",
                 webhook=req.webhook)
-    if tasks._put(task, live=True):
-        bus.publish(bus.TASK_QUEUED, task.id)
+    return task.id if tasks._put(task, live=True) else None
 
 
 def _salvage_custom_id(raw: bytes | None) -> str | None:

@@ -27,6 +27,7 @@ TASK_SUCCEEDED = "Image Task Succeeded"
 TASK_FAILED = "Image Task Failed"
 GENERATION_REQUESTED = "Image Generation Requested"
 WEBHOOK_DUE = "Webhook Due"  # internal: fetch makes one delivery attempt of a task's webhook
+PUT_EVENTS_MAX = 10  # entries per PutEvents call (the API's limit)
 
 
 @lru_cache(maxsize=1)
@@ -39,9 +40,24 @@ def publish(detail_type: str, task_id: str) -> None:
     publish_detail(detail_type, {"task_id": task_id})
 
 
+def publish_all(detail_type: str, task_ids: list[str]) -> None:
+    """The same hand-off for many tasks (a batch file's lines): PutEvents carries up to 10 entries a call."""
+    for start in range(0, len(task_ids), PUT_EVENTS_MAX):
+        _put_events([_entry(detail_type, {"task_id": i}) for i in task_ids[start:start + PUT_EVENTS_MAX]])
+
+
 def publish_detail(detail_type: str, detail: dict) -> None:
-    entry = {"Source": SOURCE, "DetailType": detail_type, "Detail": json.dumps(detail, ensure_ascii=False),
-             "EventBusName": os.environ["EVENT_BUS"]}
-    resp = _events().put_events(Entries=[entry])
+    _put_events([_entry(detail_type, detail)])
+
+
+def _entry(detail_type: str, detail: dict) -> dict:
+    return {"Source": SOURCE, "DetailType": detail_type, "Detail": json.dumps(detail, ensure_ascii=False),
+            "EventBusName": os.environ["EVENT_BUS"]}
+
+
+def _put_events(entries: list[dict]) -> None:
+    resp = _events().put_events(Entries=entries)
     if resp.get("FailedEntryCount"):
-        raise RuntimeError(f"EventBridge refused {detail_type}: {resp['Entries'][0]}")
+        failed = next(e for e in resp["Entries"] if e.get("ErrorCode"))
+        raise RuntimeError(f"EventBridge refused {resp['FailedEntryCount']} of {len(entries)} "
+                           f"{entries[0]['DetailType']} events: {failed.get('ErrorCode')} {failed.get('ErrorMessage')}")
