@@ -102,12 +102,90 @@ def test_a_batch_gets_one_result_line_per_input_line_in_order(inline):
     assert sorted(kind for kind, _ in inline.lifecycle) == ["Image Task Failed"] * 2 + ["Image Task Succeeded"] * 3
 
 
-def test_the_batch_record_stays_out_of_listings_and_the_sweep(inline):
+def test_the_batch_record_stays_out_of_listings_and_leaves_the_sweep_when_written(inline):
     submit_handler.lambda_handler(put_batch("batches/one.jsonl", [line("x", "one")]), FakeContext())
     assert len(tasks.list_for(event_tenant())[0]) == 1  # the task, not the batch record
-    assert all(not i.startswith("batch#") for i in tasks.due(now=tasks.now_ms() + 10**9))
+    later = tasks.now_ms() + 10**9
+    assert all(not i.startswith("batch#") for i in tasks.due(now=later))  # not among the tasks
+    assert len(tasks.due(now=later, partition=batches.SWEEP_PARTITION)) == 1  # watched until written
     inline.drain()
     assert [r["status"] for r in results("results/one.jsonl")] == ["succeeded"]
+    assert tasks.due(now=later, partition=batches.SWEEP_PARTITION) == []
+
+
+SWEEP = json.loads((ROOT / "events" / "schedule-sweep.json").read_text())
+
+
+def sweep(inline) -> dict:
+    """The schedule fires: the poll function's sweep, then whatever it published."""
+    counts = poll_handler.lambda_handler(SWEEP, FakeContext())
+    inline.drain()
+    return counts
+
+
+def test_a_count_that_fell_behind_is_recounted_by_the_sweep(inline, monkeypatch):
+    monkeypatch.setenv("BATCH_CHECK_S", "0")  # due at once: no waiting for the schedule
+    counted = batches.task_terminal
+    lost = []
+    monkeypatch.setattr(batches, "task_terminal",
+                        lambda task: lost.append(task.id) if not lost else counted(task))  # the first ADD is lost
+    submit_handler.lambda_handler(put_batch("batches/lost.jsonl", [line("1", "a"), line("2", "b"), line("3", "c")]),
+                                  FakeContext())
+    inline.drain()
+    assert len(lost) == 1 and not object_exists("results/lost.jsonl")  # 2 of 3 counted: stuck without a sweep
+    assert sweep(inline)["batches"] == 1
+    assert [r["status"] for r in results("results/lost.jsonl")] == ["succeeded"] * 3
+    assert sweep(inline)["batches"] == 0  # written: the sweep no longer looks at it
+
+
+def test_a_lost_hand_over_is_picked_up_by_the_sweep(inline, monkeypatch):
+    monkeypatch.setenv("BATCH_LINES_PER_RUN", "2")
+    monkeypatch.setenv("BATCH_CHECK_S", "0")
+    forward = inline._publish_detail
+    dropped = []
+    monkeypatch.setattr(bus, "publish_detail", lambda kind, detail: dropped.append(detail) if (
+        kind == batches.BATCH_CONTINUE and not dropped) else forward(kind, detail))
+    submit_handler.lambda_handler(put_batch("batches/handover.jsonl", [line(str(i), f"p{i}") for i in range(5)]),
+                                  FakeContext())
+    inline.drain()
+    assert len(dropped) == 1 and len(tasks.list_for(event_tenant(), limit=50)[0]) == 2  # reading stopped
+    sweep(inline)
+    out = results("results/handover.jsonl")
+    assert [r["custom_id"] for r in out] == ["0", "1", "2", "3", "4"] and {r["status"] for r in out} == {"succeeded"}
+
+
+def test_one_reader_at_a_time(inline):
+    event = put_batch("batches/busy.jsonl", [line("1", "a"), line("2", "b")])
+    obj = event["detail"]["object"]
+    batch = batches._start(os.environ["IMAGE_BUCKET"], obj["key"], obj["etag"])
+    assert batches._claim_reading(batch["id"]) is not None  # a reader in another Lambda, still running
+    submit_handler.lambda_handler(event, FakeContext())  # the S3 event redelivered meanwhile
+    assert tasks.list_for(event_tenant())[0] == [] and not inline.queue
+
+
+def test_a_reader_that_failed_gives_the_lease_back(inline, monkeypatch):
+    accept = batches._accept_line
+    calls = []
+
+    def flaky(batch, line_no, raw):
+        calls.append(line_no)
+        if len(calls) == 2:
+            raise RuntimeError("DynamoDB unavailable")
+        return accept(batch, line_no, raw)
+
+    monkeypatch.setattr(batches, "_accept_line", flaky)
+    event = put_batch("batches/flaky.jsonl", [line("1", "a"), line("2", "b"), line("3", "c")])
+    with pytest.raises(RuntimeError):
+        submit_handler.lambda_handler(event, FakeContext())
+    submit_handler.lambda_handler(event, FakeContext())  # Lambda's retry of the event reads on at once
+    inline.drain()
+    assert [r["custom_id"] for r in results("results/flaky.jsonl")] == ["1", "2", "3"]
+    assert len(tasks.list_for(event_tenant(), limit=50)[0]) == 3  # line 1, read twice, has one task
+
+
+def object_exists(key: str) -> bool:
+    listing = boto3.client("s3").list_objects_v2(Bucket=os.environ["IMAGE_BUCKET"], Prefix=key)
+    return listing.get("KeyCount", 0) > 0
 
 
 def test_a_cancelled_task_still_lets_its_batch_finish(inline, monkeypatch):

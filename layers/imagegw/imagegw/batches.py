@@ -8,10 +8,10 @@ failed task with a clear error, so it still gets its result line and never sinks
 Ownership: batch tasks belong to the deployment's event tenant (`EVENT_TENANT`, as bus-requested tasks do);
 each task's `reference` is its `custom_id` (or `<name>#<line>` without one).
 
-State: one batch record in the task table, id `batch#<hash of bucket, key, ETag>` (no `owner`, no `sweep`:
-listings and the sweep never see it) holding the byte `offset` and the number of `lines` read so far,
-`done`/`total` once the whole object is read, and `terminal`, a counter of finished tasks. The object is
-read streamed with a ranged GET from `offset` (IfMatch the ETag: an overwritten object is a new batch);
+State: one batch record in the task table, id `batch#<hash of bucket, key, ETag>` (no `owner`: listings
+never see it) holding the byte `offset` and the number of `lines` read so far, `done`/`total` once the whole
+object is read, and `terminal`, a counter of finished tasks. The object is read streamed with a ranged GET
+from `offset` (IfMatch the ETag: an overwritten object is a new batch) by one run at a time (`read_lease`);
 every `CHECKPOINT_LINES` lines the offset is saved, and when the run has read `BATCH_LINES_PER_RUN` lines or
 little time is left, it publishes "Batch Continue" and the next submit run resumes there. Task ids derive
 from the record and the line number, so re-reading a line (a redelivered S3 event, a crashed run) creates
@@ -21,6 +21,11 @@ Completion: every task that ends is announced (worker.announce), which calls `ta
 on the record. When `terminal` reaches `total`, "Batch Continue" asks the submit function (it may write the
 bucket) to write the results: one line per input line, in input order, read back 100 tasks at a time and
 uploaded as a stream. A conditional claim on the record makes one writer win.
+
+Nothing lost: until its results are written the record sits in the sweep index (partition `batch`), checked
+every BATCH_CHECK_S. A due batch gets a "Batch Continue" from the schedule with `check: true`: a reader
+that died (or whose hand-over event was lost) is taken over once its lease has run out, and a batch whose
+count fell behind (a lost ADD, a lost last event) is recounted from its tasks and finished.
 
 Result URLs: `url` is presigned for PRESIGN_EXPIRES_S (S3 caps presigned URLs at 7 days), so each line also
 carries `s3_uri`, the durable reference; `GET /v1/images/tasks/{task_id}/images/{i}` with the event tenant's
@@ -55,6 +60,8 @@ CHECKPOINT_LINES = 100
 MAX_LINE_BYTES = 256 * 1024
 MIN_REMAINING_MS = 60_000  # stop reading and hand over while this much of the run is left
 RESULTS_LEASE_MS = 600_000
+READ_LEASE_MS = 900_000  # longer than the submit function's timeout: a live reader always holds it
+SWEEP_PARTITION = "batch"  # unfinished batches in the sweep index
 _READ_CHUNK = 64 * 1024
 # Results are uploaded as they are made: at most 2 parts of 5 MiB (S3's smallest) in memory, whatever the size.
 RESULTS_TRANSFER = storage.transfer_config(part_mib=5, in_memory_parts=2)
@@ -62,6 +69,11 @@ RESULTS_TRANSFER = storage.transfer_config(part_mib=5, in_memory_parts=2)
 
 def lines_per_run() -> int:
     return int(os.environ.get("BATCH_LINES_PER_RUN", "2000"))
+
+
+def _check_after_ms() -> int:
+    """How long an unfinished batch waits before the sweep looks at it."""
+    return int(os.environ.get("BATCH_CHECK_S", "300")) * 1000
 
 
 def _tenant() -> str:
@@ -117,13 +129,29 @@ def on_s3_event(event: dict[str, Any], context: Any) -> None:
 
 
 def on_continue(event: dict[str, Any], context: Any) -> None:
-    """"Batch Continue": read on from the saved offset, or write the results of a finished batch."""
-    batch = _get((event.get("detail") or {}).get("batch_id", ""))
+    """"Batch Continue": read on from the saved offset, or write the results of a finished batch. From the
+    sweep (`check`), a batch that is read but not complete is recounted first."""
+    detail = event.get("detail") or {}
+    batch = _get(detail.get("batch_id", ""))
     if batch is None:
-        logger.warning("no such batch", extra={"detail": event.get("detail")})
+        logger.warning("no such batch", extra={"detail": detail})
         return
     logger.append_keys(batch_id=batch["id"])
-    _run(batch, context)
+    _run(batch, context, recount=bool(detail.get("check")))
+
+
+def due_for_check(batch_id: str) -> bool:
+    """The sweep found the batch due: push its next check back; False if another sweep took it meanwhile."""
+    now = now_ms()
+    try:
+        tasks.table().update_item(Key={"id": batch_id}, UpdateExpression="SET next_check_at = :next",
+                                  ConditionExpression="next_check_at <= :now",
+                                  ExpressionAttributeValues={":now": now, ":next": now + _check_after_ms()})
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
 
 
 def task_terminal(task: Task) -> None:
@@ -142,7 +170,8 @@ def task_terminal(task: Task) -> None:
 def _start(bucket: str, key: str, etag: str) -> dict[str, Any]:
     batch = {"id": record_id(bucket, key, etag), "kind": "batch", "bucket": bucket, "key": key, "etag": etag,
              "results_key": results_key(key), "offset": 0, "lines": 0, "terminal": 0, "done": False,
-             "base_ns": time.time_ns(), "created_at": now_ms(), "expires_at": tasks._retention_expiry()}
+             "base_ns": time.time_ns(), "created_at": now_ms(), "expires_at": tasks._retention_expiry(),
+             "sweep": SWEEP_PARTITION, "next_check_at": now_ms() + _check_after_ms()}
     try:
         tasks.table().put_item(Item=batch, ConditionExpression="attribute_not_exists(id)")
         logger.info("batch started", extra={"batch_id": batch["id"], "key": key})
@@ -160,17 +189,34 @@ def _get(batch_id: str) -> dict[str, Any] | None:
     return tasks._plain(item) if item else None
 
 
-def _run(batch: dict[str, Any], context: Any) -> None:
+def _run(batch: dict[str, Any], context: Any, *, recount: bool = False) -> None:
+    if batch.get("results_written") or batch.get("abandoned"):
+        return
     if not batch["done"]:
         batch = _read(batch, context)
         if batch is None or not batch["done"]:
             return
+    if recount and not _complete(batch):
+        batch = _recount(batch)
     if _complete(batch):
         write_results(batch)
 
 
 def _read(batch: dict[str, Any], context: Any) -> dict[str, Any] | None:
-    """Create tasks for lines from the saved offset on; hand over to a new run before time runs out."""
+    """Create tasks for lines from the saved offset on; hand over to a new run before time runs out.
+    None when another run is reading (it holds the lease) or this run handed over."""
+    batch = _claim_reading(batch["id"])
+    if batch is None:
+        logger.info("another run is reading this batch")
+        return None
+    try:
+        return _read_claimed(batch, context)
+    except Exception:
+        _release_reading(batch)  # a retry of this event, or the sweep, can read on at once
+        raise
+
+
+def _read_claimed(batch: dict[str, Any], context: Any) -> dict[str, Any] | None:
     offset, line_no, budget = int(batch["offset"]), int(batch["lines"]), lines_per_run()
     since_checkpoint = 0
     try:
@@ -183,6 +229,7 @@ def _read(batch: dict[str, Any], context: Any) -> dict[str, Any] | None:
         if code in ("PreconditionFailed", "NoSuchKey", "404"):
             logger.warning("batch object replaced or deleted; its new version is a batch of its own",
                            extra={"key": batch["key"], "error": code})
+            _abandon(batch, f"The batch file was replaced or deleted ({code}) before it was read.")
             return None
         raise
     queued: list[str] = []  # tasks whose "Task Queued" is still to send: PutEvents takes 10 at a time
@@ -209,11 +256,15 @@ def _read(batch: dict[str, Any], context: Any) -> dict[str, Any] | None:
                 since_checkpoint = 0
             if budget <= 0 or _time_left_ms(context) < MIN_REMAINING_MS:
                 send_queued()
-                _checkpoint(batch, offset, line_no)
+                _checkpoint(batch, offset, line_no, hand_over=True)
                 logger.info("batch continues in a new run", extra={"lines": line_no, "offset": offset})
                 _publish_continue(batch["id"])
                 return None
         send_queued()
+    except Exception:
+        if queued:  # tasks already created: start them now rather than at the sweep's next look
+            send_queued()
+        raise
     finally:
         body.close()
     return _finish_reading(batch, offset, line_no)
@@ -242,12 +293,39 @@ def _lines(body: Any, offset: int) -> Iterator[tuple[bytes | None, int]]:
         yield (b"".join(parts) if pending <= MAX_LINE_BYTES else None), offset + pending
 
 
-def _checkpoint(batch: dict[str, Any], offset: int, lines: int) -> None:
-    """Save progress; only ever forward (a concurrent reader of a redelivered event may be ahead)."""
+def _claim_reading(batch_id: str) -> dict[str, Any] | None:
+    """Take the reading lease (one reader at a time); the record as it is now, or None if it is held."""
+    now = now_ms()
     try:
-        tasks.table().update_item(Key={"id": batch["id"]}, UpdateExpression="SET #o = :o, #l = :l",
-                                  ConditionExpression="#o < :o", ExpressionAttributeNames={"#o": "offset", "#l": "lines"},
-                                  ExpressionAttributeValues={":o": offset, ":l": lines})
+        resp = tasks.table().update_item(
+            Key={"id": batch_id}, UpdateExpression="SET read_lease = :until, next_check_at = :until",
+            ConditionExpression="done = :no AND (attribute_not_exists(read_lease) OR read_lease < :now)",
+            ExpressionAttributeValues={":no": False, ":now": now, ":until": now + READ_LEASE_MS},
+            ReturnValues="ALL_NEW")
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            return None
+        raise
+    return tasks._plain(resp["Attributes"])
+
+
+def _release_reading(batch: dict[str, Any]) -> None:
+    try:
+        tasks.table().update_item(Key={"id": batch["id"]}, UpdateExpression="REMOVE read_lease")
+    except ClientError:
+        logger.exception("could not release the reading lease; it runs out by itself")
+
+
+def _checkpoint(batch: dict[str, Any], offset: int, lines: int, *, hand_over: bool = False) -> None:
+    """Save progress, only ever forward; on hand-over also give the reading lease back."""
+    expr, values = "SET #o = :o, #l = :l", {":o": offset, ":l": lines}
+    if hand_over:
+        expr = "SET #o = :o, #l = :l, next_check_at = :next REMOVE read_lease"
+        values[":next"] = now_ms() + _check_after_ms()
+    try:
+        tasks.table().update_item(Key={"id": batch["id"]}, UpdateExpression=expr, ConditionExpression="#o <= :o",
+                                  ExpressionAttributeNames={"#o": "offset", "#l": "lines"},
+                                  ExpressionAttributeValues=values)
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
             raise
@@ -255,11 +333,19 @@ def _checkpoint(batch: dict[str, Any], offset: int, lines: int) -> None:
 
 def _finish_reading(batch: dict[str, Any], offset: int, lines: int) -> dict[str, Any]:
     resp = tasks.table().update_item(
-        Key={"id": batch["id"]}, UpdateExpression="SET #o = :o, #l = :l, #t = :l, done = :yes",
+        Key={"id": batch["id"]},
+        UpdateExpression="SET #o = :o, #l = :l, #t = :l, done = :yes, next_check_at = :next REMOVE read_lease",
         ExpressionAttributeNames={"#o": "offset", "#l": "lines", "#t": "total"},
-        ExpressionAttributeValues={":o": offset, ":l": lines, ":yes": True}, ReturnValues="ALL_NEW")
+        ExpressionAttributeValues={":o": offset, ":l": lines, ":yes": True, ":next": now_ms() + _check_after_ms()},
+        ReturnValues="ALL_NEW")
     logger.info("batch read", extra={"lines": lines})
     return tasks._plain(resp["Attributes"])
+
+
+def _abandon(batch: dict[str, Any], reason: str) -> None:
+    """A batch that cannot go on leaves the sweep index, with the reason on its record."""
+    tasks.table().update_item(Key={"id": batch["id"]}, UpdateExpression="SET abandoned = :why "
+                              "REMOVE sweep, next_check_at, read_lease", ExpressionAttributeValues={":why": reason})
 
 
 def _time_left_ms(context: Any) -> int:
@@ -354,10 +440,31 @@ def write_results(batch: dict[str, Any]) -> bool:
         raise
     storage.s3().upload_fileobj(_Stream(_result_lines(batch)), batch["bucket"], batch["results_key"],
                                 ExtraArgs={"ContentType": "application/jsonl"}, Config=RESULTS_TRANSFER)
-    tasks.table().update_item(Key={"id": batch["id"]}, UpdateExpression="SET results_written = :now",
+    tasks.table().update_item(Key={"id": batch["id"]},
+                              UpdateExpression="SET results_written = :now REMOVE sweep, next_check_at",
                               ExpressionAttributeValues={":now": now_ms()})
     logger.info("batch results written", extra={"key": batch["results_key"], "lines": batch["total"]})
     return True
+
+
+def _recount(batch: dict[str, Any]) -> dict[str, Any]:
+    """Count the batch's finished tasks from the tasks themselves, for a count that fell behind."""
+    total, finished = int(batch["total"]), 0
+    for first in range(1, total + 1, 100):
+        found = _get_many([task_id_for(batch, n) for n in range(first, min(first + 100, total + 1))])
+        finished += sum(1 for item in found.values() if item.get("status") in tasks.TERMINAL)
+    if finished <= int(batch.get("terminal", 0)):
+        return batch
+    logger.warning("batch count fell behind; recounted", extra={"counted": batch.get("terminal"), "finished": finished})
+    try:
+        resp = tasks.table().update_item(Key={"id": batch["id"]}, UpdateExpression="SET terminal = :n",
+                                         ConditionExpression="terminal < :n", ExpressionAttributeValues={":n": finished},
+                                         ReturnValues="ALL_NEW")
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+            raise
+        return _get(batch["id"]) or batch  # counted past it meanwhile
+    return tasks._plain(resp["Attributes"])
 
 
 def _result_lines(batch: dict[str, Any]) -> Iterator[bytes]:

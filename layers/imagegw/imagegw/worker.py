@@ -17,7 +17,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from . import bus, storage, tasks, transport, views
+from . import batches, bus, storage, tasks, transport, views, webhooks
 from .dialects import Done, Failed, Outcome, Pending, get_dialect
 from .errors import GatewayError, UpstreamTimeout
 from .request import ImageRequest
@@ -91,11 +91,15 @@ def store_generated(task_id: str) -> Task | None:
 
 def sweep(*, limit: int = 100) -> dict[str, int]:
     """Advance every live task whose check is due; returns counts by action for logging and tests."""
-    counts = {"republished": 0, "checked": 0, "failed": 0, "webhooks": 0}
+    counts = {"republished": 0, "checked": 0, "failed": 0, "webhooks": 0, "batches": 0}
     for task_id in tasks.due(limit=limit, partition=tasks.WEBHOOK_PARTITION):
         if tasks.webhook_touch(task_id, next_at=now_ms() + REPUBLISH_AFTER_S * 1000):
             bus.publish(bus.WEBHOOK_DUE, task_id)
             counts["webhooks"] += 1
+    for batch_id in tasks.due(limit=limit, partition=batches.SWEEP_PARTITION):
+        if batches.due_for_check(batch_id):  # a stalled reader or a count that fell behind: see batches
+            bus.publish_detail(batches.BATCH_CONTINUE, {"batch_id": batch_id, "check": True})
+            counts["batches"] += 1
     for task_id in tasks.due(limit=limit):
         try:
             task = tasks.get(task_id)
@@ -187,8 +191,6 @@ def announce(task: Task) -> None:
             bus.publish_detail(kind, views.event_task(task))
     except Exception:  # noqa: BLE001 - the task itself is final and readable; the event is a notification
         logger.exception("could not publish the lifecycle event", extra={"task_id": task.id})
-    from . import batches, webhooks
-
     if webhooks.wants_delivery(task) and tasks.webhook_pending(task):
         try:
             bus.publish(bus.WEBHOOK_DUE, task.id)
