@@ -86,7 +86,11 @@ def aws():
         os.environ.clear()
         os.environ.update(saved)
         server.terminate()
-        server.wait(timeout=10)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a server holding many objects can be slow to stop
+            server.kill()
+            server.wait(timeout=10)
 
 
 CALLS: Counter = Counter()

@@ -227,6 +227,18 @@ def test_a_batch_is_read_across_runs_when_it_must_hand_over(inline, monkeypatch)
     assert all(r["status"] == "succeeded" for r in out)
 
 
+def test_a_run_that_reaches_the_end_finishes_instead_of_handing_over(inline, monkeypatch):
+    monkeypatch.setenv("BATCH_LINES_PER_RUN", "2")
+    reading_runs = []
+    read = batches._read_claimed
+    monkeypatch.setattr(batches, "_read_claimed", lambda *a: reading_runs.append(1) or read(*a))
+    submit_handler.lambda_handler(put_batch("batches/even.jsonl", [line(str(i), f"p{i}") for i in range(4)]),
+                                  FakeContext())
+    inline.drain()
+    assert [r["custom_id"] for r in results("results/even.jsonl")] == ["0", "1", "2", "3"]
+    assert len(reading_runs) == 2  # lines 1-2, then 3-4 and the end: no third run that only finds the end
+
+
 def test_a_run_short_of_time_hands_over(inline):
     class Short(FakeContext):
         @staticmethod

@@ -220,8 +220,9 @@ def _read_claimed(batch: dict[str, Any], context: Any) -> dict[str, Any] | None:
     offset, line_no, budget = int(batch["offset"]), int(batch["lines"]), lines_per_run()
     since_checkpoint = 0
     try:
-        body = storage.s3().get_object(Bucket=batch["bucket"], Key=batch["key"], Range=f"bytes={offset}-",
-                                       **({"IfMatch": batch["etag"]} if batch["etag"] else {}))["Body"]
+        obj = storage.s3().get_object(Bucket=batch["bucket"], Key=batch["key"], Range=f"bytes={offset}-",
+                                      **({"IfMatch": batch["etag"]} if batch["etag"] else {}))
+        body, end_of_object = obj["Body"], offset + int(obj["ContentLength"])
     except ClientError as exc:
         code = exc.response["Error"]["Code"]
         if code == "InvalidRange":  # nothing (more) to read: an empty object, or read to its very end
@@ -254,7 +255,7 @@ def _read_claimed(batch: dict[str, Any], context: Any) -> dict[str, Any] | None:
                 send_queued()  # before the offset moves past their lines (a lost one waits for the sweep)
                 _checkpoint(batch, offset, line_no)
                 since_checkpoint = 0
-            if budget <= 0 or _time_left_ms(context) < MIN_REMAINING_MS:
+            if offset < end_of_object and (budget <= 0 or _time_left_ms(context) < MIN_REMAINING_MS):
                 send_queued()
                 _checkpoint(batch, offset, line_no, hand_over=True)
                 logger.info("batch continues in a new run", extra={"lines": line_no, "offset": offset})
