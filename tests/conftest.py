@@ -24,6 +24,24 @@ def _reset_clients() -> None:
     idempotency.reset()
 
 
+def _one_request_at_a_time(monkeypatch) -> None:
+    """AWS serves each request atomically; moto's in-process backends do not when handlers run in threads
+    (the inline bus), and a read can meet an item mid-update ("dictionary changed size during iteration").
+    A lock around moto's request processing gives the service's behaviour back."""
+    import threading
+
+    from moto.core.botocore_stubber import BotocoreStubber
+
+    lock = threading.RLock()
+    process = BotocoreStubber.process_request
+
+    def serialised(self, request):
+        with lock:
+            return process(self, request)
+
+    monkeypatch.setattr(BotocoreStubber, "process_request", serialised)
+
+
 @pytest.fixture
 def aws(monkeypatch):
     """A moto account holding the template's tables, bucket and bus, with the layer's env pointing at them."""
@@ -35,6 +53,7 @@ def aws(monkeypatch):
         monkeypatch.setenv(key, value)
     for key in ("AWS_ENDPOINT_URL", "PROVIDERS_PARAM", "KEYS_TABLE", "ALLOW_LOOPBACK_FETCH"):
         monkeypatch.delenv(key, raising=False)
+    _one_request_at_a_time(monkeypatch)
     with mock_aws():
         # The same template-driven creation as the local stack: tests run against the template's resources.
         from local.aws import clients, create_resources
