@@ -104,7 +104,7 @@ class LambdaClock:
     """A context whose remaining time runs down from the function's timeout, as in Lambda."""
 
     function_name = "imagegw-bench"
-    memory_limit_in_mb = 1024
+    memory_limit_in_mb = 512  # SubmitFunction (Globals)
     invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:imagegw-bench"
     aws_request_id = "00000000-0000-0000-0000-000000000000"
 
