@@ -127,7 +127,8 @@ class Run:
         self.writes: list[int] = []  # peak bytes of the results-writing run
         self.invocations = 0
         monkeypatch.setattr(bus, "publish", lambda kind, task_id: self.queue.append((kind, {"task_id": task_id})))
-        monkeypatch.setattr(bus, "publish_all", lambda kind, ids: self.queue.extend((kind, {"task_id": i}) for i in ids))
+        monkeypatch.setattr(bus, "publish_all",
+                            lambda kind, ids: self.queue.extend((kind, {"task_id": i}) for i in ids))
         monkeypatch.setattr(bus, "publish_detail", self._publish_detail)
         monkeypatch.setattr(batches, "_read", self._measured(batches._read, self.reads))
         monkeypatch.setattr(batches, "write_results", self._measured(batches.write_results, self.writes))
@@ -199,23 +200,30 @@ def _run_batch(n: int) -> dict:
         assert len(line["data"]) == 1 and line["data"][0]["s3_uri"].endswith(".png"), line
     assert count == n
     assert run.lifecycle == n and len(run.writes) == 1
-    return {"lines": n, "seconds": elapsed, "aws_calls": sum(CALLS.values()), "invocations": run.invocations, "reading_runs": len(run.reads),
-            "read_peak": max(run.reads), "write_peak": run.writes[0], "results_bytes": size}
+    return {"lines": n, "seconds": elapsed, "invocations": run.invocations, "aws_calls": sum(CALLS.values()),
+            "reading_runs": len(run.reads), "read_peak": max(run.reads), "write_peak": run.writes[0],
+            "results_bytes": size, "ms_per_line": elapsed / n * 1000}
+
+
+def _print_table(title: str, small: dict, big: dict, rows: list[str]) -> None:
+    """Both sizes side by side and their ratio, measured in this one run."""
+    print(f"\n\n{title}\n{'':<24}{small['lines']:>12,}{big['lines']:>12,}{'ratio':>10}")
+    for name in rows:
+        if name.endswith(("_peak", "_bytes")):
+            show = lambda v: f"{v / MIB:.2f} MiB"  # noqa: E731
+        else:
+            show = (lambda v: f"{v:,}") if isinstance(small[name], int) else (lambda v: f"{v:.1f}")
+        ratio = big[name] / small[name]
+        print(f"{name.replace('_', ' '):<24}{show(small[name]):>12}{show(big[name]):>12}{ratio:>10.2f}")
 
 
 def test_a_ten_thousand_line_batch_completes_in_bounded_memory(aws, monkeypatch):
     # The deployed default: 2,000 lines a run (fewer if the clock runs low), so 10,000 lines take 5 runs.
     monkeypatch.setenv("BATCH_LINES_PER_RUN", "2000")
     small, big = (_run_batch(n) for n in SIZES)
-    rows = [("lines", "{:,}"), ("seconds", "{:.1f}"), ("invocations", "{:,}"), ("aws_calls", "{:,}"), ("reading_runs", "{}"),
-            ("read_peak", "mib"), ("write_peak", "mib"), ("results_bytes", "mib")]
-    print("\n\nBatch job, local dialect, moto server in its own process (1 line = 1 task = 1 image)")
-    print(f"{'':<24}{small['lines']:>12,}{big['lines']:>12,}{'ratio':>10}")
-    for name, fmt in rows:
-        show = (lambda v: f"{v / MIB:.2f} MiB") if fmt == "mib" else fmt.format
-        print(f"{name.replace('_', ' '):<24}{show(small[name]):>12}{show(big[name]):>12}{big[name] / small[name]:>10.2f}")
-    per_line = [r["seconds"] / r["lines"] * 1000 for r in (small, big)]
-    print(f"{'ms per line':<24}{per_line[0]:>12.1f}{per_line[1]:>12.1f}{per_line[1] / per_line[0]:>10.2f}")
+    _print_table("Batch job, local dialect, moto server in its own process (1 line = 1 task = 1 image)", small, big,
+                 ["seconds", "invocations", "aws_calls", "reading_runs", "read_peak", "write_peak", "results_bytes",
+                  "ms_per_line"])
     print(f"{'process max RSS':<24}{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:>23.0f} MiB (both runs)")
     # The claim under test: reading holds a line at a time, so its peak does not grow with the line count.
     assert big["read_peak"] < 2 * small["read_peak"] + 4 * MIB
@@ -255,9 +263,6 @@ def test_results_writing_memory_stays_flat_past_one_part(aws):
     """Past S3's 5 MiB part (about 9,000 result lines) the results upload needs no more memory per line."""
     sizes = tuple(int(n) for n in os.environ.get("BENCH_RESULTS_LINES", "10000,30000").split(","))
     small, big = (_write_only(n) for n in sizes)
-    print("\n\nResults writing alone (tasks already finished)")
-    print(f"{'':<24}{small['lines']:>12,}{big['lines']:>12,}{'ratio':>10}")
-    for name in ("seconds", "results_bytes", "write_peak"):
-        fmt = (lambda v: f"{v / MIB:.2f} MiB") if name != "seconds" else "{:.1f}".format
-        print(f"{name.replace('_', ' '):<24}{fmt(small[name]):>12}{fmt(big[name]):>12}{big[name] / small[name]:>10.2f}")
+    _print_table("Results writing alone (tasks already finished)", small, big,
+                 ["seconds", "results_bytes", "write_peak"])
     assert big["write_peak"] < 1.5 * small["write_peak"]

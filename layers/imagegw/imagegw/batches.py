@@ -459,8 +459,8 @@ def _recount(batch: dict[str, Any]) -> dict[str, Any]:
     logger.warning("batch count fell behind; recounted", extra={"counted": batch.get("terminal"), "finished": finished})
     try:
         resp = tasks.table().update_item(Key={"id": batch["id"]}, UpdateExpression="SET terminal = :n",
-                                         ConditionExpression="terminal < :n", ExpressionAttributeValues={":n": finished},
-                                         ReturnValues="ALL_NEW")
+                                         ConditionExpression="terminal < :n",
+                                         ExpressionAttributeValues={":n": finished}, ReturnValues="ALL_NEW")
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
             raise
