@@ -143,15 +143,9 @@ def on_continue(event: dict[str, Any], context: Any) -> None:
 def due_for_check(batch_id: str) -> bool:
     """The sweep found the batch due: push its next check back; False if another sweep took it meanwhile."""
     now = now_ms()
-    try:
-        tasks.table().update_item(Key={"id": batch_id}, UpdateExpression="SET next_check_at = :next",
-                                  ConditionExpression="next_check_at <= :now",
-                                  ExpressionAttributeValues={":now": now, ":next": now + _check_after_ms()})
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
+    return tasks.update_if(batch_id, UpdateExpression="SET next_check_at = :next",
+                           ConditionExpression="next_check_at <= :now",
+                           ExpressionAttributeValues={":now": now, ":next": now + _check_after_ms()}) is not None
 
 
 def task_terminal(task: Task) -> None:
@@ -297,17 +291,10 @@ def _lines(body: Any, offset: int) -> Iterator[tuple[bytes | None, int]]:
 def _claim_reading(batch_id: str) -> dict[str, Any] | None:
     """Take the reading lease (one reader at a time); the record as it is now, or None if it is held."""
     now = now_ms()
-    try:
-        resp = tasks.table().update_item(
-            Key={"id": batch_id}, UpdateExpression="SET read_lease = :until, next_check_at = :until",
-            ConditionExpression="done = :no AND (attribute_not_exists(read_lease) OR read_lease < :now)",
-            ExpressionAttributeValues={":no": False, ":now": now, ":until": now + READ_LEASE_MS},
-            ReturnValues="ALL_NEW")
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-            return None
-        raise
-    return tasks._plain(resp["Attributes"])
+    return tasks.update_if(
+        batch_id, UpdateExpression="SET read_lease = :until, next_check_at = :until",
+        ConditionExpression="done = :no AND (attribute_not_exists(read_lease) OR read_lease < :now)",
+        ExpressionAttributeValues={":no": False, ":now": now, ":until": now + READ_LEASE_MS}, ReturnValues="ALL_NEW")
 
 
 def _release_reading(batch: dict[str, Any]) -> None:
@@ -323,13 +310,8 @@ def _checkpoint(batch: dict[str, Any], offset: int, lines: int, *, hand_over: bo
     if hand_over:
         expr = "SET #o = :o, #l = :l, next_check_at = :next REMOVE read_lease"
         values[":next"] = now_ms() + _check_after_ms()
-    try:
-        tasks.table().update_item(Key={"id": batch["id"]}, UpdateExpression=expr, ConditionExpression="#o <= :o",
-                                  ExpressionAttributeNames={"#o": "offset", "#l": "lines"},
-                                  ExpressionAttributeValues=values)
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-            raise
+    tasks.update_if(batch["id"], UpdateExpression=expr, ConditionExpression="#o <= :o",
+                    ExpressionAttributeNames={"#o": "offset", "#l": "lines"}, ExpressionAttributeValues=values)
 
 
 def _finish_reading(batch: dict[str, Any], offset: int, lines: int) -> dict[str, Any]:
@@ -428,17 +410,14 @@ def _complete(batch: dict[str, Any]) -> bool:
 def write_results(batch: dict[str, Any]) -> bool:
     """Write results/<name>.jsonl once: claim the write on the record, stream the lines, mark it written."""
     now = now_ms()
-    try:
-        tasks.table().update_item(
-            Key={"id": batch["id"]}, UpdateExpression="SET results_lease = :until",
-            ConditionExpression="done = :yes AND terminal >= #t AND attribute_not_exists(results_written) AND "
-                                "(attribute_not_exists(results_lease) OR results_lease < :now)",
-            ExpressionAttributeNames={"#t": "total"},
-            ExpressionAttributeValues={":yes": True, ":now": now, ":until": now + RESULTS_LEASE_MS})
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-            return False
-        raise
+    claimed = tasks.update_if(
+        batch["id"], UpdateExpression="SET results_lease = :until",
+        ConditionExpression="done = :yes AND terminal >= #t AND attribute_not_exists(results_written) AND "
+                            "(attribute_not_exists(results_lease) OR results_lease < :now)",
+        ExpressionAttributeNames={"#t": "total"},
+        ExpressionAttributeValues={":yes": True, ":now": now, ":until": now + RESULTS_LEASE_MS})
+    if claimed is None:
+        return False
     storage.s3().upload_fileobj(_Stream(_result_lines(batch)), batch["bucket"], batch["results_key"],
                                 ExtraArgs={"ContentType": "application/jsonl"}, Config=RESULTS_TRANSFER)
     tasks.table().update_item(Key={"id": batch["id"]},
@@ -457,15 +436,9 @@ def _recount(batch: dict[str, Any]) -> dict[str, Any]:
     if finished <= int(batch.get("terminal", 0)):
         return batch
     logger.warning("batch count fell behind; recounted", extra={"counted": batch.get("terminal"), "finished": finished})
-    try:
-        resp = tasks.table().update_item(Key={"id": batch["id"]}, UpdateExpression="SET terminal = :n",
-                                         ConditionExpression="terminal < :n",
-                                         ExpressionAttributeValues={":n": finished}, ReturnValues="ALL_NEW")
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-            raise
-        return _get(batch["id"]) or batch  # counted past it meanwhile
-    return tasks._plain(resp["Attributes"])
+    recounted = tasks.update_if(batch["id"], UpdateExpression="SET terminal = :n", ConditionExpression="terminal < :n",
+                                ExpressionAttributeValues={":n": finished}, ReturnValues="ALL_NEW")
+    return recounted or _get(batch["id"]) or batch  # None: counted past it meanwhile
 
 
 def _result_lines(batch: dict[str, Any]) -> Iterator[bytes]:

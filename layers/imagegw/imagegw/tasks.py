@@ -145,6 +145,18 @@ def _put(task: Task, *, live: bool) -> Task | None:
     return task
 
 
+def update_if(key: str, **kwargs: Any) -> dict[str, Any] | None:
+    """One conditional UpdateItem on the item `key`: its attributes as they are after the update (those
+    ReturnValues asks for, plain numbers), or None when the condition does not hold."""
+    try:
+        resp = table().update_item(Key={"id": key}, **kwargs)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            return None
+        raise
+    return _plain(resp.get("Attributes") or {})
+
+
 def get(task_id: str, owner: str | None = None) -> Task:
     """The task, read consistently; 404 when missing or owned by another key (never reveal which)."""
     item = table().get_item(Key={"id": task_id}, ConsistentRead=True).get("Item")
@@ -174,15 +186,9 @@ def _update(task_id: str, sets: dict[str, Any], condition: str, values: dict[str
         expr += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(removes)))
     names.update({alias: attr for alias, attr in (("#status", "status"), ("#stage", "stage"), ("#owner", "owner"))
                   if alias in condition})
-    try:
-        resp = table().update_item(Key={"id": task_id}, UpdateExpression=expr, ConditionExpression=condition,
-                                   ExpressionAttributeNames=names, ExpressionAttributeValues=vals,
-                                   ReturnValues="ALL_NEW")
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-            return None
-        raise
-    return Task.from_item(resp["Attributes"])
+    item = update_if(task_id, UpdateExpression=expr, ConditionExpression=condition, ExpressionAttributeNames=names,
+                     ExpressionAttributeValues=vals, ReturnValues="ALL_NEW")
+    return None if item is None else Task.from_item(item)
 
 
 _NOT_TERMINAL = "#status IN (:queued, :in_progress)"
