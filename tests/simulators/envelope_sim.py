@@ -52,6 +52,7 @@ class Behaviour:
 
 
 class EnvelopeSimulator(LoopbackSimulator):
+    generation_path = PATH
     def __init__(self, api_key: str = "sk-envelope", behaviour: Behaviour | None = None,
                  models: tuple[str, ...] = ("gpt-image-1.5",), port: int = 0):
         super().__init__(port)
@@ -59,10 +60,6 @@ class EnvelopeSimulator(LoopbackSimulator):
         self.behaviour = behaviour or Behaviour()
         self.models = set(models)
         self.answers: list[dict[str, Any]] = []
-
-    @property
-    def generations(self) -> list[Captured]:
-        return [r for r in self.requests if r.path == PATH]
 
     def answer(self, request: Captured) -> Answer:
         request_id = uuid.uuid4().hex

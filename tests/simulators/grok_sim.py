@@ -42,10 +42,6 @@ class GrokSimulator(LoopbackSimulator):
         self.api_key = api_key
         self.behaviour = behaviour or Behaviour()
 
-    @property
-    def generations(self) -> list[Captured]:
-        return [r for r in self.requests if r.path == PATH]
-
     def answer(self, request: Captured) -> Answer:
         if request.path != PATH or request.method != "POST":
             return Answer(404, _error("Not found", "not_found"))

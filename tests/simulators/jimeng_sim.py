@@ -38,10 +38,6 @@ class JimengSimulator(LoopbackSimulator):
         self.api_key = api_key
         self.behaviour = behaviour or Behaviour()
 
-    @property
-    def generations(self) -> list[Captured]:
-        return [r for r in self.requests if r.path == "/v1/images/generations"]
-
     def answer(self, request: Captured) -> Answer:
         if request.path != "/v1/images/generations" or request.method != "POST":
             return Answer(404, _error("Invalid URL", "not_found"))

@@ -51,6 +51,8 @@ def field_problem(body: Any, required: tuple[str, ...], allowed: set[str]) -> st
 class LoopbackSimulator:
     """Subclasses implement `answer(request) -> Answer`; use as a context manager."""
 
+    generation_path = "/v1/images/generations"  # where the dialect takes image requests
+
     def __init__(self, port: int = 0) -> None:
         self.requests: list[Captured] = []
         self.image_downloads = 0
@@ -75,6 +77,11 @@ class LoopbackSimulator:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+    @property
+    def generations(self) -> list[Captured]:
+        """The image requests received, in order."""
+        return [r for r in self.requests if r.path == self.generation_path]
 
     def answer(self, request: Captured) -> Answer:  # pragma: no cover - abstract
         raise NotImplementedError
