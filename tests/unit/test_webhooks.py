@@ -83,23 +83,114 @@ def test_a_receiver_that_fails_twice_gets_three_signed_deliveries_with_one_id(we
         assert len(receiver.requests) == 3  # no fourth
 
 
-def test_a_webhook_to_a_private_address_is_refused_and_never_connected(webhook_env, monkeypatch):
+@pytest.fixture
+def resolver(monkeypatch):
+    """A stubbed DNS for the guard (no real lookup, no connection): names map to the addresses given."""
     import socket
 
-    monkeypatch.delenv("ALLOW_LOOPBACK_FETCH")
+    from imagegw import safe_fetch
 
-    def no_connection(*args, **kwargs):
-        raise AssertionError(f"a refused address was connected to: {args}")
+    answers: dict[str, list[str]] = {}
 
+    def resolve(host, port):
+        if host not in answers:
+            raise socket.gaierror(f"{host} does not resolve")
+        return answers[host]
+
+    def no_connection(address, *args, **kwargs):
+        if not str(address[0]).startswith("127."):
+            raise AssertionError(f"a refused address was connected to: {address}")
+        return real_connection(address, *args, **kwargs)
+
+    real_connection = socket.create_connection
+    monkeypatch.setattr(safe_fetch, "default_resolver", resolve)
     monkeypatch.setattr(socket, "create_connection", no_connection)
+    monkeypatch.setattr(webhooks, "_checked_targets", {})
+    return answers
+
+
+UNSAFE_WEBHOOKS = [
+    ("https://user:secret@hooks.example/cb", "credentials"),
+    ("https://hooks.example@169.254.169.254/cb", "userinfo hiding the real host"),
+    ("http://169.254.169.254/latest/meta-data/", "metadata address"),
+    ("http://10.0.0.7/cb", "private address"),
+    ("http://[fd00::1]/cb", "unique-local IPv6"),
+    ("http://[::ffff:192.168.1.1]/cb", "IPv4-mapped private"),
+    ("http://127.0.0.1/cb", "loopback (refused when deployed)"),
+    ("http://metadata.hooks.example/cb", "name resolving to the metadata address"),
+    ("http://mixed.hooks.example/cb", "name resolving to a public and a private address"),
+    ("http://nowhere.hooks.example/cb", "name that does not resolve"),
+    ("file:///etc/passwd", "another scheme"),
+]
+
+
+@pytest.mark.parametrize("url, why", UNSAFE_WEBHOOKS, ids=[why for _, why in UNSAFE_WEBHOOKS])
+def test_an_unsafe_webhook_is_refused_at_submit_and_no_task_is_made(aws, resolver, monkeypatch, url, why):
+    monkeypatch.delenv("ALLOW_LOOPBACK_FETCH", raising=False)  # as deployed
+    resolver.update({"metadata.hooks.example": ["169.254.169.254"],
+                     "mixed.hooks.example": ["93.184.216.34", "10.1.2.3"]})
+    for where in ("body", "query"):
+        reply = call(submit_handler.lambda_handler, "POST", "/v1/images/generations", key=API_KEY,
+                     query={"async": "true", **({"webhook": url} if where == "query" else {})},
+                     body={"model": "gpt-image-1", "prompt": "x", **({"webhook": url} if where == "body" else {})})
+        assert reply.status == 400, (where, reply.body)
+        assert reply.json()["error"]["param"] == "webhook", reply.body
+    listed = call(poll_handler.lambda_handler, "GET", "/v1/images/tasks", key=API_KEY).json()
+    assert listed["data"] == []
+
+
+def test_an_unsafe_webhook_in_a_bus_request_fails_its_task_with_the_reason(aws, resolver):
+    from imagegw import intake
+
+    resolver["metadata.hooks.example"] = ["169.254.169.254"]
+    task = intake.accept({"id": "evt-1", "time": "2026-12-01T12:00:00Z", "detail": {
+        "request": {"model": "gpt-image-1", "prompt": "x"}, "reference": "r1",
+        "webhook": "http://metadata.hooks.example/cb"}})
+    assert task.status == "failed" and "webhook" in task.error["message"]
+
+
+def test_a_public_webhook_is_accepted_and_the_task_shows_its_delivery_state(aws, resolver):
+    resolver["hooks.example"] = ["93.184.216.34"]
     reply = call(submit_handler.lambda_handler, "POST", "/v1/images/generations", key=API_KEY,
                  query={"async": "true"}, body={"model": "gpt-image-1", "prompt": "x",
-                                                "webhook": "http://169.254.169.254/latest/meta-data/"})
+                                                "webhook": "https://hooks.example/cb"})
+    assert reply.status == 202, reply.body
+    assert reply.json()["webhook"] == {"url": "https://hooks.example/cb", "status": "waiting", "attempts": 0,
+                                       "last_error": None}
+
+
+def test_the_task_object_shows_retries_and_delivery(webhook_env, monkeypatch):
+    with Receiver(failures=2) as receiver:
+        reply = call(submit_handler.lambda_handler, "POST", "/v1/images/generations", key=API_KEY,
+                     query={"async": "true"}, body={"model": "gpt-image-1", "prompt": "a hook",
+                                                    "webhook": receiver.base_url + "/hook"})
+        webhook_env.drain()
+        task_id = reply.json()["id"]
+        shown = call(poll_handler.lambda_handler, "GET", f"/v1/images/tasks/{task_id}", key=API_KEY).json()
+        assert shown["webhook"] == {"url": receiver.base_url + "/hook", "status": "pending", "attempts": 2,
+                                    "last_error": "HTTP 500"}
+        monkeypatch.setattr(tasks, "now_ms", lambda: time.time_ns() // 1_000_000 + 120_000)
+        poll_handler.lambda_handler({"detail-type": "Scheduled Event", "source": "aws.events", "id": "s",
+                                     "detail": {}}, FakeContext())
+        webhook_env.drain()
+        shown = call(poll_handler.lambda_handler, "GET", f"/v1/images/tasks/{task_id}", key=API_KEY).json()
+        assert shown["webhook"]["status"] == "delivered" and shown["webhook"]["attempts"] == 3
+
+
+def test_a_webhook_whose_name_turns_private_after_submit_is_given_up_at_once(webhook_env, resolver, monkeypatch):
+    monkeypatch.delenv("ALLOW_LOOPBACK_FETCH")
+    resolver["hooks.example"] = ["93.184.216.34"]
+    reply = call(submit_handler.lambda_handler, "POST", "/v1/images/generations", key=API_KEY,
+                 query={"async": "true"}, body={"model": "gpt-image-1", "prompt": "x",
+                                                "webhook": "http://hooks.example/cb"})
+    assert reply.status == 202
+    resolver["hooks.example"] = ["169.254.169.254"]  # DNS rebinding between submit and delivery
     webhook_env.drain()
-    task = tasks.get(reply.json()["id"])
-    assert task.status == "succeeded"  # the images are safe whatever happens to the webhook
-    assert task.webhook_status == "pending" and task.webhook_attempts == 2  # first try + first retry, both refused
-    assert "non-public address" in task.webhook_error
+    shown = call(poll_handler.lambda_handler, "GET", f"/v1/images/tasks/{reply.json()['id']}", key=API_KEY).json()
+    assert shown["status"] == "succeeded"  # the images are safe whatever happens to the webhook
+    assert shown["webhook"]["status"] == "failed" and shown["webhook"]["attempts"] == 1
+    assert "non-public address" in shown["webhook"]["last_error"]
+    assert reply.json()["id"] not in tasks.due(now=tasks.now_ms() + 10**9, partition=tasks.WEBHOOK_PARTITION)
 
 
 def test_the_webhook_url_must_be_http(webhook_env):
@@ -116,5 +207,6 @@ def test_without_a_secret_the_webhook_is_given_up_once_not_retried_forever(webho
                                                                                  "prompt": "x"})
         webhook_env.drain()
         task = tasks.get(reply.json()["id"])
-        assert task.webhook_status.startswith("not sent: No webhook secret") and receiver.requests == []
+        assert task.webhook_status == "failed" and receiver.requests == []
+        assert task.webhook_error.startswith("not sent: No webhook secret")
         assert task.id not in tasks.due(now=tasks.now_ms() + 10**9, partition=tasks.WEBHOOK_PARTITION)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .errors import BadRequest
 from .request import ImageRequest
 from .routing import routes_for
+from .webhooks import check_target
 
 _PIXELS = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 _RATIO = re.compile(r"^(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)$")
@@ -101,9 +102,12 @@ def nearest_size(width: float, height: float, sizes: frozenset[str] | set[str]) 
 
 def validate_routable(req: ImageRequest) -> None:
     """The one check every entry point (HTTP, bus event, batch line) makes before a task exists: the model is
-    routed, and the request fits the first route's model (400 naming the param otherwise)."""
+    routed, the request fits the first route's model, and its webhook is one delivery would make (400 naming
+    the param otherwise)."""
     first = routes_for(req.model)[0]
     validate_for_model(req, first.upstream_model, first.dialect)
+    if req.webhook:
+        check_target(req.webhook)
 
 
 def validate_for_model(req: ImageRequest, model: str, dialect: str | None = None) -> None:

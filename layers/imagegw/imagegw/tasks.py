@@ -86,7 +86,7 @@ class Task:
     claims: int = 0
     reference: str | None = None  # the caller's id, for tasks requested by bus events
     webhook: str | None = None
-    webhook_status: str | None = None  # pending, delivered, or why it was given up
+    webhook_status: str | None = None  # pending, delivered or failed (see webhooks.delivery_state)
     webhook_attempts: int = 0
     webhook_lease: int | None = None
     webhook_error: str | None = None  # why the last attempt failed
@@ -319,8 +319,12 @@ def webhook_retry(task: Task, *, attempts: int, next_at: int, last_error: str) -
                    "webhook_lease = :lease", {":lease": task.webhook_lease}, removes=("webhook_lease",))
 
 
-def webhook_done(task: Task, *, attempts: int, status: str) -> Task | None:
-    return _update(task.id, {"webhook_attempts": attempts, "webhook_status": status},
+def webhook_done(task: Task, *, attempts: int, status: str, last_error: str | None = None) -> Task | None:
+    """The delivery ended: `delivered`, or `failed` with why in `webhook_error`."""
+    sets: dict[str, Any] = {"webhook_attempts": attempts, "webhook_status": status}
+    if last_error:
+        sets["webhook_error"] = last_error
+    return _update(task.id, sets,
                    "webhook_lease = :lease", {":lease": task.webhook_lease},
                    removes=("webhook_lease", "sweep", "next_check_at"))
 

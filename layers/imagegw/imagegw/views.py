@@ -20,6 +20,8 @@ def task_object(task: Task) -> dict[str, Any]:
         obj["data"] = [_image_entry(image) for image in task.images]
     if task.reference is not None:
         obj["reference"] = task.reference
+    if task.webhook:
+        obj["webhook"] = webhook_state(task)
     return obj
 
 
@@ -41,6 +43,19 @@ def task_object_base(task: Task) -> dict[str, Any]:
     if task.error:
         obj["error"] = task.error
     return obj
+
+
+def webhook_state(task: Task) -> dict[str, Any]:
+    """Where the task's webhook delivery stands: `{url, status, attempts, last_error}`, status one of waiting
+    (the task is not finished), pending (due or retrying), delivered, failed (given up) or skipped (cancelled)."""
+    status = task.webhook_status
+    last_error = task.webhook_error
+    if status not in (None, "pending", "delivered", "failed"):  # written before `failed`: the reason itself
+        status, last_error = "failed", last_error or status
+    if status is None:
+        status = "waiting" if not task.terminal else "skipped" if task.status == "cancelled" else "pending"
+    return {"url": task.webhook, "status": status, "attempts": int(task.webhook_attempts or 0),
+            "last_error": last_error}
 
 
 def event_task(task: Task) -> dict[str, Any]:

@@ -8,7 +8,12 @@ HMAC-SHA256 of "{id}.{timestamp}.{body}">`, keyed by the bytes of a `whsec_`-pre
 Delivery never sleeps in a Lambda. The first attempt and the first retry are "Webhook Due" events on the
 bus (so the first retry comes within seconds); later retries wait in the task table's sweep index and the
 schedule re-publishes them when due, with growing delays (`RETRY_DELAYS_S`, over an hour in all). A 2xx
-ends it; so does running out of delays (the task records why). URLs pass the SSRF guard.
+ends it; so does running out of delays (the task records why). URLs pass the SSRF guard twice: at submit
+(`check_target`: a refusal is a 400 naming `webhook`, so nothing is accepted that would never be delivered)
+and at every delivery (a name may resolve elsewhere by then: that refusal ends the delivery at once).
+
+The task object shows where delivery stands (`views.webhook_state`): waiting (the task is not finished),
+pending (due or retrying), delivered, failed (given up: `last_error` says why) or skipped (a cancelled task).
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import json
 import os
 import time
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 import requests
 from aws_lambda_powertools import Logger
 
 from . import safe_fetch, tasks, views
-from .errors import GatewayError
+from .errors import BadRequest, GatewayError
 from .tasks import Task, now_ms
 
 logger = Logger(child=True)
@@ -40,6 +46,39 @@ def retry_delays() -> tuple[int, ...]:
     return tuple(int(part) for part in override.split(",")) if override else RETRY_DELAYS_S
 TIMEOUT_S = (5, 15)
 EVENT_TYPES = {"succeeded": "image.task.succeeded", "failed": "image.task.failed"}
+
+
+TARGET_CACHE_S = 60  # a batch of 10,000 lines with one webhook resolves its host once a minute, not per line
+_checked_targets: dict[tuple[str, int], float] = {}
+
+
+def _allow_loopback() -> bool:
+    return os.environ.get("ALLOW_LOOPBACK_FETCH") == "1"  # set only by the local stack and tests
+
+
+def check_target(url: str) -> None:
+    """Refuse, with a 400 naming `webhook`, a URL that delivery would refuse: another scheme, credentials,
+    a literal non-public address, or a name that resolves to one (every address must be public)."""
+    allow_loopback = _allow_loopback()
+    try:
+        safe_fetch.check_url(url, allow_loopback=allow_loopback)
+    except safe_fetch.UnsafeURL:
+        raise BadRequest("Invalid 'webhook': it must be an http or https URL with a public host and no "
+                         "credentials.", param="webhook", code="invalid_webhook_url") from None
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    if _checked_targets.get((host, port), 0) > time.monotonic():
+        return
+    try:
+        safe_fetch.resolve_checked(host, port, safe_fetch.default_resolver, allow_loopback)
+    except safe_fetch.UnsafeURL:
+        raise BadRequest(f"Invalid 'webhook': the host {host!r} resolves to a private, loopback or link-local "
+                         f"address; webhooks go to public addresses only.", param="webhook",
+                         code="invalid_webhook_url") from None
+    except OSError:
+        raise BadRequest(f"Invalid 'webhook': the host {host!r} does not resolve.", param="webhook",
+                         code="invalid_webhook_url") from None
+    _checked_targets[(host, port)] = time.monotonic() + TARGET_CACHE_S
 
 
 def secret_bytes() -> bytes:
@@ -85,7 +124,7 @@ def deliver_due(task_id: str) -> str | None:
     try:
         secret = secret_bytes()
     except Exception as exc:  # noqa: BLE001 - a deployment without its secret: say so once, do not loop
-        tasks.webhook_done(task, attempts=attempt - 1, status=f"not sent: {exc}")
+        tasks.webhook_done(task, attempts=attempt - 1, status="failed", last_error=f"not sent: {exc}")
         logger.error("webhook not sent: no usable secret", extra={"task_id": task.id})
         return "gave_up"
     msg_id = f"msg_{task.id}"
@@ -94,14 +133,15 @@ def deliver_due(task_id: str) -> str | None:
     headers = {"Content-Type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
                "webhook-signature": sign(secret, msg_id, timestamp, body),
                "User-Agent": "imagegw-webhooks"}
-    outcome = _post(task.webhook, body, headers)
+    outcome, final = _post(task.webhook, body, headers)
     if outcome is None:
         tasks.webhook_done(task, attempts=attempt, status="delivered")
         logger.info("webhook delivered", extra={"task_id": task.id, "attempt": attempt})
         return "delivered"
     delays = retry_delays()
-    if attempt > len(delays):
-        tasks.webhook_done(task, attempts=attempt, status=f"gave up after {attempt} attempts: {outcome}")
+    if final or attempt > len(delays):
+        reason = outcome if final else f"gave up after {attempt} attempts: {outcome}"
+        tasks.webhook_done(task, attempts=attempt, status="failed", last_error=reason)
         logger.warning("webhook given up", extra={"task_id": task.id, "attempt": attempt, "reason": outcome})
         return "gave_up"
     delay_s = delays[attempt - 1]
@@ -115,15 +155,18 @@ def deliver_due(task_id: str) -> str | None:
     return "retry"
 
 
-def _post(url: str, body: str, headers: dict[str, str]) -> str | None:
-    """None on a 2xx answer, else why it failed (never the body: it may hold anything)."""
-    allow_loopback = os.environ.get("ALLOW_LOOPBACK_FETCH") == "1"
+def _post(url: str, body: str, headers: dict[str, str]) -> tuple[str | None, bool]:
+    """(None, _) on a 2xx answer, else (why it failed, whether that is final). Never the body: it may hold
+    anything. A URL the guard refuses is final: retrying would only be refused again."""
+    allow_loopback = _allow_loopback()
     try:
         safe_fetch.check_url(url, allow_loopback=allow_loopback)
         resp = safe_fetch.guarded_session(allow_loopback=allow_loopback).post(
             url, data=body.encode(), headers=headers, timeout=TIMEOUT_S, allow_redirects=False)
+    except safe_fetch.UnsafeURL as exc:
+        return f"refused: {exc.message}", True
     except GatewayError as exc:
-        return exc.message
+        return exc.message, False
     except requests.RequestException as exc:
-        return f"no answer ({type(exc).__name__})"
-    return None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
+        return f"no answer ({type(exc).__name__})", False
+    return (None, False) if 200 <= resp.status_code < 300 else (f"HTTP {resp.status_code}", False)
