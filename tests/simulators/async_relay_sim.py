@@ -6,7 +6,8 @@
   without it (or with `sync_anyway`) it answers synchronously `{created, data: [...]}`.
 - `GET /v1/images/tasks/{id}`: Bearer key; each check moves the task on: QUEUED "0%", then IN_PROGRESS with
   each of `progress_steps` ("30%", "70%"), then SUCCESS (or FAILURE with `fail_reason`) on check number
-  `checks_to_finish`. Answers are new-api's envelope `{code, message, data: {task...}}` or the task flat,
+  `checks_to_finish` (or, with `finish_after_s`, on the first check that long after the submit). Answers
+  are new-api's envelope `{code, message, data: {task...}}` or the task flat,
   with the status in upper or lower case and the progress as "NN%", NN or "NN", as configured. An unknown
   id is a 404 `task_not_exist`.
 Every request is recorded.
@@ -37,6 +38,7 @@ class Behaviour:
     id_shape: str = "task_id"  # one of ID_SHAPES
     envelope: bool = True  # check answers in new-api's envelope, or the task flat
     checks_to_finish: int = 4  # the check that reports SUCCESS/FAILURE (earlier ones: QUEUED, IN_PROGRESS...)
+    finish_after_s: float | None = None  # set: the task finishes this long after its submit, however often checked
     progress_steps: list[str] = field(default_factory=lambda: ["30%", "70%"])
     fail_reason: str | None = None  # set: the task ends in FAILURE with this reason
     sync_anyway: bool = False  # answer synchronously even when asked for async
@@ -51,6 +53,11 @@ class SimTask:
     body: dict[str, Any]
     submitted_at: int
     checks: int = 0
+    submitted_monotonic: float = field(default_factory=time.monotonic)
+
+    def finished_at(self, after_s: float) -> float:
+        """When (time.monotonic) a task that takes `after_s` finished upstream."""
+        return self.submitted_monotonic + after_s
 
 
 class AsyncRelaySimulator(LoopbackSimulator):
@@ -137,7 +144,11 @@ class AsyncRelaySimulator(LoopbackSimulator):
         obj: dict[str, Any] = {"task_id": task_id, "action": "generate", "status": "", "progress": "0%",
                                "fail_reason": "", "submit_time": task.submitted_at, "start_time": 0,
                                "finish_time": 0, "data": None}
-        if number >= b.checks_to_finish:
+        if b.finish_after_s is not None:
+            finished = time.monotonic() >= task.finished_at(b.finish_after_s)
+        else:
+            finished = number >= b.checks_to_finish
+        if finished:
             obj["finish_time"] = int(time.time())
             if b.fail_reason is not None:
                 obj.update(status="FAILURE", progress="100%", fail_reason=b.fail_reason)

@@ -59,6 +59,7 @@ def test_pending_tasks_are_checked_by_the_sweep_until_done(aws, ticket_upstream,
     monkeypatch.setattr(bus, "publish", lambda kind, task_id: published.append(kind) or
                         (worker.store_generated(task_id) if kind == bus.TASK_GENERATED else None))
     monkeypatch.setattr(worker, "_check_delay_ms", lambda task: 0)  # checks due at once, for the test
+    monkeypatch.setattr(worker, "CHECK_GAP_MS", 0)
     task = tasks.create("o", "slowpoke", {"prompt": "p", "model": "slowpoke"})
     waiting = worker.submit_queued(task.id)
     assert waiting.stage == "waiting" and waiting.upstream["id"] == "up-1"

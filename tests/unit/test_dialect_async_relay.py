@@ -200,6 +200,7 @@ def test_progress_parsing(value, expected):
 def relay(inline_bus, providers_file, loopback_fetch, monkeypatch):
     """Start a relay simulator routed as `dall-e-3`; checks are due at once (no backoff) for the tests."""
     monkeypatch.setattr(worker, "_check_delay_ms", lambda task: 0)
+    monkeypatch.setattr(worker, "CHECK_GAP_MS", 0)
     started = []
 
     def start(behaviour=None):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -261,6 +262,11 @@ def guarded_session(*, resolver: Resolver | None = None, allow_loopback: bool = 
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+def loopback_allowed() -> bool:
+    """Whether this process may fetch from loopback: only the local stack and tests set ALLOW_LOOPBACK_FETCH."""
+    return os.environ.get("ALLOW_LOOPBACK_FETCH") == "1"
 
 
 def check_url(url: str, *, allow_loopback: bool = False) -> str:

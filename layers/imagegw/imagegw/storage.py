@@ -154,3 +154,15 @@ def read_base64(key: str) -> str:
         body.close()
     parts.append(base64.b64encode(carry).decode("ascii"))
     return "".join(parts)
+
+
+def discard_images(task_id: str) -> int:
+    """Delete every stored image of a task that will not show them (cancelled, failed, moved to another
+    route); returns how many were deleted. Listed rather than remembered: a worker that failed half-way does
+    not know what it put."""
+    target_bucket = bucket()
+    listing = s3().list_objects_v2(Bucket=target_bucket, Prefix=f"images/{task_id}/")
+    keys = [{"Key": obj["Key"]} for obj in listing.get("Contents", [])]
+    if keys:
+        s3().delete_objects(Bucket=target_bucket, Delete={"Objects": keys, "Quiet": True})
+    return len(keys)

@@ -84,6 +84,7 @@ class Task:
     lease_id: str | None = None
     lease_until: int | None = None
     claims: int = 0
+    checked_at: int | None = None  # when an async upstream was last asked about it
     reference: str | None = None  # the caller's id, for tasks requested by bus events
     webhook: str | None = None
     webhook_status: str | None = None  # pending, delivered or failed (see webhooks.delivery_state)
@@ -195,21 +196,24 @@ _NOT_TERMINAL = "#status IN (:queued, :in_progress)"
 _STATUS_VALUES = {":queued": "queued", ":in_progress": "in_progress"}
 
 
-def claim(task_id: str, stage: str, *, lease_s: int) -> Task | None:
-    """Take the lease on `stage` of a live task. None if another worker holds it or the stage has moved."""
+def claim(task_id: str, stage: str, *, lease_s: int, min_check_gap_ms: int | None = None) -> Task | None:
+    """Take the lease on `stage` of a live task. None if another worker holds it or the stage has moved.
+
+    With `min_check_gap_ms` (checks of an async upstream) it is also None when the last check began less than
+    that long ago: however many readers and sweeps there are, an upstream is asked at most that often."""
     now = now_ms()
     until = now + lease_s * 1000
     sets = {"lease_id": uuid.uuid4().hex, "lease_until": until, "next_check_at": until, "status": "in_progress",
             "updated_at": now}
+    condition = f"#stage = :stage AND {_NOT_TERMINAL} AND (attribute_not_exists(lease_until) OR lease_until < :now)"
+    values = {":stage": stage, ":now": now, **_STATUS_VALUES}
     if stage == "queued":
         sets["progress"] = 5  # taken up: show movement before the upstream answers
-    return _update(
-        task_id,
-        sets,
-        f"#stage = :stage AND {_NOT_TERMINAL} AND (attribute_not_exists(lease_until) OR lease_until < :now)",
-        {":stage": stage, ":now": now, **_STATUS_VALUES},
-        adds={"claims": 1},
-    )
+    if min_check_gap_ms is not None:
+        sets["checked_at"] = now
+        condition += " AND (attribute_not_exists(checked_at) OR checked_at <= :checked_before)"
+        values[":checked_before"] = now - min_check_gap_ms
+    return _update(task_id, sets, condition, values, adds={"claims": 1})
 
 
 def advance(task: Task, stage: str, *, next_check_at: int, **fields: Any) -> Task | None:

@@ -52,14 +52,10 @@ TARGET_CACHE_S = 60  # a batch of 10,000 lines with one webhook resolves its hos
 _checked_targets: dict[tuple[str, int], float] = {}
 
 
-def _allow_loopback() -> bool:
-    return os.environ.get("ALLOW_LOOPBACK_FETCH") == "1"  # set only by the local stack and tests
-
-
 def check_target(url: str) -> None:
     """Refuse, with a 400 naming `webhook`, a URL that delivery would refuse: another scheme, credentials,
     a literal non-public address, or a name that resolves to one (every address must be public)."""
-    allow_loopback = _allow_loopback()
+    allow_loopback = safe_fetch.loopback_allowed()
     try:
         safe_fetch.check_url(url, allow_loopback=allow_loopback)
     except safe_fetch.UnsafeURL:
@@ -158,7 +154,7 @@ def deliver_due(task_id: str) -> str | None:
 def _post(url: str, body: str, headers: dict[str, str]) -> tuple[str | None, bool]:
     """(None, _) on a 2xx answer, else (why it failed, whether that is final). Never the body: it may hold
     anything. A URL the guard refuses is final: retrying would only be refused again."""
-    allow_loopback = _allow_loopback()
+    allow_loopback = safe_fetch.loopback_allowed()
     try:
         safe_fetch.check_url(url, allow_loopback=allow_loopback)
         resp = safe_fetch.guarded_session(allow_loopback=allow_loopback).post(

@@ -6,6 +6,13 @@
     sweep()              schedule          whatever is due: re-publish lost events, check, give up
 
 Each step claims its stage first (see `tasks`), so redelivered events and concurrent workers are no-ops.
+
+The task deadline (`TASK_DEADLINE_S` after creation) holds on every path: no check is ever scheduled past it,
+so the sweep finds the task by then; a read, a claim or a check that finds the task overdue fails it with
+`upstream_timeout`. An async upstream is checked at most once a second (`CHECK_GAP_MS`), however many clients
+read the task, and a client that reads about once a second sees the result within about a second.
+Images of a task that ends any other way than succeeded (cancelled meanwhile, failed half-way) are removed
+from the bucket: no orphan objects.
 """
 
 from __future__ import annotations
@@ -17,9 +24,9 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from . import batches, bus, storage, tasks, transport, views, webhooks
+from . import batches, bus, safe_fetch, storage, tasks, transport, views, webhooks
 from .dialects import Done, Failed, Outcome, Pending, get_dialect
-from .errors import GatewayError, UpstreamTimeout
+from .errors import GatewayError, UpstreamFailed, UpstreamTimeout
 from .request import ImageRequest
 from .routing import Route, routes_for
 from .tasks import Task, now_ms
@@ -33,6 +40,7 @@ CHECK_LEASE_S = 120
 REPUBLISH_AFTER_S = 60
 MAX_CLAIMS = 3  # a stage whose worker died this many times fails rather than loop forever
 TASK_DEADLINE_S = int(os.environ.get("TASK_DEADLINE_S", "3600"))
+CHECK_GAP_MS = 1000  # an async upstream is asked about a task at most this often
 DOWNLOAD_PARALLELISM = 4
 
 
@@ -41,6 +49,8 @@ def submit_queued(task_id: str) -> Task | None:
     if task is None:
         logger.info("task not claimable (done, cancelled or taken)", extra={"task_id": task_id})
         return None
+    if _past_deadline(task):
+        return _finish(task, "failed", error=_deadline_error().task_error())
     req = ImageRequest.model_validate(task.request)
     routes = _routes(task)
     if routes is None:
@@ -49,7 +59,7 @@ def submit_queued(task_id: str) -> Task | None:
     index = task.route_index
     for index in range(task.route_index, len(routes)):
         route = routes[index]
-        outcome = get_dialect(route.dialect).submit(req, route, transport.send)
+        outcome = _refuse_unsafe_urls(get_dialect(route.dialect).submit(req, route, transport.send))
         if isinstance(outcome, Failed) and outcome.error.retriable and index + 1 < len(routes):
             metrics.add_metric(name="RouteFallbacks", unit=MetricUnit.Count, value=1)
             logger.warning("route failed, falling back", extra={"task_id": task_id, "provider": route.provider,
@@ -60,16 +70,19 @@ def submit_queued(task_id: str) -> Task | None:
 
 
 def check_waiting(task_id: str) -> Task | None:
-    task = tasks.claim(task_id, "waiting", lease_s=CHECK_LEASE_S)
+    task = tasks.claim(task_id, "waiting", lease_s=CHECK_LEASE_S, min_check_gap_ms=CHECK_GAP_MS)
     if task is None:
         return None
     routes = _routes(task)
     if routes is None:
         return tasks.get(task_id)
     route = routes[task.route_index]
-    outcome = get_dialect(route.dialect).check(task.upstream["id"], route, transport.send)
-    if isinstance(outcome, Failed) and outcome.error.retriable and not _past_deadline(task):
-        return tasks.release(task, retry_at=now_ms() + _check_delay_ms(task))
+    outcome = _refuse_unsafe_urls(get_dialect(route.dialect).check(task.upstream["id"], route, transport.send))
+    unfinished = isinstance(outcome, Pending) or (isinstance(outcome, Failed) and outcome.error.retriable)
+    if unfinished and _past_deadline(task):  # one last look was allowed; the result did not come in time
+        return _finish(task, "failed", error=_deadline_error().task_error())
+    if isinstance(outcome, Failed) and outcome.error.retriable:
+        return tasks.release(task, retry_at=_next_check_at(task))
     return _apply(task, outcome, route, task.route_index)
 
 
@@ -77,13 +90,17 @@ def store_generated(task_id: str) -> Task | None:
     task = tasks.claim(task_id, "generated", lease_s=LEASE_S)
     if task is None:
         return None
+    if _past_deadline(task):
+        return _finish(task, "failed", error=_deadline_error().task_error())
     try:
         with ThreadPoolExecutor(max_workers=DOWNLOAD_PARALLELISM) as pool:
             stored = list(pool.map(lambda s: _store_url(task, s), task.sources))
     except GatewayError as exc:
-        if exc.retriable and task.claims < MAX_CLAIMS:
+        if exc.retriable and exc.code != "unsafe_result_url" and task.claims < MAX_CLAIMS:
             logger.warning("download failed, will retry", extra={"task_id": task_id, "error": exc.message})
-            return tasks.release(task, retry_at=now_ms() + 10_000)
+            return tasks.release(task, retry_at=min(now_ms() + 10_000, _deadline_ms(task)))
+        if exc.retriable and _next_route_exists(task):
+            return _resubmit_on_next_route(task, exc)
         return _finish(task, "failed", error=exc.task_error())
     images = sorted(task.images + stored, key=lambda image: image["index"])
     return _finish(task, "succeeded", images=images)
@@ -107,27 +124,28 @@ def sweep(*, limit: int = 100) -> dict[str, int]:
             continue
         if task.terminal:
             continue
-        if _past_deadline(task) or task.claims >= MAX_CLAIMS:
-            reason = "did not finish in time" if _past_deadline(task) else "kept failing to make progress"
-            failed = tasks.fail_unclaimed(task_id, UpstreamTimeout(f"The task {reason}.").task_error())
-            if failed:
-                announce(failed)
-                counts["failed"] += 1
+        if _give_up_if_overdue(task):
+            counts["failed"] += 1
             continue
         if task.stage == "waiting":
             check_waiting(task_id)
             counts["checked"] += 1
         elif task.stage in ("queued", "generated"):
             # Its event was lost or its worker died (lease expired): nudge the stage's function again.
-            if tasks.touch(task, next_check_at=now_ms() + REPUBLISH_AFTER_S * 1000):
+            if tasks.touch(task, next_check_at=_next_check_at(task, REPUBLISH_AFTER_S * 1000)):
                 bus.publish(bus.TASK_QUEUED if task.stage == "queued" else bus.TASK_GENERATED, task_id)
                 counts["republished"] += 1
     return counts
 
 
 def poll_through(task: Task) -> Task:
-    """A read of a task waiting on an async upstream checks upstream first when a check is due."""
-    if task.stage == "waiting" and not task.terminal and (task.next_check_at or 0) <= now_ms():
+    """A read of a task waiting on an async upstream asks upstream first (at most every CHECK_GAP_MS: a client
+    polling once a second sees a result within about a second); a read of an overdue task fails it."""
+    if task.terminal:
+        return task
+    if _give_up_if_overdue(task, only_past_deadline=True):
+        return tasks.get(task.id)
+    if task.stage == "waiting" and now_ms() - (task.checked_at or 0) >= CHECK_GAP_MS:
         return check_waiting(task.id) or tasks.get(task.id)
     return task
 
@@ -144,7 +162,7 @@ def _apply(task: Task, outcome: Outcome, route: Route, route_index: int) -> Task
     if outcome.upstream_id:
         upstream["id"] = outcome.upstream_id
     if isinstance(outcome, Pending):
-        return tasks.advance(task, "waiting", next_check_at=now_ms() + _check_delay_ms(task), upstream=upstream,
+        return tasks.advance(task, "waiting", next_check_at=_next_check_at(task), upstream=upstream,
                              route_index=route_index, progress=max(task.progress, outcome.progress))
     return _apply_done(task, outcome, upstream, route_index)
 
@@ -163,19 +181,26 @@ def _apply_done(task: Task, outcome: Done, upstream: dict[str, Any], route_index
     fields = {"upstream": upstream, "route_index": route_index, "usage": outcome.usage or {"images": len(stored)}}
     if not sources:
         return _finish(task, "succeeded", images=stored, **fields)
-    moved = tasks.advance(task, "generated", next_check_at=now_ms() + REPUBLISH_AFTER_S * 1000, images=stored,
-                          sources=[{k: v for k, v in s.items() if v is not None} for s in sources],
+    moved = tasks.advance(task, "generated", next_check_at=_next_check_at(task, REPUBLISH_AFTER_S * 1000),
+                          images=stored, sources=[{k: v for k, v in s.items() if v is not None} for s in sources],
                           progress=max(task.progress, 90), **fields)
     if moved:
         bus.publish(bus.TASK_GENERATED, task.id)
+    else:  # cancelled while the images were being stored: they must not outlive it
+        storage.discard_images(task.id)
     return moved
 
 
 def _finish(task: Task, status: str, **fields: Any) -> Task | None:
-    """End the task, count the outcome (TasksSucceeded / TasksFailed, ImagesStored) and announce it."""
+    """End the task, count the outcome (TasksSucceeded / TasksFailed, ImagesStored) and announce it.
+
+    Whatever was stored for a task that did not end succeeded (a cancel won the race, or it failed half-way)
+    is removed: the bucket holds the images of succeeded tasks only."""
     done = tasks.finish(task, status, **fields)
     if done is not None:
         announce(done)
+    if done is None or status != "succeeded":
+        storage.discard_images(task.id)
     return done
 
 
@@ -203,8 +228,48 @@ def announce(task: Task) -> None:
 
 
 def _store_url(task: Task, source: dict[str, Any]) -> dict[str, Any]:
-    kept = storage.store_from_url(source["url"], _key_prefix(task, source["index"]))
+    try:
+        kept = storage.store_from_url(source["url"], _key_prefix(task, source["index"]))
+    except safe_fetch.UnsafeURL as exc:  # the provider's URL, not the caller's request, is at fault
+        raise _unsafe_result_url(exc.message) from None
     return _image_item(source["index"], kept, source.get("revised_prompt"))
+
+
+def _unsafe_result_url(reason: str) -> UpstreamFailed:
+    return UpstreamFailed(f"The provider returned an image URL the gateway will not fetch: {reason}",
+                          code="unsafe_result_url", retriable=True)
+
+
+def _refuse_unsafe_urls(outcome: Outcome) -> Outcome:
+    """A result whose image URLs the SSRF guard refuses on sight (scheme, credentials, a literal private
+    address) fails like an upstream error, so the next route is tried; names are checked when downloaded."""
+    if isinstance(outcome, Done):
+        for image in outcome.images:
+            if image.url is not None:
+                try:
+                    safe_fetch.check_url(image.url, allow_loopback=safe_fetch.loopback_allowed())
+                except safe_fetch.UnsafeURL as exc:
+                    return Failed(_unsafe_result_url(exc.message))
+    return outcome
+
+
+def _next_route_exists(task: Task) -> bool:
+    try:
+        return task.route_index + 1 < len(routes_for(task.model))
+    except GatewayError:
+        return False
+
+
+def _resubmit_on_next_route(task: Task, error: GatewayError) -> Task | None:
+    """The images of this route cannot be had: start over on the next route (its submit stage)."""
+    metrics.add_metric(name="RouteFallbacks", unit=MetricUnit.Count, value=1)
+    logger.warning("route's images unusable, falling back", extra={"task_id": task.id, "error": error.message})
+    moved = tasks.advance(task, "queued", next_check_at=_next_check_at(task, REPUBLISH_AFTER_S * 1000),
+                          route_index=task.route_index + 1, images=[], sources=[], usage=None)
+    storage.discard_images(task.id)
+    if moved:
+        bus.publish(bus.TASK_QUEUED, task.id)
+    return moved
 
 
 def _image_item(index: int, kept: storage.StoredImage, revised_prompt: str | None) -> dict[str, Any]:
@@ -227,8 +292,37 @@ def _routes(task: Task) -> list[Route] | None:
         return None
 
 
+def _deadline_ms(task: Task) -> int:
+    return task.created_at + TASK_DEADLINE_S * 1000
+
+
 def _past_deadline(task: Task) -> bool:
-    return now_ms() - task.created_at > TASK_DEADLINE_S * 1000
+    return now_ms() > _deadline_ms(task)
+
+
+def _deadline_error() -> UpstreamTimeout:
+    return UpstreamTimeout(f"The task did not finish within its deadline ({TASK_DEADLINE_S} s).")
+
+
+def _next_check_at(task: Task, delay_ms: int | None = None) -> int:
+    """When the sweep should look at the task next: after `delay_ms` (the check backoff by default), but
+    never past its deadline, so the sweep finds an overdue task even when nobody reads it."""
+    delay = _check_delay_ms(task) if delay_ms is None else delay_ms
+    return min(now_ms() + delay, _deadline_ms(task) + 1)
+
+
+def _give_up_if_overdue(task: Task, *, only_past_deadline: bool = False) -> bool:
+    """Fail a live task past its deadline (or, for the sweep, one whose stage keeps failing: its workers
+    die); True when it was failed here."""
+    overdue = _past_deadline(task)
+    if not overdue and (only_past_deadline or task.claims < MAX_CLAIMS):
+        return False
+    reason = _deadline_error() if overdue else UpstreamTimeout("The task kept failing to make progress.")
+    failed = tasks.fail_unclaimed(task.id, reason.task_error())
+    if failed:
+        announce(failed)
+        storage.discard_images(task.id)
+    return failed is not None
 
 
 def _check_delay_ms(task: Task) -> int:
