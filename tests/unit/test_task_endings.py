@@ -9,7 +9,7 @@ import pytest
 
 import poll_handler
 import submit_handler
-from imagegw import bus, safe_fetch, tasks, worker
+from imagegw import bus, keys, safe_fetch, tasks, worker
 from tests.apiclient import call
 from tests.conftest import API_KEY, s3_objects
 from tests.simulators.async_relay_sim import AsyncRelaySimulator, Behaviour as RelayBehaviour
@@ -186,20 +186,22 @@ def test_a_b64_result_that_lands_after_a_cancel_is_not_kept(inline_bus, provider
 
 
 class SlowFiles(OpenAISimulator):
-    """Serves its image files after a delay (a slow download)."""
+    """Serves its image files after a delay (a slow download); `downloading` is set when one begins."""
+
+    downloading = threading.Event()
 
     def _serve_file(self, path):
+        self.downloading.set()
         time.sleep(1.0)
         return super()._serve_file(path)
 
 
 def test_a_download_that_lands_after_a_cancel_is_not_kept(inline_bus, providers_file, loopback_fetch):
     with SlowFiles() as sim:
+        sim.downloading = threading.Event()
         providers_file({"providers": route("p", sim), "models": {"dall-e-3": [{"provider": "p"}]}})
         task_id = generate({"model": "dall-e-3", "prompt": "a fox"}, query={"async": "true"}).json()["id"]
-        deadline = time.monotonic() + 5
-        while tasks.get(task_id).stage != "generated" and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert sim.downloading.wait(10)
         assert cancel(task_id).status == 200
         inline_bus.drain()
         assert tasks.get(task_id).status == "cancelled" and sim.image_downloads == 1
@@ -220,4 +222,23 @@ def test_a_task_that_fails_half_way_keeps_no_images(aws, providers_file, monkeyp
         task = tasks.create("owner", "gpt-image-1", {"model": "gpt-image-1", "prompt": "a fox", "n": 2})
         ended = worker.submit_queued(task.id)
         assert ended.status == "failed" and ended.error["code"] == "not_an_image"
+        assert s3_objects() == []
+
+
+def test_cancelling_a_task_between_its_stages_removes_what_it_had_stored(aws, providers_file, loopback_fetch,
+                                                                        monkeypatch):
+    class Mixed(OpenAISimulator):
+        def generate(self, headers, body):
+            import base64
+
+            return Answer(200, {"created": 1, "data": [{"b64_json": base64.b64encode(png_bytes(8, 8)).decode()},
+                                                       {"url": self.file_url(8, 8, "second")}]})
+
+    monkeypatch.setattr(bus, "publish", lambda *args: None)  # its "Task Generated" is not delivered yet
+    with Mixed() as sim:
+        providers_file({"providers": route("p", sim), "models": {"gpt-image-1": [{"provider": "p"}]}})
+        owner = keys.authenticate(f"Bearer {API_KEY}")
+        task = tasks.create(owner, "gpt-image-1", {"model": "gpt-image-1", "prompt": "a fox", "n": 2})
+        assert worker.submit_queued(task.id).stage == "generated" and len(s3_objects()) == 1
+        assert cancel(task.id).status == 200
         assert s3_objects() == []

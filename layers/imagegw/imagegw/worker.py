@@ -199,15 +199,21 @@ def _finish(task: Task, status: str, **fields: Any) -> Task | None:
     done = tasks.finish(task, status, **fields)
     if done is not None:
         announce(done)
-    if done is None or status != "succeeded":
+    else:  # cancelled meanwhile: what this worker stored must not outlive the task
         storage.discard_images(task.id)
     return done
 
 
 def announce(task: Task) -> None:
     """A task reached a terminal status: metrics, the lifecycle event the team's own rules can match
-    (succeeded or failed; a cancel was the caller's own doing), and its batch's count."""
+    (succeeded or failed; a cancel was the caller's own doing), its batch's count, and for any end but
+    succeeded, the removal of whatever images were stored for it (the bucket keeps succeeded tasks' only)."""
     metrics.add_metric(name=f"Tasks{task.status.capitalize()}", unit=MetricUnit.Count, value=1)
+    if task.status != "succeeded":
+        try:
+            storage.discard_images(task.id)
+        except Exception:  # noqa: BLE001 - the task is final either way; the bucket's lifecycle rule expires them
+            logger.exception("could not remove the images of an unsucceeded task", extra={"task_id": task.id})
     if task.status == "succeeded":
         metrics.add_metric(name="ImagesStored", unit=MetricUnit.Count, value=len(task.images))
     kind = {"succeeded": bus.TASK_SUCCEEDED, "failed": bus.TASK_FAILED}.get(task.status)
@@ -321,7 +327,6 @@ def _give_up_if_overdue(task: Task, *, only_past_deadline: bool = False) -> bool
     failed = tasks.fail_unclaimed(task.id, reason.task_error())
     if failed:
         announce(failed)
-        storage.discard_images(task.id)
     return failed is not None
 
 
