@@ -7,7 +7,8 @@ from __future__ import annotations
 import io
 import json
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -28,6 +29,7 @@ class Captured:
     query: dict[str, str]
     headers: dict[str, str]  # lower-cased names
     body: Any  # parsed JSON, or text
+    received_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

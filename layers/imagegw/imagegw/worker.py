@@ -69,7 +69,9 @@ def submit_queued(task_id: str) -> Task | None:
     return _apply(task, outcome, routes[index], index)
 
 
-def check_waiting(task_id: str) -> Task | None:
+def check_waiting(task_id: str, *, fetch_now: bool = False) -> Task | None:
+    """One check of an async upstream. `fetch_now`: a finished result's images are stored by this invocation
+    (someone is reading and waiting) instead of being handed to the fetch function."""
     task = tasks.claim(task_id, "waiting", lease_s=CHECK_LEASE_S, min_check_gap_ms=CHECK_GAP_MS)
     if task is None:
         return None
@@ -83,7 +85,7 @@ def check_waiting(task_id: str) -> Task | None:
         return _finish(task, "failed", error=_deadline_error().task_error())
     if isinstance(outcome, Failed) and outcome.error.retriable:
         return tasks.release(task, retry_at=_next_check_at(task))
-    return _apply(task, outcome, route, task.route_index)
+    return _apply(task, outcome, route, task.route_index, fetch_now=fetch_now)
 
 
 def store_generated(task_id: str) -> Task | None:
@@ -146,13 +148,13 @@ def poll_through(task: Task) -> Task:
     if _give_up_if_overdue(task, only_past_deadline=True):
         return tasks.get(task.id)
     if task.stage == "waiting" and now_ms() - (task.checked_at or 0) >= CHECK_GAP_MS:
-        return check_waiting(task.id) or tasks.get(task.id)
+        return check_waiting(task.id, fetch_now=True) or tasks.get(task.id)
     return task
 
 
 # -- applying an outcome ----------------------------------------------------------------------------------
 
-def _apply(task: Task, outcome: Outcome, route: Route, route_index: int) -> Task | None:
+def _apply(task: Task, outcome: Outcome, route: Route, route_index: int, *, fetch_now: bool = False) -> Task | None:
     upstream = {**task.upstream, "provider": route.provider, "model": route.upstream_model}
     if isinstance(outcome, Failed):
         logger.info("task failed", extra={"task_id": task.id, "error": outcome.error.message})
@@ -164,10 +166,11 @@ def _apply(task: Task, outcome: Outcome, route: Route, route_index: int) -> Task
     if isinstance(outcome, Pending):
         return tasks.advance(task, "waiting", next_check_at=_next_check_at(task), upstream=upstream,
                              route_index=route_index, progress=max(task.progress, outcome.progress))
-    return _apply_done(task, outcome, upstream, route_index)
+    return _apply_done(task, outcome, upstream, route_index, fetch_now=fetch_now)
 
 
-def _apply_done(task: Task, outcome: Done, upstream: dict[str, Any], route_index: int) -> Task | None:
+def _apply_done(task: Task, outcome: Done, upstream: dict[str, Any], route_index: int, *,
+                fetch_now: bool = False) -> Task | None:
     stored, sources = [], []
     try:
         for index, image in enumerate(outcome.images):
@@ -184,6 +187,8 @@ def _apply_done(task: Task, outcome: Done, upstream: dict[str, Any], route_index
     moved = tasks.advance(task, "generated", next_check_at=_next_check_at(task, REPUBLISH_AFTER_S * 1000),
                           images=stored, sources=[{k: v for k, v in s.items() if v is not None} for s in sources],
                           progress=max(task.progress, 90), **fields)
+    if moved and fetch_now:  # should this invocation die, the sweep hands the stage to fetch when it is due
+        return store_generated(task.id) or tasks.get(task.id)
     if moved:
         bus.publish(bus.TASK_GENERATED, task.id)
     else:  # cancelled while the images were being stored: they must not outlive it
