@@ -5,6 +5,7 @@ mapping of upstream failures to the gateway's errors (A1/A2).
   if they persist they become retriable errors, so the worker moves on to the next route.
 - 401/403 become 502 "provider rejected credentials" (the key is never echoed).
 - any other 4xx is the request's fault: a 400 carrying the upstream message, with no fallback.
+Upstream messages are scrubbed (see `scrub`), with the call's own credentials, before they become errors.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib3.util.retry import Retry
 
 from .dialects.base import HttpCall, HttpReply
 from .errors import GatewayError, RateLimited, UpstreamFailed, UpstreamTimeout, refusal
+from .scrub import SCAN_CHARS, fragment, header_secrets, scrub_url
 
 logger = Logger(child=True)
 
@@ -70,18 +72,23 @@ def send(call: HttpCall) -> HttpReply:
         raise UpstreamFailed(f"Could not reach the provider ({type(exc).__name__}).",
                              code="upstream_unreachable") from None
     reply = HttpReply(status=resp.status_code, headers=dict(resp.headers), body=resp.content)
-    logger.debug("upstream call", extra={"method": call.method, "url": call.url, "status": reply.status})
+    logger.debug("upstream call", extra={"method": call.method, "url": scrub_url(call.url), "status": reply.status})
     if 200 <= reply.status < 300:
         return reply
-    raise map_http_error(reply)
+    raise map_http_error(reply, secrets=header_secrets(call.headers))
 
 
-def upstream_message(reply: HttpReply) -> str:
-    """The provider's own error message, from the OpenAI shape or the common relay shapes."""
+def upstream_message(reply: HttpReply, secrets: tuple[str, ...] | list[str] = ()) -> str:
+    """The provider's own error message, from the OpenAI shape or the common relay shapes; scrubbed (with
+    `secrets`, the call's credentials) and capped, as every upstream text is."""
+    return fragment(_raw_message(reply), secrets)
+
+
+def _raw_message(reply: HttpReply) -> str:
     try:
         payload = reply.json()
-    except GatewayError:
-        return reply.body[:200].decode("utf-8", "replace").strip()
+    except GatewayError:  # not JSON: enough of the text that scrub cuts it (and drops a token cut in half)
+        return reply.body[: 4 * (SCAN_CHARS + 1)].decode("utf-8", "replace")
     if isinstance(payload, dict):
         err = payload.get("error")
         if isinstance(err, dict) and err.get("message"):
@@ -92,8 +99,8 @@ def upstream_message(reply: HttpReply) -> str:
     return ""
 
 
-def map_http_error(reply: HttpReply) -> GatewayError:
-    message = upstream_message(reply)
+def map_http_error(reply: HttpReply, secrets: tuple[str, ...] | list[str] = ()) -> GatewayError:
+    message = upstream_message(reply, secrets)
     status = reply.status
     if status in (401, 403):
         return UpstreamFailed("The provider rejected the gateway's credentials.", code="provider_auth_failed")
