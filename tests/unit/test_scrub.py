@@ -59,6 +59,8 @@ def test_a_key_of_no_known_shape_needs_to_be_named():
     "https://img.example/a.png?x-expires=1700000000&format=.png",
     "违规内容，请稍后再试",
     "Rate limit reached for requests (code 429, request_id 5f0c2a)",
+    "max_tokens: 4096 is above the limit; total_tokens=5000, token_count: 12",
+    "Invalid token: please sign in again",
 ])
 def test_ordinary_text_is_left_alone(text):
     assert scrub(text) == text

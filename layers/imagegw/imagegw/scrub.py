@@ -11,7 +11,8 @@ What is redacted (replaced by `[redacted]`):
 - key-shaped tokens: `sk-` (`sk-proj-`, `sk-ant-`, ...), `key-`, `xai-`, `r8_`, `hf_`, `gh[pousr]_`, `AIza`,
   AWS access key ids (`AKIA`/`ASIA` + 16), JWTs (`eyJ...`); the generic ones need a digit, so words survive;
 - `user:password@` in URLs, and the value of a query or `name: value`/`name=value` parameter whose name says
-  key, token, secret, password, signature or credential (`?api_key=...`, `X-Amz-Signature=...`).
+  key, token, secret, password, signature or credential (`?api_key=...`, `X-Amz-Signature=...`); outside a
+  URL only a value with a digit or symbol, and not token counts (`max_tokens: 4096` stays).
 Control and format characters are dropped (newlines become spaces: one log line stays one line), and the
 text is capped, after redaction, at `limit` characters with an ellipsis.
 """
@@ -45,8 +46,8 @@ _GENERIC = re.compile(
     r"|(?P<param>[?&;][\w.-]*(?:key|token|secret|passw(?:or)?d|signature|sig|credential|auth)[\w.-]*=)"
     r"[^\s&#\"']+"
     # named values in text or JSON: `token: abc123`, `"password": "hunter2!"`, `api_key=k3y`
-    r"|(?P<named>\b[\w.-]*(?:api[_-]?key|apikey|access[_-]?key|token|secret|passw(?:or)?d|signature|"
-    r"credential)[\w.-]*[\"']?\s*[:=]\s*[\"']?)" + _SECRETISH + r"[^\s\"',;&#}]+"
+    r"|(?P<named>\b[\w.-]*(?:api[_-]?key|apikey|access[_-]?key|token(?![_-]?(?:s|count|limit|usage)\b)|secret|"
+    r"passw(?:or)?d|signature|credential)[\w.-]*[\"']?\s*[:=]\s*[\"']?)" + _SECRETISH + r"[^\s\"',;&#}]+"
     # key-shaped tokens
     r"|\bsk-[A-Za-z0-9_-]{6,}"
     r"|\b(?:key|xai|pk|rk)-(?=[A-Za-z_-]*[0-9])[A-Za-z0-9_-]{8,}"
