@@ -70,8 +70,9 @@ class DripServer:
     with a Content-Length, or `drip="close"`, without one, the body ending when the connection closes).
     It stops by itself: after `max_connections` requests, when the client goes away, or on exit."""
 
-    def __init__(self, drip, body=b'{"data": []}' + b" " * 200, interval_s=0.2, max_connections=3):
+    def __init__(self, drip, body=b'{"data": []}' + b" " * 200, interval_s=0.2, max_connections=3, tls=None):
         self.drip, self.body, self.interval_s, self.max_connections = drip, body, interval_s, max_connections
+        self.tls = tls  # an ssl.SSLContext: serve HTTPS
         self.connections = 0
         self._stop = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -80,7 +81,8 @@ class DripServer:
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/v1/images/generations"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self._listener.getsockname()[1]}/v1/images/generations"
 
     def __enter__(self):
         self._thread.start()
@@ -98,8 +100,12 @@ class DripServer:
             except TimeoutError:
                 continue
             self.connections += 1
-            with conn:
-                self._answer(conn)
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True) if self.tls else conn
+                with conn:
+                    self._answer(conn)
+            except OSError:
+                continue  # the client hung up (or refused the handshake)
 
     def _answer(self, conn):
         conn.settimeout(2)
@@ -164,3 +170,50 @@ def test_an_answer_over_the_body_cap_is_refused(monkeypatch, drip):
         with pytest.raises(UpstreamFailed) as err:
             transport.send(HttpCall("POST", server.url, json={"prompt": "p"}, timeout_s=5))
     assert err.value.code == "upstream_response_too_large"
+
+
+@pytest.fixture
+def tls(tmp_path, monkeypatch):
+    """A server context with a self-signed certificate for 127.0.0.1, trusted by the transport's session."""
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    monkeypatch.setattr(transport.session(), "verify", str(cert_path))
+    return context
+
+
+def test_an_https_answer_in_time_passes(tls):
+    with DripServer("body", interval_s=0, tls=tls) as server:
+        reply = transport.send(HttpCall("POST", server.url, json={"prompt": "p"}, timeout_s=5))
+    assert reply.status == 200 and reply.json() == {"data": []}
+
+
+@pytest.mark.parametrize("drip", ["headers", "body"])
+def test_the_deadline_also_ends_a_dripping_https_answer(tls, drip):
+    with DripServer(drip, tls=tls) as server:
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout):
+            transport.send(HttpCall("POST", server.url, json={"prompt": "p"}, timeout_s=1))
+    assert time.monotonic() - started < 2
