@@ -46,6 +46,11 @@ def test_the_routes_own_key_is_redacted_in_any_encoding(form):
     assert out == f"your key {REDACTED} has no quota left"
 
 
+def test_a_truncated_echo_of_the_key_is_redacted():
+    out = scrub(f"your key {ROUTE_KEY[:15]}… is invalid; key {ROUTE_KEY[:14]}", secrets=[ROUTE_KEY])
+    assert out == f"your key {REDACTED}… is invalid; key {REDACTED}"
+
+
 def test_a_key_of_no_known_shape_needs_to_be_named():
     assert ROUTE_KEY in scrub(f"key {ROUTE_KEY}")  # why Dialect.submit/check pass the route's key
     assert ROUTE_KEY not in scrub(f"key {ROUTE_KEY}", secrets=[None, "", ROUTE_KEY])

@@ -5,7 +5,8 @@ messages. Every text from an upstream goes through `scrub` where it enters the g
 `Dialect.check` scrub again with the route's own key, so no path can carry the key out.
 
 What is redacted (replaced by `[redacted]`):
-- each given secret (the route's key, whatever its shape), also URL-encoded or JSON-escaped;
+- each given secret (the route's key, whatever its shape), also URL-encoded or JSON-escaped, and any token
+  that starts like it (an upstream that truncates what it echoes still leaks a prefix);
 - the credentials after `Bearer`/`Basic`/`Token` (8+ characters with a digit or symbol, so "Basic
   authentication" stays readable) and the value of an `Authorization`/`X-Api-Key`/`Api-Key` header;
 - key-shaped tokens: `sk-` (`sk-proj-`, `sk-ant-`, ...), `key-`, `xai-`, `r8_`, `hf_`, `gh[pousr]_`, `AIza`,
@@ -31,6 +32,7 @@ FRAGMENT_CHARS = 300  # an upstream text quoted inside one of the gateway's own 
 PROMPT_CHARS = 4000  # an upstream's revised prompt (dall-e-3 rewrites can run long)
 SCAN_CHARS = 8 * MESSAGE_CHARS  # longer input is cut (at a token boundary) before the patterns run
 MIN_SECRET_CHARS = 4  # shorter "secrets" are not worth mangling every word that contains them
+SECRET_PREFIX_CHARS = 12  # a token starting with this much of a (longer) secret is taken for a truncated echo
 
 _TOKEN = r"[A-Za-z0-9._~+/=-]"
 _SECRETISH = r"(?=[^\s\"',;&#}]*[0-9_~+/=-])"  # a value with a digit or symbol: not an ordinary word
@@ -70,6 +72,8 @@ def scrub(text: object, secrets: Iterable[str | None] = (), *, limit: int = MESS
     for secret in sorted({s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True):
         for form in _forms(secret):
             out = out.replace(form, REDACTED)
+        if len(secret) > SECRET_PREFIX_CHARS:
+            out = re.sub(re.escape(secret[:SECRET_PREFIX_CHARS]) + _TOKEN_CHAR.pattern + "*", REDACTED, out)
     out = _GENERIC.sub(_redact, out)
     out = _SPACES.sub(" ", out).strip()
     return out if len(out) <= limit else _cut(out, limit - 1) + "…"
