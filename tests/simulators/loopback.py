@@ -8,6 +8,7 @@ import io
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -51,7 +52,11 @@ def field_problem(body: Any, required: tuple[str, ...], allowed: set[str]) -> st
 
 
 class LoopbackSimulator:
-    """Subclasses implement `answer(request) -> Answer`; use as a context manager."""
+    """Subclasses implement `answer(request) -> Answer`; use as a context manager.
+
+    `intercept`, when set, sees every request first: an Answer it returns is sent instead of the simulator's
+    own (e.g. a hostile upstream echoing the request's headers), None lets the simulator answer.
+    """
 
     generation_path = "/v1/images/generations"  # where the dialect takes image requests
 
@@ -59,6 +64,7 @@ class LoopbackSimulator:
         self.requests: list[Captured] = []
         self.image_downloads = 0
         self.lock = threading.Lock()
+        self.intercept: Callable[[Captured], Answer | None] | None = None
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -117,7 +123,7 @@ class LoopbackSimulator:
                                    {k.lower(): v for k, v in self.headers.items()}, body)
                 with sim.lock:
                     sim.requests.append(request)
-                self._send(sim.answer(request))
+                self._send((sim.intercept and sim.intercept(request)) or sim.answer(request))
 
             do_GET = do_POST = _handle  # noqa: N815 - http.server naming
 

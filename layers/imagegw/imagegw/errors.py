@@ -6,7 +6,10 @@ that OpenAI SDKs raise their typed exceptions (BadRequestError, AuthenticationEr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+from .scrub import fragment, scrub
 
 
 class GatewayError(Exception):
@@ -31,6 +34,13 @@ class GatewayError(Exception):
     def retriable(self) -> bool:
         """Whether another route may succeed where this one failed (A2: 429, 5xx, timeouts, connection)."""
         return False
+
+    def scrubbed(self, secrets: Iterable[str | None] = ()) -> "GatewayError":
+        """This error with its message scrubbed (secrets, credential-shaped tokens, length): for any error that
+        may quote an upstream. In place, so every reference to it (and its `str`) carries the clean text."""
+        self.message = scrub(self.message, secrets)
+        self.args = (self.message,)
+        return self
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"{type(self).__name__}({self.message!r}, param={self.param!r}, code={self.code!r})"
@@ -141,14 +151,16 @@ _POLICY_WORDS = ("content_policy", "safety", "moderation", "policy violation", "
 
 
 def policy_violation(message: str) -> ContentPolicyViolation | None:
-    """A ContentPolicyViolation when a provider's message is worded as a content-policy refusal."""
+    """A ContentPolicyViolation when a provider's message is worded as a content-policy refusal (the message
+    quoted scrubbed: it is upstream text)."""
     if message and any(word in message.lower() for word in _POLICY_WORDS):
-        return ContentPolicyViolation(f"The provider refused the prompt under its content policy: {message}")
+        return ContentPolicyViolation(f"The provider refused the prompt under its content policy: "
+                                      f"{fragment(message)}")
     return None
 
 
 def refusal(message: str) -> GatewayError:
     """A provider's refusal of the request itself: content-policy wording is a 400 content_policy_violation,
-    anything else a 400 carrying the provider's message. Never retried on another route."""
-    return policy_violation(message) or BadRequest(f"The provider refused the request: {message}",
+    anything else a 400 carrying the provider's (scrubbed) message. Never retried on another route."""
+    return policy_violation(message) or BadRequest(f"The provider refused the request: {fragment(message)}",
                                                    code="upstream_rejected")

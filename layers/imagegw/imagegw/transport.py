@@ -1,38 +1,176 @@
-"""The one transport for upstream API calls: timeouts, retries with backoff honouring Retry-After, and the
-mapping of upstream failures to the gateway's errors (A1/A2).
+"""The one transport for upstream API calls: a total deadline, retries with backoff honouring Retry-After, and
+the mapping of upstream failures to the gateway's errors (A1/A2).
 
-- 429 and 5xx are retried here (urllib3 Retry, exponential backoff, Retry-After honoured up to a cap);
-  if they persist they become retriable errors, so the worker moves on to the next route.
+- `timeout_s` bounds the WHOLE call: connect, headers, body and retries. A per-read timeout never fires on
+  an upstream that drips a byte at a time, so a timer shuts the call's socket down at the deadline (see
+  `Deadline`), retries that would sleep past it are not made, and what follows is an UpstreamTimeout.
+- 429 and 5xx are retried here (urllib3 Retry, exponential backoff, Retry-After honoured up to a cap, and
+  within the deadline); if they persist they become retriable errors, so the worker moves on to the next route.
 - 401/403 become 502 "provider rejected credentials" (the key is never echoed).
 - any other 4xx is the request's fault: a 400 carrying the upstream message, with no fallback.
+- an answer larger than MAX_BODY_BYTES is refused (b64 images make big answers, so the cap is generous).
+Upstream messages are scrubbed (see `scrub`), with the call's own credentials, before they become errors.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 from functools import lru_cache
 from typing import Any
 
 import requests
 from aws_lambda_powertools import Logger
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
 from .dialects.base import HttpCall, HttpReply
 from .errors import GatewayError, RateLimited, UpstreamFailed, UpstreamTimeout, refusal
+from .scrub import SCAN_CHARS, fragment, header_secrets, scrub_url
 
 logger = Logger(child=True)
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 MAX_RETRY_AFTER_S = 20.0
+CONNECT_TIMEOUT_S = 10.0  # at most; never more than the call's own timeout_s
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a JSON answer with several b64 images fits; anything bigger is refused
+_CHUNK_BYTES = 64 * 1024
+
+
+class Deadline:
+    """The end of one upstream call: a timer shuts down every socket the call uses when it passes, which wakes
+    a read blocked on a dripping upstream (headers or body). One per `send`, held in a thread-local so the
+    connection classes and the retry policy below find it (fan-out calls run in threads of their own)."""
+
+    _current = threading.local()
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    @classmethod
+    def current(cls) -> "Deadline | None":
+        return getattr(cls._current, "deadline", None)
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Shut `sock` down at the deadline (at once if it has passed)."""
+        if sock is None:
+            return
+        with self._lock:
+            if not self.expired:
+                self._sockets.append(sock)
+                return
+        _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self.expired:
+                return
+            self.expired = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shut(sock)
+
+    def __enter__(self) -> "Deadline":
+        Deadline._current.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._sockets.clear()  # the call is over: a late timer must not touch pooled connections
+        Deadline._current.deadline = None
+
+
+def _shut(sock: socket.socket) -> None:
+    try:  # the plain socket's shutdown, also for a TLS socket (whose own would tear its state down mid-read)
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+class _Watched:
+    """Connection mixin: every socket a call uses, new or reused from the pool, is watched by its deadline."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        _watch(sock)
+        return sock
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        _watch(getattr(self, "sock", None))
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+
+
+def _watch(sock: socket.socket | None) -> None:
+    deadline = Deadline.current()
+    if deadline is not None:
+        deadline.watch(sock)
+
+
+class _HTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """An HTTPAdapter whose connections are watched by the current call's Deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 class CappedRetry(Retry):
-    """Retry that honours Retry-After but never sleeps longer than MAX_RETRY_AFTER_S inside a Lambda."""
+    """Retry that honours Retry-After but never sleeps longer than MAX_RETRY_AFTER_S inside a Lambda, nor past
+    the call's deadline: a retry that would has not been made, and the last answer (or error) stands."""
 
     def get_retry_after(self, response: Any) -> float | None:
         value = super().get_retry_after(response)
         return None if value is None else min(value, MAX_RETRY_AFTER_S)
+
+    def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
+                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> "CappedRetry":
+        new = super().increment(method, url, response, error, _pool, _stacktrace)
+        deadline = Deadline.current()
+        if deadline is not None and new.wait_s(response) >= deadline.remaining():
+            reason = error or ResponseError("no time left to retry within the call's timeout")
+            raise MaxRetryError(_pool, url, reason)  # type: ignore[arg-type]
+        return new
+
+    def wait_s(self, response: Any) -> float:
+        """How long `sleep` would wait before the next attempt (as urllib3's Retry.sleep decides it)."""
+        if self.respect_retry_after_header and response is not None:
+            after = self.get_retry_after(response)
+            if after:
+                return after
+        return self.get_backoff_time()
 
 
 def _retry_policy() -> Retry:
@@ -53,35 +191,71 @@ def _retry_policy() -> Retry:
 def session() -> requests.Session:
     s = requests.Session()
     s.trust_env = False  # never route provider traffic through ambient proxy settings
-    adapter = HTTPAdapter(max_retries=_retry_policy(), pool_maxsize=16)
+    adapter = DeadlineAdapter(max_retries=_retry_policy(), pool_maxsize=16)
     s.mount("http://", adapter)
     s.mount("https://", adapter)
     return s
 
 
 def send(call: HttpCall) -> HttpReply:
-    """Run one upstream call; return its 2xx reply or raise the mapped GatewayError."""
-    try:
-        resp = session().request(call.method, call.url, headers=call.headers, json=call.json, params=call.params,
-                                 timeout=(10, call.timeout_s), allow_redirects=False)
-    except requests.Timeout:
-        raise UpstreamTimeout(f"The provider did not answer within {call.timeout_s:g} s.") from None
-    except requests.RequestException as exc:
-        raise UpstreamFailed(f"Could not reach the provider ({type(exc).__name__}).",
-                             code="upstream_unreachable") from None
-    reply = HttpReply(status=resp.status_code, headers=dict(resp.headers), body=resp.content)
-    logger.debug("upstream call", extra={"method": call.method, "url": call.url, "status": reply.status})
+    """Run one upstream call within `call.timeout_s` in all; return its 2xx reply or raise the mapped error."""
+    timed_out = UpstreamTimeout(f"The provider did not answer within {call.timeout_s:g} s.")
+    with Deadline(call.timeout_s) as deadline:
+        try:
+            resp = session().request(call.method, call.url, headers=call.headers, json=call.json,
+                                     params=call.params, allow_redirects=False, stream=True,
+                                     timeout=(min(CONNECT_TIMEOUT_S, call.timeout_s), call.timeout_s))
+            try:
+                body = _read_body(resp)
+            except BaseException:
+                resp.close()  # a half-read connection must not go back to the pool
+                raise
+        except requests.Timeout:
+            raise timed_out from None
+        except (requests.RequestException, Urllib3Error, OSError) as exc:
+            if deadline.expired:
+                raise timed_out from None
+            raise UpstreamFailed(f"Could not reach the provider ({type(exc).__name__}).",
+                                 code="upstream_unreachable") from None
+        if deadline.expired:  # a close-delimited body cut short by the deadline reads as a complete one
+            raise timed_out
+    reply = HttpReply(status=resp.status_code, headers=dict(resp.headers), body=body)
+    logger.debug("upstream call", extra={"method": call.method, "url": scrub_url(call.url), "status": reply.status})
     if 200 <= reply.status < 300:
         return reply
-    raise map_http_error(reply)
+    raise map_http_error(reply, secrets=header_secrets(call.headers))
 
 
-def upstream_message(reply: HttpReply) -> str:
-    """The provider's own error message, from the OpenAI shape or the common relay shapes."""
+def _read_body(resp: requests.Response) -> bytes:
+    """The whole body, refusing one over MAX_BODY_BYTES (announced or actual) without reading it all."""
+    announced = resp.headers.get("Content-Length", "")
+    if announced.isdigit() and int(announced) > MAX_BODY_BYTES:
+        raise _too_large()
+    chunks, size = [], 0
+    for chunk in resp.iter_content(_CHUNK_BYTES):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large() -> UpstreamFailed:
+    return UpstreamFailed(f"The provider's answer is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB.",
+                          code="upstream_response_too_large")
+
+
+def upstream_message(reply: HttpReply, secrets: tuple[str, ...] | list[str] = ()) -> str:
+    """The provider's own error message, from the OpenAI shape or the common relay shapes; scrubbed (with
+    `secrets`, the call's credentials) and capped, as every upstream text is."""
+    return fragment(_raw_message(reply), secrets)
+
+
+def _raw_message(reply: HttpReply) -> str:
     try:
         payload = reply.json()
-    except GatewayError:
-        return reply.body[:200].decode("utf-8", "replace").strip()
+    except GatewayError:  # not JSON: enough of the text that scrub cuts it (and drops a token cut in half)
+        return reply.body[: 4 * (SCAN_CHARS + 1)].decode("utf-8", "replace")
     if isinstance(payload, dict):
         err = payload.get("error")
         if isinstance(err, dict) and err.get("message"):
@@ -92,8 +266,8 @@ def upstream_message(reply: HttpReply) -> str:
     return ""
 
 
-def map_http_error(reply: HttpReply) -> GatewayError:
-    message = upstream_message(reply)
+def map_http_error(reply: HttpReply, secrets: tuple[str, ...] | list[str] = ()) -> GatewayError:
+    message = upstream_message(reply, secrets)
     status = reply.status
     if status in (401, 403):
         return UpstreamFailed("The provider rejected the gateway's credentials.", code="provider_auth_failed")

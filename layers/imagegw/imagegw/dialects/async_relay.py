@@ -47,6 +47,7 @@ from ..capabilities import capability_for, nearest_size, parse_pixels, parse_rat
 from ..errors import GatewayError, UpstreamFailed, policy_violation
 from ..request import ImageRequest
 from ..routing import Route
+from ..scrub import fragment
 from .base import Dialect, Done, Failed, HttpCall, HttpReply, ImageOut, Outcome, Pending, bearer, decode_b64, \
     translatable_fields
 from .openai import family
@@ -185,14 +186,15 @@ def normalise_usage(usage: Any, images: int) -> dict[str, int]:
 
 
 def _message(payload: Any) -> str:
+    """The relay's message (scrubbed: upstream text), or ""."""
     if not isinstance(payload, dict):
         return ""
     err = payload.get("error")
     if isinstance(err, dict) and err.get("message"):
-        return str(err["message"])
+        return fragment(err["message"])
     for key in ("fail_reason", "message", "msg", "error"):
         if isinstance(payload.get(key), str) and payload[key].strip():
-            return payload[key].strip()
+            return fragment(payload[key])
     return ""
 
 
@@ -217,7 +219,7 @@ class AsyncRelayDialect(Dialect):
             if images:
                 return Done(images=images, usage=normalise_usage(payload.get("usage"), len(images)))
         if isinstance(payload, dict) and payload.get("code") not in _OK_CODES:
-            message = _message(payload) or f"code {payload.get('code')}"
+            message = _message(payload) or f"code {fragment(payload.get('code'))}"
             raise policy_violation(message) or UpstreamFailed(f"The provider did not take the task: {message}",
                                                              code="upstream_rejected_task")
         upstream_id = task_id_of(payload)

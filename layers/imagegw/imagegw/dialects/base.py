@@ -13,12 +13,13 @@ import binascii
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from ..errors import GatewayError, UpstreamFailed
 from ..request import ImageRequest
 from ..routing import Route
+from ..scrub import PROMPT_CHARS, scrub
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,14 @@ class Dialect:
 
     # -- running ----------------------------------------------------------------------------------------
     def submit(self, req: ImageRequest, route: Route, send: Send) -> Outcome:
+        """Submit the request upstream. Not overridden: what leaves here is scrubbed with the route's key."""
+        return scrubbed(self.run_submit(req, route, send), route)
+
+    def check(self, upstream_id: str, route: Route, send: Send) -> Outcome:
+        """Check an async upstream's task. Not overridden: what leaves here is scrubbed with the route's key."""
+        return scrubbed(self.run_check(upstream_id, route, send), route)
+
+    def run_submit(self, req: ImageRequest, route: Route, send: Send) -> Outcome:
         calls = self.build_submit(req, route)
         try:
             if len(calls) == 1:
@@ -112,11 +121,25 @@ class Dialect:
         except GatewayError as exc:
             return Failed(exc)
 
-    def check(self, upstream_id: str, route: Route, send: Send) -> Outcome:
+    def run_check(self, upstream_id: str, route: Route, send: Send) -> Outcome:
         try:
             return self.parse_check(send(self.build_check(upstream_id, route)))
         except GatewayError as exc:
             return Failed(exc)
+
+
+def scrubbed(outcome: Outcome, route: Route) -> Outcome:
+    """The outcome with every upstream text in it (error message, meta, revised prompts) scrubbed of the route's
+    key and of credential-shaped tokens, and capped: upstreams echo what they were sent (see `scrub`)."""
+    secrets = (route.api_key,)
+    if isinstance(outcome, Failed):
+        return Failed(outcome.error.scrubbed(secrets))
+    meta = {key: scrub(value, secrets) for key, value in outcome.meta.items()}
+    if isinstance(outcome, Pending):
+        return replace(outcome, meta=meta)
+    images = [replace(image, revised_prompt=scrub(image.revised_prompt, secrets, limit=PROMPT_CHARS))
+              if image.revised_prompt else image for image in outcome.images]
+    return replace(outcome, images=images, meta=meta)
 
 
 def bearer(route: Route) -> dict[str, str]:

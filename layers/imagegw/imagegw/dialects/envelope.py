@@ -50,6 +50,7 @@ from ..capabilities import DALLE2, DALLE3, GPT_IMAGE, nearest_size, parse_pixels
 from ..errors import GatewayError, RateLimited, UpstreamFailed, policy_violation, refusal
 from ..request import ImageRequest
 from ..routing import Route
+from ..scrub import fragment
 from .base import Dialect, Done, HttpCall, HttpReply, ImageOut, bearer, decode_b64
 from .openai import family
 
@@ -106,7 +107,8 @@ def _code(payload: dict[str, Any]) -> int | str | None:
 
 def envelope_error(code: Any, message: str, request_id: str | None) -> GatewayError:
     """The gateway error for an envelope whose `code` is not 0 (mapping in the module docstring)."""
-    text = message or f"code {code}"
+    code = code if isinstance(code, int) else fragment(code) if code is not None else None  # upstream text
+    text = fragment(message) or f"code {code}"
     details = ([f"code {code}"] if code is not None else []) + ([f"request_id {request_id}"] if request_id else [])
     where = f" ({', '.join(details)})" if details else ""
     lowered = text.lower()
@@ -193,14 +195,18 @@ class EnvelopeDialect(Dialect):
 
 
 def _message(payload: dict[str, Any]) -> str:
+    """The envelope's message (scrubbed: upstream text), or ""."""
     error = payload.get("error")
     if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"]
+        return fragment(error["message"])
     for key in ("message", "msg", "error"):
         if isinstance(payload.get(key), str) and payload[key]:
-            return payload[key]
+            return fragment(payload[key])
     return ""
 
 
 def _text(value: Any) -> str | None:
-    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) else None
+    """A string or number the envelope carries (request_id, task_status, task_id), scrubbed: upstream text."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return fragment(value) or None
+    return None

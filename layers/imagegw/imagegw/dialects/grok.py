@@ -41,6 +41,7 @@ from ..capabilities import GROK, nearest_ratio, nearest_size, parse_pixels, pars
 from ..errors import GatewayError, UpstreamFailed, policy_violation
 from ..request import ImageRequest
 from ..routing import Route
+from ..scrub import fragment
 from .base import Dialect, Done, HttpCall, HttpReply, ImageOut, bearer, decode_b64
 
 PATH = "/v1/images/generations"
@@ -124,6 +125,7 @@ def no_image_error(payload: Any) -> GatewayError:
     if isinstance(payload, dict):
         err = payload.get("error")
         message = str(err.get("message") or "") if isinstance(err, dict) else str(err or payload.get("message") or "")
+    message = fragment(message)  # upstream text
     refused = policy_violation(message)
     if refused:
         return refused

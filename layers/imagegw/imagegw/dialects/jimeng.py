@@ -35,6 +35,7 @@ from ..capabilities import JIMENG, nearest_ratio, parse_pixels, parse_ratio
 from ..errors import UpstreamFailed, policy_violation
 from ..request import ImageRequest
 from ..routing import Route
+from ..scrub import fragment
 from .base import Dialect, Done, HttpCall, HttpReply, ImageOut, bearer
 
 PATH = "/v1/images/generations"
@@ -74,6 +75,7 @@ def _no_image(payload: Any) -> Exception:
             if not message and isinstance(payload.get(key), str):
                 message = payload[key]
     if message:
+        message = fragment(message)  # upstream text
         refused = policy_violation(message)
         if refused:
             return refused

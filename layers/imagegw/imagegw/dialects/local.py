@@ -58,7 +58,7 @@ def render(prompt: str, seed: int | None, index: int, size: tuple[int, int], fmt
 class LocalDialect(Dialect):
     name = "local"
 
-    def submit(self, req: ImageRequest, route: Route, send: Send) -> Outcome:
+    def run_submit(self, req: ImageRequest, route: Route, send: Send) -> Outcome:
         size = pixel_size(req)
         fmt = req.output_format or "png"
         images = [ImageOut(data=render(req.prompt, req.seed, i, size, fmt)) for i in range(req.n)]
