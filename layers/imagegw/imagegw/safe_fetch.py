@@ -328,6 +328,26 @@ class CappedReader:
         self._head = self._upstream(n)
         return self._head
 
+    @property
+    def head(self) -> bytes:
+        return self._head
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof
+
+    def extend_head(self, n: int) -> bytes:
+        """Grow the kept head by up to `n` more bytes (e.g. to reach a JPEG frame header); the whole head."""
+        if self.bytes_read > len(self._head):
+            raise ValueError("the head was already handed out")
+        parts = [self._head]
+        missing = n
+        while missing > 0 and (chunk := self._upstream(missing)):
+            parts.append(chunk)
+            missing -= len(chunk)
+        self._head = b"".join(parts)
+        return self._head
+
     def readable(self) -> bool:
         return True
 
