@@ -6,6 +6,7 @@ import base64
 import io
 import os
 import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,9 +17,10 @@ from moto import mock_aws
 from PIL import Image
 
 from imagegw import safe_fetch, storage
-from imagegw.errors import ServerError, UpstreamFailed
+from imagegw.errors import ServerError, UpstreamFailed, UpstreamTimeout
 from imagegw.storage import StoredImage, image_key, presigned_url, read_base64, store_bytes, store_from_url
 from tests.simulators.fault_sim import (
+    FaultSimulator,
     bomb_png,
     jpeg_with_app_segments,
     jpeg_with_dimensions,
@@ -417,4 +419,30 @@ def test_store_from_url_jpeg_bomb_behind_large_segments(aws, server, upload_spy)
         store_from_url(server.url("/exif-bomb.jpg"), "images/t17/0")
     assert "40000x40000" in exc.value.message
     assert upload_spy["fileobjs"] == []
+    assert all_keys(aws) == []
+
+
+# --- the download's time budget ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("drip_headers", [True, False], ids=["headers", "body"])
+def test_store_from_url_drip_ends_in_timeout(aws, drip_headers: bool) -> None:
+    with FaultSimulator("drip_image", drip_s=0.2, drip_headers=drip_headers) as sim:
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout) as exc:
+            store_from_url(sim.fault_url("drip.png"), "images/t18/0", max_seconds=1)
+        elapsed = time.monotonic() - started
+    assert 0.9 < elapsed < 2.5
+    assert exc.value.code == "upstream_timeout" and exc.value.retriable is True
+    assert all_keys(aws) == []
+    assert no_multipart_left(aws)
+
+
+def test_store_from_url_time_budget_from_env(aws, monkeypatch) -> None:
+    monkeypatch.setenv("MAX_DOWNLOAD_S", "0.5")
+    with FaultSimulator("hang_image") as sim:
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout):
+            store_from_url(sim.fault_url("hang.png"), "images/t19/0")
+        assert time.monotonic() - started < 2
     assert all_keys(aws) == []

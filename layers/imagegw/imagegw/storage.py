@@ -2,7 +2,7 @@
 
 Provider URLs expire and provider bytes are untrusted, so results are copied into `IMAGE_BUCKET` under
 `images/{task_id}/{index}.{ext}`, with the content type taken from the magic bytes. Downloads go through
-`safe_fetch` (SSRF guard, byte cap) and are streamed to S3 so a Lambda never holds a whole image
+`safe_fetch` (SSRF guard, byte cap, time budget) and are streamed to S3 so a Lambda never holds a whole image
 from a URL. Every image's header is read first (`image_header`): one over the pixel budget, or whose header
 is unreadable, is refused before anything is uploaded.
 """
@@ -135,24 +135,32 @@ def _max_image_bytes() -> int:
     return int(os.environ.get("MAX_IMAGE_BYTES") or DEFAULT_MAX_IMAGE_BYTES)
 
 
+def _max_download_s() -> float:
+    return float(os.environ.get("MAX_DOWNLOAD_S") or safe_fetch.DEFAULT_MAX_DOWNLOAD_S)
+
+
 def store_from_url(
     url: str,
     key_prefix: str,
     *,
     max_bytes: int | None = None,
     resolver: safe_fetch.Resolver | None = None,
+    max_seconds: float | None = None,
 ) -> StoredImage:
     """Download `url` through the SSRF guard and stream it to `{key_prefix}.{ext}`.
 
     Memory stays bounded: the body is read in parts and uploaded as it arrives (multipart above the
-    threshold). If the download fails midway (cap exceeded, connection lost)
+    threshold). If the download fails midway (cap exceeded, time budget spent, connection lost)
     upload_fileobj aborts the multipart upload, and below the threshold nothing was put yet, so no partial
     object remains. The header is checked on the head of the body, before the upload starts.
     """
     allow_loopback = os.environ.get("ALLOW_LOOPBACK_FETCH") == "1"  # set only by the local stack
     cap = max_bytes if max_bytes is not None else _max_image_bytes()
+    budget_s = max_seconds if max_seconds is not None else _max_download_s()
     target_bucket = bucket()
-    with safe_fetch.open_image(url, max_bytes=cap, resolver=resolver, allow_loopback=allow_loopback) as image:
+    with safe_fetch.open_image(
+        url, max_bytes=cap, resolver=resolver, allow_loopback=allow_loopback, max_seconds=budget_s
+    ) as image:
         header = _streamed_header(image)
         key = f"{key_prefix}.{image.extension}"
         s3().upload_fileobj(
