@@ -188,7 +188,8 @@ class Deadline:
     Socket timeouts bound each read, and a server dripping a byte at a time never trips them. So a timer
     shuts down every socket of the download when the budget is spent: the blocked read returns at once, and
     whatever it then raises (or a clean-looking EOF) is reported as UpstreamTimeout by `check`.
-    Sockets are watched through a dup of their descriptor, which survives the TLS wrap of the original.
+    Sockets are watched through a dup of their descriptor, which survives the TLS wrap of the original and
+    can never name another socket; the dups (so those connections) are released when the download closes.
     """
 
     def __init__(self, seconds: float):
