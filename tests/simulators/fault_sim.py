@@ -44,8 +44,8 @@ from PIL import Image
 
 from .loopback import Answer, Captured, LoopbackSimulator, png_bytes
 
-__all__ = ["FAULTS", "GARBAGE", "METADATA_URL", "FaultSimulator", "bomb_png", "jpeg_with_app_segments",
-           "jpeg_with_dimensions", "png_with_frames_declared"]
+__all__ = ["FAULTS", "GARBAGE", "METADATA_URL", "FaultSimulator", "bomb_png", "gif_with_comment",
+           "jpeg_with_app_segments", "jpeg_with_dimensions", "png_with_frames_declared", "webp_with_junk"]
 
 METADATA_URL = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
 GARBAGE = ("not_json", "wrong_shape", "data_not_dicts", "url_not_string")
@@ -103,6 +103,24 @@ def png_with_frames_declared(frames: int, size: tuple[int, int] = (64, 64)) -> b
     struct.pack_into(">I", data, at + 4, frames)
     struct.pack_into(">I", data, at + 12, zlib.crc32(bytes(data[at:at + 12])))
     return bytes(data)
+
+
+def gif_with_comment(gif: bytes, size: int) -> bytes:
+    """`gif` with a comment extension of `size` bytes before its first frame (pushes frames past a head)."""
+    flags = gif[10]
+    start = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    text = bytes(size)
+    blocks = b"".join(bytes([len(part)]) + part for part in (text[i:i + 255] for i in range(0, size, 255)))
+    return gif[:start] + b"\x21\xfe" + blocks + b"\x00" + gif[start:]
+
+
+def webp_with_junk(webp: bytes, size: int) -> bytes:
+    """`webp` with an unknown chunk of `size` bytes after its first chunk (readers skip it), RIFF size fixed."""
+    (first,) = struct.unpack_from("<I", webp, 16)
+    at = 20 + first + (first & 1)
+    junk = b"JUNK" + struct.pack("<I", size) + bytes(size + (size & 1))
+    out = webp[:at] + junk + webp[at:]
+    return out[:4] + struct.pack("<I", len(out) - 8) + out[8:]
 
 
 class FaultSimulator(LoopbackSimulator):

@@ -10,9 +10,10 @@ from PIL import Image
 
 from imagegw import image_header
 from imagegw.errors import UpstreamFailed
-from imagegw.image_header import ImageHeader, checked, parse
+from imagegw.image_header import FrameWatch, ImageHeader, checked, parse
 from tests.simulators.fault_sim import (
     bomb_png,
+    gif_with_comment,
     jpeg_with_app_segments,
     jpeg_with_dimensions,
     png_with_frames_declared,
@@ -153,3 +154,52 @@ def test_frames_count_against_the_budget(fmt: str) -> None:
     with pytest.raises(UpstreamFailed) as exc:
         checked(four_frames, TYPES[fmt], complete=True, max_pixels=3000)
     assert "32x32 x 4 frames" in exc.value.message
+
+
+# --- frames counted while a download streams ----------------------------------------------------------------
+
+
+def pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+@pytest.mark.parametrize("size", [1, 7, 4096])
+def test_frame_watch_counts_like_parse_whatever_the_pieces(fmt: str, size: int) -> None:
+    data = encoded(fmt, (37, 23), frames=5)
+    whole = parse(data, TYPES[fmt], complete=True)
+    assert whole == ImageHeader(37, 23, 5)
+    watch = FrameWatch(TYPES[fmt], parse(data[:64], TYPES[fmt], complete=False) or whole, max_pixels=10**9)
+    for piece in pieces(data, size):
+        watch.feed(piece)
+    assert watch.header == whole
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_frame_watch_refuses_once_over_budget(fmt: str) -> None:
+    data = encoded(fmt, (37, 23), frames=5)
+    watch = FrameWatch(TYPES[fmt], ImageHeader(37, 23), max_pixels=37 * 23 * 3)
+    fed = 0
+    with pytest.raises(UpstreamFailed) as exc:
+        for piece in pieces(data, 16):
+            watch.feed(piece)
+            fed += len(piece)
+    assert exc.value.code == "upstream_invalid_image"
+    assert "37x23 x 4 frames" in exc.value.message
+    assert fed < len(data)  # refused at the fourth frame, not at the end
+
+
+def test_frame_watch_refuses_a_broken_gif_block() -> None:
+    data = encoded("GIF", (8, 8), frames=2)
+    watch = FrameWatch("image/gif", ImageHeader(8, 8))
+    with pytest.raises(UpstreamFailed) as exc:
+        watch.feed(data[:-1] + b"\x99")  # the trailer replaced by an unknown block
+    assert exc.value.code == "upstream_invalid_image"
+
+
+def test_frames_past_a_large_comment_are_counted() -> None:
+    data = gif_with_comment(encoded("GIF", (8, 8), frames=3), 200_000)
+    assert parse(data[:64 * 1024], "image/gif", complete=False) == ImageHeader(8, 8, 1)  # none in the head
+    assert parse(data, "image/gif", complete=True) == ImageHeader(8, 8, 3)
+    with Image.open(io.BytesIO(data)) as im:  # still a GIF Pillow reads alike
+        assert (im.size, im.n_frames) == ((8, 8), 3)

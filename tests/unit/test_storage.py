@@ -22,9 +22,11 @@ from imagegw.storage import StoredImage, image_key, presigned_url, read_base64, 
 from tests.simulators.fault_sim import (
     FaultSimulator,
     bomb_png,
+    gif_with_comment,
     jpeg_with_app_segments,
     jpeg_with_dimensions,
     png_with_frames_declared,
+    webp_with_junk,
 )
 
 BUCKET = "test-images"
@@ -420,6 +422,35 @@ def test_store_from_url_jpeg_bomb_behind_large_segments(aws, server, upload_spy)
     assert "40000x40000" in exc.value.message
     assert upload_spy["fileobjs"] == []
     assert all_keys(aws) == []
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_store_from_url_counts_frames_past_the_head(aws, server, monkeypatch, fmt: str) -> None:
+    # 100 KB of comment (GIF) or an unknown chunk (WebP) before the frames: the head holds none of them.
+    pad = gif_with_comment if fmt == "GIF" else webp_with_junk
+    data = pad(encoded_frames(fmt, 4), 100_000)
+    server.routes["/anim"] = ({}, data)
+    monkeypatch.setenv("MAX_IMAGE_PIXELS", str(16 * 16 * 4))
+    stored = store_from_url(server.url("/anim"), "images/t20/0")
+    assert (stored.width, stored.height, stored.frames) == (16, 16, 4)
+    assert aws.get_object(Bucket=BUCKET, Key=stored.key)["Body"].read() == data
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_store_from_url_refuses_frames_past_the_head_and_aborts(aws, server, upload_spy, monkeypatch, fmt) -> None:
+    # The frames come after 11 MiB: two 5 MiB parts are uploaded before the count goes over; that
+    # multipart upload is aborted, nothing is left.
+    monkeypatch.setattr(storage, "TRANSFER_CONFIG", storage.transfer_config(part_mib=5, in_memory_parts=2))
+    pad = gif_with_comment if fmt == "GIF" else webp_with_junk
+    server.routes["/anim"] = ({}, pad(encoded_frames(fmt, 4), 11 * MIB))
+    monkeypatch.setenv("MAX_IMAGE_PIXELS", str(16 * 16 * 4 - 1))
+    with pytest.raises(UpstreamFailed) as exc:
+        store_from_url(server.url("/anim"), "images/t21/0", max_bytes=20 * MIB)
+    assert exc.value.code == "upstream_invalid_image"
+    assert "16x16 x 4 frames" in exc.value.message
+    assert len(upload_spy["fileobjs"]) == 1  # refused while streaming, not on the head
+    assert all_keys(aws) == []
+    assert no_multipart_left(aws)
 
 
 # --- the download's time budget ---------------------------------------------------------------------------

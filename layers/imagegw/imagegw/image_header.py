@@ -7,8 +7,9 @@ Pure byte parsing, never a decoder: Pillow's lazy `Image.open` needs the whole f
 large EXIF/ICC block and for animated WebP, and raises its own DecompressionBombError from a global limit.
 These parsers work on a prefix: `parse(data, complete=False)` answers None while more bytes are needed.
 
-Frames: APNG declares its count (`acTL`). GIF and animated WebP do not, so their frames are counted in the
-bytes at hand: every frame of a base64 answer, the frames within the header prefix of a download (at least 1).
+Frames: APNG declares its count (`acTL`). GIF and animated WebP do not, so their frames are counted as their
+blocks go by (never decoded): all at once for base64 answers, and for downloads first in the head, then by a
+`FrameWatch` fed with the rest of the body while it streams to S3 (an upload refused midway is aborted).
 A GIF frame larger than its logical screen grows the image (as Pillow does), so the largest extent counts.
 """
 
@@ -67,6 +68,10 @@ def checked(data: bytes, content_type: str, *, complete: bool, max_pixels: int |
         raise invalid_image(f"The provider returned an image with an unreadable header: {e}") from e
     if header is None:
         return None
+    return _within_budget(header, max_pixels)
+
+
+def _within_budget(header: ImageHeader, max_pixels: int | None) -> ImageHeader:
     budget = max_image_pixels() if max_pixels is None else max_pixels
     if header.pixels > budget:
         frames = f" x {header.frames} frames" if header.frames > 1 else ""
@@ -75,6 +80,35 @@ def checked(data: bytes, content_type: str, *, complete: bool, max_pixels: int |
             f"over the limit of {budget} pixels."
         )
     return header
+
+
+class FrameWatch:
+    """Keeps counting the frames of a GIF or WebP download as its body goes by, past the head `checked` saw,
+    and refuses it (UpstreamFailed upstream_invalid_image, from `feed`) once it is over the budget."""
+
+    def __init__(self, content_type: str, header: ImageHeader, max_pixels: int | None = None):
+        self._walker: _Walker = _GifWalker() if content_type == "image/gif" else _WebpWalker()
+        self._header = header
+        self._max_pixels = max_pixels
+
+    @staticmethod
+    def wanted(content_type: str) -> bool:
+        """Only GIF and WebP leave their frame count to the body; PNG (acTL) and JPEG state it up front."""
+        return content_type in ("image/gif", "image/webp")
+
+    @property
+    def header(self) -> ImageHeader:
+        walker = self._walker
+        if isinstance(walker, _GifWalker):
+            return ImageHeader(walker.width, walker.height, max(walker.frames, 1))
+        return ImageHeader(self._header.width, self._header.height, max(walker.frames, 1))
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self._walker.feed(chunk)
+        except InvalidHeader as e:
+            raise invalid_image(f"The provider returned an image with an unreadable structure: {e}") from e
+        _within_budget(self.header, self._max_pixels)
 
 
 def parse(data: bytes, content_type: str, *, complete: bool) -> ImageHeader | None:
@@ -154,39 +188,82 @@ def _jpeg(data: bytes, complete: bool) -> ImageHeader | None:
 # --- GIF --------------------------------------------------------------------------------------------------
 
 
-def _skip_sub_blocks(data: bytes, pos: int) -> int:
-    while True:
-        size = data[pos]
-        pos += 1 + size
-        if size == 0:
-            return pos
+class _Walker:
+    """Walks a block structure fed in pieces: `_step` reads a fixed-size field or asks to skip a length.
+
+    Only the few bytes of an unfinished field are kept between pieces; skipped data is never buffered, so a
+    whole download can go through it.
+    """
+
+    def __init__(self, start: int, need: int, state: str):
+        self._pending = b""
+        self._skip = start
+        self._need = need
+        self._state = state
+        self.frames = 0
+        self.done = False
+
+    def feed(self, chunk: bytes) -> None:
+        data, pos = self._pending + chunk, 0
+        while not self.done:
+            take = min(self._skip, len(data) - pos)
+            pos += take
+            self._skip -= take
+            if self._skip or len(data) - pos < self._need:
+                break
+            field = data[pos:pos + self._need]
+            pos += self._need
+            self._skip, self._need, self._state = self._step(self._state, field)
+        self._pending = data[pos:] if not self.done else b""
+
+    def _step(self, state: str, field: bytes) -> tuple[int, int, str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _GifWalker(_Walker):
+    """Logical screen, then blocks: extensions and image descriptors (a frame each), each followed by data
+    sub-blocks, up to the trailer. A frame reaching past the screen grows the image."""
+
+    def __init__(self) -> None:
+        super().__init__(start=0, need=13, state="screen")
+        self.width = self.height = 0
+
+    def _step(self, state: str, field: bytes) -> tuple[int, int, str]:
+        if state == "screen":
+            if field[:6] not in (b"GIF87a", b"GIF89a"):
+                raise InvalidHeader("no GIF signature")
+            self.width, self.height, flags = struct.unpack_from("<HHB", field, 6)
+            return _colour_table(flags), 1, "block"
+        if state == "block":
+            if field == b"\x3b":  # trailer
+                self.done = True
+                return 0, 0, "end"
+            if field == b"\x21":  # extension: a label byte, then sub-blocks
+                return 1, 1, "sub"
+            if field == b"\x2c":  # image descriptor
+                return 0, 9, "descriptor"
+            raise InvalidHeader("unknown block")
+        if state == "descriptor":
+            left, top, w, h, flags = struct.unpack("<HHHHB", field)
+            self.frames += 1
+            self.width, self.height = max(self.width, left + w), max(self.height, top + h)
+            return _colour_table(flags) + 1, 1, "sub"  # then the LZW minimum code size, then sub-blocks
+        size = field[0]  # "sub": a data sub-block's size; 0 ends the sequence
+        return (size, 1, "sub") if size else (0, 1, "block")
+
+
+def _colour_table(flags: int) -> int:
+    return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
 
 
 def _gif(data: bytes, complete: bool) -> ImageHeader | None:
-    if data[:6] not in (b"GIF87a", b"GIF89a"):
-        raise InvalidHeader("no GIF signature")
-    width, height, flags = struct.unpack_from("<HHB", data, 6)
-    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
-    frames = 0
-    try:
-        while pos < len(data):
-            block = data[pos]
-            if block == 0x3B:  # trailer
-                break
-            if block == 0x21:  # extension: label, then sub-blocks
-                pos = _skip_sub_blocks(data, pos + 2)
-            elif block == 0x2C:  # image descriptor
-                left, top, w, h, local = struct.unpack_from("<HHHHB", data, pos + 1)
-                frames += 1
-                width, height = max(width, left + w), max(height, top + h)
-                pos += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0)
-                pos = _skip_sub_blocks(data, pos + 1)  # LZW minimum code size, then the data sub-blocks
-            else:
-                raise InvalidHeader("unknown block")
-    except (IndexError, struct.error):
-        if complete and frames == 0:
-            raise
-    return ImageHeader(width, height, max(frames, 1))
+    if len(data) < 13:  # the logical screen descriptor
+        return None
+    walker = _GifWalker()
+    walker.feed(data)
+    if complete and walker.frames == 0:
+        raise InvalidHeader("no frame")
+    return ImageHeader(walker.width, walker.height, max(walker.frames, 1))
 
 
 # --- WebP -------------------------------------------------------------------------------------------------
@@ -218,15 +295,22 @@ def _webp(data: bytes, complete: bool) -> ImageHeader | None:
     raise InvalidHeader(f"unknown WebP chunk {kind!r}")
 
 
+class _WebpWalker(_Walker):
+    """RIFF chunks after the 12-byte file header, each length-prefixed and padded to an even size."""
+
+    def __init__(self) -> None:
+        super().__init__(start=12, need=8, state="chunk")
+
+    def _step(self, state: str, field: bytes) -> tuple[int, int, str]:
+        kind, size = field[:4], struct.unpack_from("<I", field, 4)[0]
+        self.frames += kind == b"ANMF"
+        return size + (size & 1), 8, "chunk"
+
+
 def _webp_frames(data: bytes) -> int:
-    """ANMF chunks among the bytes at hand (each chunk is length-prefixed and padded to an even size)."""
-    frames, pos = 0, 12
-    while pos + 8 <= len(data):
-        kind = data[pos:pos + 4]
-        (size,) = struct.unpack_from("<I", data, pos + 4)
-        frames += kind == b"ANMF"
-        pos += 8 + size + (size & 1)
-    return max(frames, 1)
+    walker = _WebpWalker()
+    walker.feed(data)
+    return max(walker.frames, 1)
 
 
 _PARSERS = {"image/png": _png, "image/jpeg": _jpeg, "image/gif": _gif, "image/webp": _webp}

@@ -412,6 +412,7 @@ class CappedReader:
         self._head = b""
         self._max_bytes = max_bytes
         self._deadline = deadline
+        self.on_chunk: Callable[[bytes], None] | None = None  # sees every later chunk; may raise to refuse
         self.bytes_read = 0  # bytes taken from upstream so far (head included)
         self._eof = False
         self.closed = False
@@ -473,6 +474,8 @@ class CappedReader:
             raise UpstreamFailed(
                 f"The image is larger than {self._max_bytes} bytes.", code="image_too_large", retriable=False
             )
+        if self.on_chunk is not None:
+            self.on_chunk(chunk)
         return chunk
 
     def read(self, n: int | None = -1) -> bytes:

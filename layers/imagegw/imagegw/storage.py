@@ -131,6 +131,16 @@ def _streamed_header(image: safe_fetch.FetchedImage) -> image_header.ImageHeader
     raise image_header.invalid_image("The provider returned an image whose header could not be found.")
 
 
+def _watch_frames(image: safe_fetch.FetchedImage, header: image_header.ImageHeader) -> image_header.FrameWatch | None:
+    """GIF and WebP state no frame count up front: keep counting past the head while the body streams."""
+    if not image_header.FrameWatch.wanted(image.content_type):
+        return None
+    watch = image_header.FrameWatch(image.content_type, header)
+    watch.feed(image.raw.head)
+    image.raw.on_chunk = watch.feed
+    return watch
+
+
 def _max_image_bytes() -> int:
     return int(os.environ.get("MAX_IMAGE_BYTES") or DEFAULT_MAX_IMAGE_BYTES)
 
@@ -152,7 +162,8 @@ def store_from_url(
     Memory stays bounded: the body is read in parts and uploaded as it arrives (multipart above the
     threshold). If the download fails midway (cap exceeded, time budget spent, connection lost)
     upload_fileobj aborts the multipart upload, and below the threshold nothing was put yet, so no partial
-    object remains. The header is checked on the head of the body, before the upload starts.
+    object remains. The header is checked on the head of the body, before the upload starts; GIF and WebP
+    frames are counted on as the body streams, and the upload is aborted once they are over the budget.
     """
     allow_loopback = os.environ.get("ALLOW_LOOPBACK_FETCH") == "1"  # set only by the local stack
     cap = max_bytes if max_bytes is not None else _max_image_bytes()
@@ -162,6 +173,7 @@ def store_from_url(
         url, max_bytes=cap, resolver=resolver, allow_loopback=allow_loopback, max_seconds=budget_s
     ) as image:
         header = _streamed_header(image)
+        watch = _watch_frames(image, header)
         key = f"{key_prefix}.{image.extension}"
         s3().upload_fileobj(
             image.raw,
@@ -170,7 +182,7 @@ def store_from_url(
             ExtraArgs={"ContentType": image.content_type},
             Config=TRANSFER_CONFIG,
         )
-        return StoredImage.of(key, image.content_type, image.raw.bytes_read, header)
+        return StoredImage.of(key, image.content_type, image.raw.bytes_read, watch.header if watch else header)
 
 
 def presigned_url(key: str, expires_s: int | None = None) -> str:
