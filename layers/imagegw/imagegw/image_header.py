@@ -129,6 +129,41 @@ def parse(data: bytes, content_type: str, *, complete: bool) -> ImageHeader | No
     return header
 
 
+# --- block walkers (GIF, WebP) ----------------------------------------------------------------------
+
+
+class _Walker:
+    """Walks a block structure fed in pieces: `_step` reads a fixed-size field or asks to skip a length.
+
+    Only the few bytes of an unfinished field are kept between pieces; skipped data is never buffered, so a
+    whole download can go through it.
+    """
+
+    def __init__(self, start: int, need: int, state: str):
+        self._pending = b""
+        self._skip = start
+        self._need = need
+        self._state = state
+        self.frames = 0
+        self.done = False
+
+    def feed(self, chunk: bytes) -> None:
+        data, pos = self._pending + chunk, 0
+        while not self.done:
+            take = min(self._skip, len(data) - pos)
+            pos += take
+            self._skip -= take
+            if self._skip or len(data) - pos < self._need:
+                break
+            field = data[pos:pos + self._need]
+            pos += self._need
+            self._skip, self._need, self._state = self._step(self._state, field)
+        self._pending = data[pos:] if not self.done else b""
+
+    def _step(self, state: str, field: bytes) -> tuple[int, int, str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
 # --- PNG --------------------------------------------------------------------------------------------------
 
 
@@ -186,38 +221,6 @@ def _jpeg(data: bytes, complete: bool) -> ImageHeader | None:
 
 
 # --- GIF --------------------------------------------------------------------------------------------------
-
-
-class _Walker:
-    """Walks a block structure fed in pieces: `_step` reads a fixed-size field or asks to skip a length.
-
-    Only the few bytes of an unfinished field are kept between pieces; skipped data is never buffered, so a
-    whole download can go through it.
-    """
-
-    def __init__(self, start: int, need: int, state: str):
-        self._pending = b""
-        self._skip = start
-        self._need = need
-        self._state = state
-        self.frames = 0
-        self.done = False
-
-    def feed(self, chunk: bytes) -> None:
-        data, pos = self._pending + chunk, 0
-        while not self.done:
-            take = min(self._skip, len(data) - pos)
-            pos += take
-            self._skip -= take
-            if self._skip or len(data) - pos < self._need:
-                break
-            field = data[pos:pos + self._need]
-            pos += self._need
-            self._skip, self._need, self._state = self._step(self._state, field)
-        self._pending = data[pos:] if not self.done else b""
-
-    def _step(self, state: str, field: bytes) -> tuple[int, int, str]:  # pragma: no cover - abstract
-        raise NotImplementedError
 
 
 class _GifWalker(_Walker):
