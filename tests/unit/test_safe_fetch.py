@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import ipaddress
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -29,13 +31,22 @@ def make_png(size: int = 8) -> bytes:
 PNG = make_png()
 
 
+@dataclass
+class Drip:
+    """A body sent one byte every `every` seconds (until the client leaves or the server stops)."""
+
+    data: bytes
+    every: float
+
+
 class LoopbackServer:
-    """http.server on 127.0.0.1:0; routes map path -> (status, headers, body)."""
+    """http.server on 127.0.0.1:0; routes map path -> (status, headers, body or Drip)."""
 
     def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.routes: dict[str, tuple[int, dict[str, str], bytes | Drip]] = {}
         self.hosts: list[str] = []
         self.paths: list[str] = []
+        self.stop = threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,9 +59,15 @@ class LoopbackServer:
                     for k, v in headers.items():
                         self.send_header(k, v)
                     self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client stopped reading on purpose (cap reached)
+                    if isinstance(body, Drip):
+                        for i in range(len(body.data)):  # bounded by the body's length
+                            if outer.stop.wait(body.every):
+                                break
+                            self.wfile.write(body.data[i:i + 1])
+                    else:
+                        self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                    pass  # the client stopped reading on purpose (cap reached, time budget spent)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -68,6 +85,7 @@ class LoopbackServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)
@@ -446,7 +464,6 @@ def tls_server(tmp_path) -> Iterator[tuple[LoopbackServer, str, list[str | None]
     """HTTPS loopback server with a certificate for img.test only; yields (server, ca_path, sni_names)."""
     pytest.importorskip("cryptography")
     import datetime
-    import ssl
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -483,6 +500,7 @@ def tls_server(tmp_path) -> Iterator[tuple[LoopbackServer, str, list[str | None]
     try:
         yield srv, str(cert_path), sni
     finally:
+        srv.stop.set()
         srv.httpd.shutdown()
         srv.httpd.server_close()
         srv.thread.join(timeout=5)
@@ -624,3 +642,13 @@ def test_the_budget_timer_ends_with_the_download(server: LoopbackServer, connect
             break
         time.sleep(0.02)
     assert not left
+
+
+def test_https_drip_ends_in_timeout(tls_server, trust_ca, connections) -> None:
+    # The budget cuts the connection under TLS too (the watched socket is a dup, not the wrapped original).
+    srv, ca_path, _ = tls_server
+    srv.routes["/drip.png"] = (200, {"Content-Length": str(len(PNG))}, Drip(PNG, 0.2))
+    trust_ca(ca_path)
+    exc, elapsed = timed_open(f"https://img.test:{srv.port}/drip.png", max_seconds=1,
+                              resolver=stub_resolver({"img.test": ["127.0.0.1"]}))
+    assert 0.9 < elapsed < 2.5
