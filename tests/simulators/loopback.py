@@ -39,6 +39,12 @@ class Answer:
     body: Any  # dict/list -> JSON; bytes -> as is
     headers: dict[str, str] | None = None
 
+    def encoded(self) -> tuple[bytes, dict[str, str]]:
+        """The body as bytes and every header to send with it (JSON by default, Content-Length set)."""
+        payload = self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
+        headers = {"Content-Type": "application/json", **(self.headers or {}), "Content-Length": str(len(payload))}
+        return payload, headers
+
 
 def field_problem(body: Any, required: tuple[str, ...], allowed: set[str]) -> str | None:
     """What a service that checks its body's fields would refuse: not an object, a missing or unknown field."""
@@ -94,6 +100,10 @@ class LoopbackSimulator:
     def answer(self, request: Captured) -> Answer:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def respond(self, handler: Any, request: Captured) -> None:
+        """Write the answer to `request` (a hook for simulators that misbehave on the wire: drip, hang)."""
+        handler._send((self.intercept and self.intercept(request)) or self.answer(request))
+
     def _serve_file(self, path: str) -> Answer:
         try:
             width, height = map(int, path.split("/")[2].split("x"))
@@ -123,17 +133,15 @@ class LoopbackSimulator:
                                    {k.lower(): v for k, v in self.headers.items()}, body)
                 with sim.lock:
                     sim.requests.append(request)
-                self._send((sim.intercept and sim.intercept(request)) or sim.answer(request))
+                sim.respond(self, request)
 
             do_GET = do_POST = _handle  # noqa: N815 - http.server naming
 
             def _send(self, answer: Answer) -> None:
-                payload = answer.body if isinstance(answer.body, bytes) else json.dumps(answer.body).encode()
+                payload, headers = answer.encoded()
                 self.send_response(answer.status)
-                headers = {"Content-Type": "application/json", **(answer.headers or {})}
                 for key, value in headers.items():
                     self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import ipaddress
 import socket
+import ssl
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -14,8 +17,9 @@ import urllib3.util.connection
 from PIL import Image
 
 from imagegw import safe_fetch
-from imagegw.errors import BadRequest, UpstreamFailed
+from imagegw.errors import BadRequest, UpstreamFailed, UpstreamTimeout
 from imagegw.safe_fetch import UnsafeURL, detect_image_type, is_public_address, open_image
+from tests.simulators.fault_sim import FaultSimulator
 
 
 def make_png(size: int = 8) -> bytes:
@@ -27,13 +31,22 @@ def make_png(size: int = 8) -> bytes:
 PNG = make_png()
 
 
+@dataclass
+class Drip:
+    """A body sent one byte every `every` seconds (until the client leaves or the server stops)."""
+
+    data: bytes
+    every: float
+
+
 class LoopbackServer:
-    """http.server on 127.0.0.1:0; routes map path -> (status, headers, body)."""
+    """http.server on 127.0.0.1:0; routes map path -> (status, headers, body or Drip)."""
 
     def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.routes: dict[str, tuple[int, dict[str, str], bytes | Drip]] = {}
         self.hosts: list[str] = []
         self.paths: list[str] = []
+        self.stop = threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,9 +59,15 @@ class LoopbackServer:
                     for k, v in headers.items():
                         self.send_header(k, v)
                     self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client stopped reading on purpose (cap reached)
+                    if isinstance(body, Drip):
+                        for i in range(len(body.data)):  # bounded by the body's length
+                            if outer.stop.wait(body.every):
+                                break
+                            self.wfile.write(body.data[i:i + 1])
+                    else:
+                        self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                    pass  # the client stopped reading on purpose (cap reached, time budget spent)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -61,17 +80,21 @@ class LoopbackServer:
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
 
+    def __enter__(self) -> LoopbackServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
 
 @pytest.fixture
 def server() -> Iterator[LoopbackServer]:
-    srv = LoopbackServer()
-    srv.thread.start()
-    try:
+    with LoopbackServer() as srv:
         yield srv
-    finally:
-        srv.httpd.shutdown()
-        srv.httpd.server_close()
-        srv.thread.join(timeout=5)
 
 
 def stub_resolver(mapping: dict[str, list[str]]):
@@ -441,7 +464,6 @@ def tls_server(tmp_path) -> Iterator[tuple[LoopbackServer, str, list[str | None]
     """HTTPS loopback server with a certificate for img.test only; yields (server, ca_path, sni_names)."""
     pytest.importorskip("cryptography")
     import datetime
-    import ssl
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -478,6 +500,7 @@ def tls_server(tmp_path) -> Iterator[tuple[LoopbackServer, str, list[str | None]
     try:
         yield srv, str(cert_path), sni
     finally:
+        srv.stop.set()
         srv.httpd.shutdown()
         srv.httpd.server_close()
         srv.thread.join(timeout=5)
@@ -535,3 +558,97 @@ def test_reads_are_full_like_a_file(server: LoopbackServer, connections) -> None
             sizes.append(len(chunk))
         assert sizes == [100_000, 100_000, len(body) - 200_000]
         assert img.raw.bytes_read == len(body)
+
+
+# --- total time budget ------------------------------------------------------------------------------------
+
+
+def timed_open(url: str, max_seconds: float, **kwargs) -> tuple[pytest.ExceptionInfo, float]:
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout) as exc:
+        with open_image(url, max_bytes=10_000_000, allow_loopback=True, max_seconds=max_seconds, **kwargs) as img:
+            img.raw.read()
+    return exc, time.monotonic() - started
+
+
+@pytest.mark.parametrize("drip_headers", [True, False], ids=["headers", "body"])
+def test_drip_ends_in_timeout_within_the_budget(connections, drip_headers: bool) -> None:
+    # Every read gets a byte well within its socket timeout: only the total budget can end this.
+    with FaultSimulator("drip_image", drip_s=0.2, drip_headers=drip_headers) as sim:
+        exc, elapsed = timed_open(sim.fault_url("drip.png"), max_seconds=1)
+    assert 0.9 < elapsed < 2.5
+    assert exc.value.code == "upstream_timeout" and exc.value.retriable is True
+    assert "1 s" in exc.value.message
+
+
+def test_drip_of_a_close_delimited_body_is_not_a_clean_end(connections) -> None:
+    # Without Content-Length, the connection the budget cuts looks like the end of the body: it must not
+    # pass for a complete (truncated) image.
+    stop = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: image/png\r\n\r\n" + PNG[:40])
+            for byte in PNG[40:]:  # bounded by the image's length
+                if stop.wait(0.2):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(UpstreamTimeout):  # already while sniffing the head, whose read the cut ended
+            open_image(f"http://127.0.0.1:{listener.getsockname()[1]}/a.png", max_bytes=10_000,
+                       allow_loopback=True, max_seconds=1)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+    assert time.monotonic() - started < 2.5
+
+
+def test_hang_ends_at_the_budget_not_the_read_timeout(connections) -> None:
+    with FaultSimulator("hang_image") as sim:
+        _, elapsed = timed_open(sim.fault_url("hang.png"), max_seconds=0.5, timeout=(5, 60))
+    assert elapsed < 1.5
+
+
+def test_the_budget_covers_redirect_hops(connections) -> None:
+    # Each hop answers quickly, but the last one drips: the budget started at the first hop.
+    with FaultSimulator("drip_image", drip_s=0.2) as sim:
+        with LoopbackServer() as redirector:
+            redirector.routes["/go"] = (302, {"Location": sim.fault_url("drip.png")}, b"")
+            exc, elapsed = timed_open(redirector.url("/go"), max_seconds=1)
+    assert elapsed < 2.5
+
+
+def test_the_budget_timer_ends_with_the_download(server: LoopbackServer, connections) -> None:
+    server.routes["/a.png"] = (200, {}, PNG)
+    before = {t for t in threading.enumerate() if isinstance(t, threading.Timer)}
+    with open_image(server.url("/a.png"), max_bytes=10_000, allow_loopback=True, max_seconds=30) as img:
+        assert img.raw.read() == PNG
+    for _ in range(50):  # bounded: the cancelled timer thread exits promptly
+        left = {t for t in threading.enumerate() if isinstance(t, threading.Timer) and t.is_alive()} - before
+        if not left:
+            break
+        time.sleep(0.02)
+    assert not left
+
+
+def test_https_drip_ends_in_timeout(tls_server, trust_ca, connections) -> None:
+    # The budget cuts the connection under TLS too (the watched socket is a dup, not the wrapped original).
+    srv, ca_path, _ = tls_server
+    srv.routes["/drip.png"] = (200, {"Content-Length": str(len(PNG))}, Drip(PNG, 0.2))
+    trust_ca(ca_path)
+    exc, elapsed = timed_open(f"https://img.test:{srv.port}/drip.png", max_seconds=1,
+                              resolver=stub_resolver({"img.test": ["127.0.0.1"]}))
+    assert 0.9 < elapsed < 2.5

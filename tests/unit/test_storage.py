@@ -6,6 +6,7 @@ import base64
 import io
 import os
 import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,8 +17,17 @@ from moto import mock_aws
 from PIL import Image
 
 from imagegw import safe_fetch, storage
-from imagegw.errors import ServerError, UpstreamFailed
+from imagegw.errors import ServerError, UpstreamFailed, UpstreamTimeout
 from imagegw.storage import StoredImage, image_key, presigned_url, read_base64, store_bytes, store_from_url
+from tests.simulators.fault_sim import (
+    FaultSimulator,
+    bomb_png,
+    gif_with_comment,
+    jpeg_with_app_segments,
+    jpeg_with_dimensions,
+    png_with_frames_declared,
+    webp_with_junk,
+)
 
 BUCKET = "test-images"
 MIB = 1024 * 1024
@@ -30,6 +40,14 @@ def encoded(fmt: str, size: int = 16) -> bytes:
 
 
 PNG = encoded("PNG")
+
+
+def encoded_frames(fmt: str, frames: int, size: tuple[int, int] = (16, 16)) -> bytes:
+    images = [Image.new("RGB", size, (30 * i, 120, 200)) for i in range(frames)]
+    buf = io.BytesIO()
+    extra = {"save_all": True, "append_images": images[1:]} if frames > 1 else {}
+    images[0].save(buf, format=fmt, **extra)
+    return buf.getvalue()
 
 
 @pytest.fixture
@@ -137,10 +155,20 @@ def test_image_key() -> None:
 
 
 def test_stored_image_item_round_trip() -> None:
-    img = StoredImage(key="images/t1/0.png", content_type="image/png", size=123)
+    img = StoredImage(key="images/t1/0.png", content_type="image/png", size=123, width=640, height=480)
     item = img.to_item()
-    assert item == {"key": "images/t1/0.png", "content_type": "image/png", "size": 123}
-    assert StoredImage.from_item({**item, "size": Decimal(123)}) == img
+    assert item == {"key": "images/t1/0.png", "content_type": "image/png", "size": 123, "width": 640, "height": 480}
+    assert StoredImage.from_item({**item, "size": Decimal(123), "width": Decimal(640)}) == img
+    animated = StoredImage(key="images/t1/1.gif", content_type="image/gif", size=9, width=4, height=4, frames=3)
+    assert animated.to_item()["frames"] == 3
+    assert StoredImage.from_item(animated.to_item()) == animated
+
+
+def test_stored_image_from_item_without_dimensions() -> None:
+    # Items stored before headers were read have no width or height.
+    img = StoredImage.from_item({"key": "images/t1/0.png", "content_type": "image/png", "size": Decimal(7)})
+    assert (img.width, img.height, img.frames) == (None, None, 1)
+    assert img.to_item() == {"key": "images/t1/0.png", "content_type": "image/png", "size": 7}
 
 
 # --- store_bytes ----------------------------------------------------------------------------------------
@@ -148,7 +176,7 @@ def test_stored_image_item_round_trip() -> None:
 
 def test_store_bytes_png(aws) -> None:
     stored = store_bytes("images/t1/0", PNG)
-    assert stored == StoredImage(key="images/t1/0.png", content_type="image/png", size=len(PNG))
+    assert stored == StoredImage(key="images/t1/0.png", content_type="image/png", size=len(PNG), width=16, height=16)
     obj = aws.get_object(Bucket=BUCKET, Key="images/t1/0.png")
     assert obj["ContentType"] == "image/png"
     assert obj["Body"].read() == PNG
@@ -180,7 +208,7 @@ def test_missing_bucket_env_is_a_server_error(aws, monkeypatch) -> None:
 def test_store_from_url_streams_to_s3(aws, server, upload_spy) -> None:
     server.routes["/a.png"] = ({"Content-Type": "application/octet-stream"}, PNG)
     stored = store_from_url(server.url("/a.png"), "images/t1/0")
-    assert stored == StoredImage(key="images/t1/0.png", content_type="image/png", size=len(PNG))
+    assert stored == StoredImage(key="images/t1/0.png", content_type="image/png", size=len(PNG), width=16, height=16)
     obj = aws.get_object(Bucket=BUCKET, Key="images/t1/0.png")
     assert obj["Body"].read() == PNG
     assert obj["ContentType"] == "image/png"
@@ -300,3 +328,152 @@ def test_read_base64_large_object(aws, extra: int) -> None:
     stored = store_bytes("images/t9/0", body)
     encoded_body = read_base64(stored.key)
     assert encoded_body == base64.b64encode(body).decode()
+
+
+# --- image headers: dimensions recorded, bombs refused before anything is stored ----------------------------
+
+
+def over_budget_images() -> dict[str, bytes]:
+    """Images a client could not decode: each is refused under the default budget (8192x8192 pixels)."""
+    return {
+        "png_bomb": bomb_png(),  # 48 KB declaring 20000x20000
+        "jpeg_bomb": jpeg_with_dimensions(30000, 30000),
+        "apng_frames": png_with_frames_declared(100_000),  # 64x64 x 100000 frames
+        "truncated_png": bomb_png()[:30],  # signature and a cut IHDR
+        "broken_jpeg": b"\xff\xd8\xff\xda\x00\x08" + bytes(200),  # image data before any frame header
+    }
+
+
+@pytest.mark.parametrize("name", list(over_budget_images()))
+def test_store_bytes_refuses_bombs_and_broken_headers(aws, upload_spy, name: str) -> None:
+    with pytest.raises(UpstreamFailed) as exc:
+        store_bytes("images/t10/0", over_budget_images()[name])
+    assert exc.value.code == "upstream_invalid_image" and exc.value.retriable is False
+    assert exc.value.body()["error"]["type"] == "upstream_error"
+    assert upload_spy["put_object"] == []
+    assert all_keys(aws) == []
+
+
+def test_store_bytes_animated_gif_over_budget(aws, monkeypatch) -> None:
+    animated = encoded_frames("GIF", 4)  # 16x16 x 4 frames = 1024 pixels
+    monkeypatch.setenv("MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(UpstreamFailed) as exc:
+        store_bytes("images/t11/0", animated)
+    assert exc.value.code == "upstream_invalid_image"
+    assert "16x16 x 4 frames" in exc.value.message
+    assert all_keys(aws) == []
+    monkeypatch.setenv("MAX_IMAGE_PIXELS", "1024")
+    stored = store_bytes("images/t11/0", animated)
+    assert (stored.width, stored.height, stored.frames) == (16, 16, 4)
+    assert all_keys(aws) == ["images/t11/0.gif"]
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
+def test_store_bytes_records_dimensions(aws, fmt: str) -> None:
+    data = encoded_frames(fmt, 1, size=(37, 23))
+    stored = store_bytes("images/t12/0", data)
+    assert (stored.width, stored.height, stored.frames) == (37, 23, 1)
+    assert stored.to_item()["width"] == 37 and stored.to_item()["height"] == 23
+
+
+@pytest.mark.parametrize("name", list(over_budget_images()))
+def test_store_from_url_refuses_bombs_before_upload(aws, server, upload_spy, name: str) -> None:
+    server.routes[f"/{name}"] = ({}, over_budget_images()[name])
+    with pytest.raises(UpstreamFailed) as exc:
+        store_from_url(server.url(f"/{name}"), "images/t13/0")
+    assert exc.value.code == "upstream_invalid_image" and exc.value.retriable is False
+    assert upload_spy["fileobjs"] == []  # refused on the head: the upload never started
+    assert all_keys(aws) == []
+    assert no_multipart_left(aws)
+
+
+def test_store_from_url_refuses_a_bomb_whose_body_is_large(aws, server, upload_spy) -> None:
+    # The header alone decides: a 20000x20000 PNG followed by 12 MiB is refused before any part is read.
+    server.routes["/big-bomb.png"] = ({}, bomb_png()[:33] + os.urandom(12 * MIB))
+    with pytest.raises(UpstreamFailed) as exc:
+        store_from_url(server.url("/big-bomb.png"), "images/t14/0", max_bytes=20 * MIB)
+    assert exc.value.code == "upstream_invalid_image"
+    assert upload_spy["fileobjs"] == []
+    assert all_keys(aws) == []
+
+
+def test_store_from_url_records_dimensions(aws, server) -> None:
+    data = encoded_frames("WEBP", 3, size=(37, 23))
+    server.routes["/anim.webp"] = ({}, data)
+    stored = store_from_url(server.url("/anim.webp"), "images/t15/0")
+    assert (stored.key, stored.width, stored.height, stored.frames) == ("images/t15/0.webp", 37, 23, 3)
+    assert aws.get_object(Bucket=BUCKET, Key=stored.key)["Body"].read() == data
+
+
+def test_store_from_url_reads_a_jpeg_header_past_the_first_chunk(aws, server) -> None:
+    # Three 65 KB EXIF-like segments put the frame header beyond the 64 KiB sniffed first: the head grows,
+    # and every byte read for it is still uploaded.
+    data = jpeg_with_app_segments(3)
+    server.routes["/exif.jpg"] = ({}, data)
+    stored = store_from_url(server.url("/exif.jpg"), "images/t16/0")
+    assert (stored.width, stored.height, stored.size) == (37, 23, len(data))
+    assert aws.get_object(Bucket=BUCKET, Key="images/t16/0.jpg")["Body"].read() == data
+
+
+def test_store_from_url_jpeg_bomb_behind_large_segments(aws, server, upload_spy) -> None:
+    server.routes["/exif-bomb.jpg"] = ({}, jpeg_with_dimensions(40000, 40000, jpeg_with_app_segments(3)))
+    with pytest.raises(UpstreamFailed) as exc:
+        store_from_url(server.url("/exif-bomb.jpg"), "images/t17/0")
+    assert "40000x40000" in exc.value.message
+    assert upload_spy["fileobjs"] == []
+    assert all_keys(aws) == []
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_store_from_url_counts_frames_past_the_head(aws, server, monkeypatch, fmt: str) -> None:
+    # 100 KB of comment (GIF) or an unknown chunk (WebP) before the frames: the head holds none of them.
+    pad = gif_with_comment if fmt == "GIF" else webp_with_junk
+    data = pad(encoded_frames(fmt, 4), 100_000)
+    server.routes["/anim"] = ({}, data)
+    monkeypatch.setenv("MAX_IMAGE_PIXELS", str(16 * 16 * 4))
+    stored = store_from_url(server.url("/anim"), "images/t20/0")
+    assert (stored.width, stored.height, stored.frames) == (16, 16, 4)
+    assert aws.get_object(Bucket=BUCKET, Key=stored.key)["Body"].read() == data
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_store_from_url_refuses_frames_past_the_head_and_aborts(aws, server, upload_spy, monkeypatch, fmt) -> None:
+    # The frames come after 11 MiB: two 5 MiB parts are uploaded before the count goes over; that
+    # multipart upload is aborted, nothing is left.
+    monkeypatch.setattr(storage, "TRANSFER_CONFIG", storage.transfer_config(part_mib=5, in_memory_parts=2))
+    pad = gif_with_comment if fmt == "GIF" else webp_with_junk
+    server.routes["/anim"] = ({}, pad(encoded_frames(fmt, 4), 11 * MIB))
+    monkeypatch.setenv("MAX_IMAGE_PIXELS", str(16 * 16 * 4 - 1))
+    with pytest.raises(UpstreamFailed) as exc:
+        store_from_url(server.url("/anim"), "images/t21/0", max_bytes=20 * MIB)
+    assert exc.value.code == "upstream_invalid_image"
+    assert "16x16 x 4 frames" in exc.value.message
+    assert len(upload_spy["fileobjs"]) == 1  # refused while streaming, not on the head
+    assert all_keys(aws) == []
+    assert no_multipart_left(aws)
+
+
+# --- the download's time budget ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("drip_headers", [True, False], ids=["headers", "body"])
+def test_store_from_url_drip_ends_in_timeout(aws, drip_headers: bool) -> None:
+    with FaultSimulator("drip_image", drip_s=0.2, drip_headers=drip_headers) as sim:
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout) as exc:
+            store_from_url(sim.fault_url("drip.png"), "images/t18/0", max_seconds=1)
+        elapsed = time.monotonic() - started
+    assert 0.9 < elapsed < 2.5
+    assert exc.value.code == "upstream_timeout" and exc.value.retriable is True
+    assert all_keys(aws) == []
+    assert no_multipart_left(aws)
+
+
+def test_store_from_url_time_budget_from_env(aws, monkeypatch) -> None:
+    monkeypatch.setenv("MAX_DOWNLOAD_S", "0.5")
+    with FaultSimulator("hang_image") as sim:
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout):
+            store_from_url(sim.fault_url("hang.png"), "images/t19/0")
+        assert time.monotonic() - started < 2
+    assert all_keys(aws) == []

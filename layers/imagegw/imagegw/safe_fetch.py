@@ -8,7 +8,8 @@ checks and urllib3's cannot either (the check applies to whatever host urllib3 a
 The hostname is kept for the Host header, TLS SNI and certificate verification.
 
 Redirects are followed by hand so that every hop goes through the same checks, and bodies are streamed
-with a hard byte cap so that a hostile server cannot exhaust memory.
+with a hard byte cap so that a hostile server cannot exhaust memory. A total time budget (`Deadline`) covers
+the whole download, so a server that drips one byte at a time cannot hold a worker either.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import logging
 import os
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -40,6 +43,7 @@ Resolver = Callable[[str, int], list[str]]
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DEFAULT_TIMEOUT: tuple[float, float] = (5, 60)
+DEFAULT_MAX_DOWNLOAD_S = 120.0  # total, redirects and body included; the fetch function may run 600 s
 HEAD_BYTES = 64 * 1024  # first read: enough for any magic number, small enough to stay cheap
 _ALLOWED_SCHEMES = frozenset({"http", "https"})
 
@@ -176,6 +180,77 @@ def resolve_checked(host: str, port: int, resolver: Resolver, allow_loopback: bo
     return addresses
 
 
+# --- total time budget ------------------------------------------------------------------------------
+
+
+class Deadline:
+    """A total time budget over one download: connect, redirects, headers and body.
+
+    Socket timeouts bound each read, and a server dripping a byte at a time never trips them. So a timer
+    shuts down every socket of the download when the budget is spent: the blocked read returns at once, and
+    whatever it then raises (or a clean-looking EOF) is reported as UpstreamTimeout by `check`.
+    Sockets are watched through a dup of their descriptor, which survives the TLS wrap of the original and
+    can never name another socket; the dups (so those connections) are released when the download closes.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._at = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._watched: list[socket.socket] = []
+        self._fired = False
+        self._closed = False
+        self._timer = threading.Timer(max(seconds, 0.0), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return max(0.0, self._at - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return self._fired or time.monotonic() >= self._at
+
+    def check(self) -> None:
+        if self.expired:
+            raise UpstreamTimeout(f"The image download took longer than {self.seconds:g} s.")
+
+    def capped(self, timeout: float | None) -> float:
+        """A socket timeout that never outlasts the budget."""
+        left = self.remaining()
+        return left if timeout is None else min(timeout, left)
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if not self._fired:
+                self._watched.append(sock.dup())
+                return
+        _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self._fired = True
+            for sock in self._watched:
+                _shut(sock)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._closed = True
+            watched, self._watched = self._watched, []
+        for sock in watched:
+            sock.close()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed by the other side
+
+
 # --- pinned connections -----------------------------------------------------------------------------
 
 
@@ -184,6 +259,7 @@ class _PinnedMixin:
 
     resolver: Resolver = staticmethod(default_resolver)  # type: ignore[assignment]
     allow_loopback: bool = False
+    deadline: Deadline | None = None
 
     # Provided by HTTPConnection.
     host: str
@@ -200,6 +276,10 @@ class _PinnedMixin:
         timeout = self.timeout if self.timeout is None or isinstance(self.timeout, (int, float)) else None
         if timeout is None:
             timeout = socket.getdefaulttimeout()
+        deadline = type(self).deadline
+        if deadline is not None:
+            deadline.check()
+            timeout = deadline.capped(timeout)
         last_error: OSError | None = None
         for ip in addresses:  # every address was validated above; try them in resolver order
             try:
@@ -215,6 +295,8 @@ class _PinnedMixin:
                 continue
             for opt in self.socket_options or ():
                 sock.setsockopt(*opt)
+            if deadline is not None:
+                deadline.watch(sock)
             sys.audit("http.client.connect", self, self.host, self.port)
             return sock
         raise NewConnectionError(self, f"Failed to establish a new connection: {last_error}")  # type: ignore[arg-type]
@@ -231,10 +313,18 @@ class PinnedHTTPSConnection(_PinnedMixin, HTTPSConnection):
 class GuardedAdapter(HTTPAdapter):
     """An adapter whose pools only open pinned, validated connections (and never use proxies)."""
 
-    def __init__(self, *, resolver: Resolver | None = None, allow_loopback: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        resolver: Resolver | None = None,
+        allow_loopback: bool = False,
+        deadline: Deadline | None = None,
+        **kwargs: Any,
+    ):
         # Per-adapter subclasses carry the policy into every connection urllib3 creates; set before
         # super().__init__ because that calls init_poolmanager.
-        policy = {"resolver": staticmethod(resolver or default_resolver), "allow_loopback": allow_loopback}
+        policy = {"resolver": staticmethod(resolver or default_resolver), "allow_loopback": allow_loopback,
+                  "deadline": deadline}
         http_conn = type("GuardedHTTPConnection", (PinnedHTTPConnection,), policy)
         https_conn = type("GuardedHTTPSConnection", (PinnedHTTPSConnection,), policy)
         self._pool_classes = {
@@ -253,11 +343,13 @@ class GuardedAdapter(HTTPAdapter):
         raise UnsafeURL("Proxies are not allowed for image downloads.", param="url")
 
 
-def guarded_session(*, resolver: Resolver | None = None, allow_loopback: bool = False) -> requests.Session:
+def guarded_session(
+    *, resolver: Resolver | None = None, allow_loopback: bool = False, deadline: Deadline | None = None
+) -> requests.Session:
     session = requests.Session()
     session.trust_env = False  # no proxies / netrc credentials from the environment
     session.max_redirects = MAX_REDIRECTS
-    adapter = GuardedAdapter(resolver=resolver, allow_loopback=allow_loopback)
+    adapter = GuardedAdapter(resolver=resolver, allow_loopback=allow_loopback, deadline=deadline)
     session.adapters.clear()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -321,10 +413,12 @@ class CappedReader:
     Non-seekable on purpose, so boto3 streams it in parts instead of trying to size it.
     """
 
-    def __init__(self, response: requests.Response, max_bytes: int):
+    def __init__(self, response: requests.Response, max_bytes: int, deadline: Deadline | None = None):
         self._response = response
         self._head = b""
         self._max_bytes = max_bytes
+        self._deadline = deadline
+        self.on_chunk: Callable[[bytes], None] | None = None  # sees every later chunk; may raise to refuse
         self.bytes_read = 0  # bytes taken from upstream so far (head included)
         self._eof = False
         self.closed = False
@@ -332,6 +426,26 @@ class CappedReader:
     def prime(self, n: int) -> bytes:
         """Read the first chunk (for sniffing) and keep it to be served again by `read`."""
         self._head = self._upstream(n)
+        return self._head
+
+    @property
+    def head(self) -> bytes:
+        return self._head
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof
+
+    def extend_head(self, n: int) -> bytes:
+        """Grow the kept head by up to `n` more bytes (e.g. to reach a JPEG frame header); the whole head."""
+        if self.bytes_read > len(self._head):
+            raise ValueError("the head was already handed out")
+        parts = [self._head]
+        missing = n
+        while missing > 0 and (chunk := self._upstream(missing)):
+            parts.append(chunk)
+            missing -= len(chunk)
+        self._head = b"".join(parts)
         return self._head
 
     def readable(self) -> bool:
@@ -345,12 +459,19 @@ class CappedReader:
             return b""
         # Ask for at most one byte past the cap: enough to know it was exceeded, never more.
         want = min(n, self._max_bytes - self.bytes_read + 1)
+        deadline = self._deadline
+        if deadline is not None:
+            deadline.check()
         try:
             chunk = self._response.raw.read(want, decode_content=True)
         except urllib3.exceptions.ReadTimeoutError as e:
             raise UpstreamTimeout("The image download timed out.") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
+            if deadline is not None:
+                deadline.check()  # the budget ran out and the watchdog cut the connection
             raise UpstreamFailed(f"The image download failed: {type(e).__name__}", retriable=True) from e
+        if deadline is not None:
+            deadline.check()  # a cut connection can look like a clean end of a close-delimited body
         if not chunk:
             self._eof = True
             return b""
@@ -359,6 +480,8 @@ class CappedReader:
             raise UpstreamFailed(
                 f"The image is larger than {self._max_bytes} bytes.", code="image_too_large", retriable=False
             )
+        if self.on_chunk is not None:
+            self.on_chunk(chunk)
         return chunk
 
     def read(self, n: int | None = -1) -> bytes:
@@ -400,6 +523,7 @@ class FetchedImage:
         raw: CappedReader,
         response: requests.Response,
         session: requests.Session,
+        deadline: Deadline | None = None,
     ):
         self.url = url  # final URL after redirects
         self.content_type = content_type
@@ -408,11 +532,14 @@ class FetchedImage:
         self.raw = raw
         self._response = response
         self._session = session
+        self._deadline = deadline
 
     def close(self) -> None:
         self.raw.close()
         self._response.close()
         self._session.close()
+        if self._deadline is not None:
+            self._deadline.close()
 
     def __enter__(self) -> FetchedImage:
         return self
@@ -421,7 +548,9 @@ class FetchedImage:
         self.close()
 
 
-def _get(session: requests.Session, url: str, timeout: Any) -> requests.Response:
+def _get(session: requests.Session, url: str, timeout: Any, deadline: Deadline) -> requests.Response:
+    deadline.check()  # a redirect hop may reuse a kept-alive connection: no connect step checks then
+    timeout = tuple(map(deadline.capped, timeout)) if isinstance(timeout, tuple) else deadline.capped(timeout)
     try:
         return session.get(url, allow_redirects=False, stream=True, timeout=timeout, headers={"Accept": "image/*"})
     except UnsafeURL:
@@ -431,6 +560,7 @@ def _get(session: requests.Session, url: str, timeout: Any) -> requests.Response
     except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema) as e:
         raise UnsafeURL("The image URL is invalid.", param="url") from e
     except requests.exceptions.RequestException as e:
+        deadline.check()  # the budget ran out and the watchdog cut the connection (e.g. dripped headers)
         raise UpstreamFailed(f"The image download failed: {type(e).__name__}", retriable=True) from e
 
 
@@ -441,20 +571,23 @@ def open_image(
     timeout: Any = DEFAULT_TIMEOUT,
     resolver: Resolver | None = None,
     allow_loopback: bool = False,
+    max_seconds: float = DEFAULT_MAX_DOWNLOAD_S,
 ) -> FetchedImage:
     """Open `url` for streaming after the SSRF checks; the caller must close the result (context manager).
 
+    `max_seconds` bounds the whole download, from the first connect to the last byte read through `raw`.
     Raises UnsafeURL, UpstreamFailed (codes "not_an_image", "image_too_large", "too_many_redirects"), or
     UpstreamTimeout.
     """
     if max_bytes <= 0:
         raise ValueError("max_bytes must be positive")
-    session = guarded_session(resolver=resolver, allow_loopback=allow_loopback)
+    deadline = Deadline(max_seconds)
+    session = guarded_session(resolver=resolver, allow_loopback=allow_loopback, deadline=deadline)
     response: requests.Response | None = None
     try:
         current = check_url(url, allow_loopback=allow_loopback)
         for hop in range(MAX_REDIRECTS + 1):
-            response = _get(session, current, timeout)
+            response = _get(session, current, timeout, deadline)
             if response.status_code not in REDIRECT_STATUSES:
                 break
             location = response.headers.get("Location")
@@ -479,7 +612,7 @@ def open_image(
             raise UpstreamFailed(
                 f"The image is larger than {max_bytes} bytes.", code="image_too_large", retriable=False
             )
-        raw = CappedReader(response, max_bytes)
+        raw = CappedReader(response, max_bytes, deadline)
         detected = detect_image_type(raw.prime(HEAD_BYTES))
         if detected is None:
             raise UpstreamFailed("The downloaded file is not an image.", code="not_an_image", retriable=False)
@@ -491,11 +624,13 @@ def open_image(
             raw=raw,
             response=response,
             session=session,
+            deadline=deadline,
         )
     except BaseException:
         if response is not None:
             response.close()
         session.close()
+        deadline.close()
         raise
 
 

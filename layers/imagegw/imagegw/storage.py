@@ -2,7 +2,9 @@
 
 Provider URLs expire and provider bytes are untrusted, so results are copied into `IMAGE_BUCKET` under
 `images/{task_id}/{index}.{ext}`, with the content type taken from the magic bytes. Downloads go through
-`safe_fetch` (SSRF guard, byte cap) and are streamed to S3 so a Lambda never holds a whole image from a URL.
+`safe_fetch` (SSRF guard, byte cap, time budget) and are streamed to S3 so a Lambda never holds a whole image
+from a URL. Every image's header is read first (`image_header`): one over the pixel budget, or whose header
+is unreadable, is refused before anything is uploaded.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from . import safe_fetch
+from . import image_header, safe_fetch
 from .errors import ServerError, UpstreamFailed
 
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
@@ -49,14 +51,31 @@ class StoredImage:
     key: str
     content_type: str
     size: int
+    width: int | None = None  # from the image header; None on items stored before headers were read
+    height: int | None = None
+    frames: int = 1
 
     def to_item(self) -> dict[str, Any]:
-        return {"key": self.key, "content_type": self.content_type, "size": self.size}
+        item: dict[str, Any] = {"key": self.key, "content_type": self.content_type, "size": self.size}
+        if self.width is not None and self.height is not None:
+            item.update(width=self.width, height=self.height)
+        if self.frames != 1:
+            item["frames"] = self.frames
+        return item
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> StoredImage:
         # DynamoDB hands numbers back as Decimal.
-        return cls(key=str(item["key"]), content_type=str(item["content_type"]), size=int(item["size"]))
+        def number(name: str) -> int | None:
+            return int(item[name]) if item.get(name) is not None else None
+
+        return cls(key=str(item["key"]), content_type=str(item["content_type"]), size=int(item["size"]),
+                   width=number("width"), height=number("height"), frames=number("frames") or 1)
+
+    @classmethod
+    def of(cls, key: str, content_type: str, size: int, header: image_header.ImageHeader) -> StoredImage:
+        return cls(key=key, content_type=content_type, size=size, width=header.width, height=header.height,
+                   frames=header.frames)
 
 
 def image_key(task_id: str, index: int, ext: str) -> str:
@@ -89,18 +108,45 @@ def _not_an_image() -> UpstreamFailed:
 
 
 def store_bytes(key_prefix: str, data: bytes) -> StoredImage:
-    """Store image bytes (e.g. decoded b64 from a provider) at `{key_prefix}.{ext}`."""
+    """Store image bytes (e.g. decoded b64 from a provider) at `{key_prefix}.{ext}`, if its header passes."""
     detected = safe_fetch.detect_image_type(data[:16])
     if detected is None:
         raise _not_an_image()
     content_type, ext = detected
+    header = image_header.checked(data, content_type, complete=True)
+    assert header is not None  # complete bytes: a header, or an error
     key = f"{key_prefix}.{ext}"
     s3().put_object(Bucket=bucket(), Key=key, Body=data, ContentType=content_type)
-    return StoredImage(key=key, content_type=content_type, size=len(data))
+    return StoredImage.of(key, content_type, len(data), header)
+
+
+def _streamed_header(image: safe_fetch.FetchedImage) -> image_header.ImageHeader:
+    """The header of a download, read from its head (grown in steps up to image_header.HEADER_LIMIT)."""
+    head = image.raw.head
+    for _ in range(image_header.HEADER_LIMIT // safe_fetch.HEAD_BYTES + 1):
+        header = image_header.checked(head, image.content_type, complete=image.raw.at_eof)
+        if header is not None:
+            return header
+        head = image.raw.extend_head(safe_fetch.HEAD_BYTES)
+    raise image_header.invalid_image("The provider returned an image whose header could not be found.")
+
+
+def _watch_frames(image: safe_fetch.FetchedImage, header: image_header.ImageHeader) -> image_header.FrameWatch | None:
+    """GIF and WebP state no frame count up front: keep counting past the head while the body streams."""
+    if not image_header.FrameWatch.wanted(image.content_type):
+        return None
+    watch = image_header.FrameWatch(image.content_type, header)
+    watch.feed(image.raw.head)
+    image.raw.on_chunk = watch.feed
+    return watch
 
 
 def _max_image_bytes() -> int:
     return int(os.environ.get("MAX_IMAGE_BYTES") or DEFAULT_MAX_IMAGE_BYTES)
+
+
+def _max_download_s() -> float:
+    return float(os.environ.get("MAX_DOWNLOAD_S") or safe_fetch.DEFAULT_MAX_DOWNLOAD_S)
 
 
 def store_from_url(
@@ -109,17 +155,25 @@ def store_from_url(
     *,
     max_bytes: int | None = None,
     resolver: safe_fetch.Resolver | None = None,
+    max_seconds: float | None = None,
 ) -> StoredImage:
     """Download `url` through the SSRF guard and stream it to `{key_prefix}.{ext}`.
 
     Memory stays bounded: the body is read in parts and uploaded as it arrives (multipart above the
-    threshold). If the download fails midway (cap exceeded, connection lost) upload_fileobj aborts the
-    multipart upload, and below the threshold nothing was put yet, so no partial object remains.
+    threshold). If the download fails midway (cap exceeded, time budget spent, connection lost)
+    upload_fileobj aborts the multipart upload, and below the threshold nothing was put yet, so no partial
+    object remains. The header is checked on the head of the body, before the upload starts; GIF and WebP
+    frames are counted on as the body streams, and the upload is aborted once they are over the budget.
     """
     allow_loopback = os.environ.get("ALLOW_LOOPBACK_FETCH") == "1"  # set only by the local stack
     cap = max_bytes if max_bytes is not None else _max_image_bytes()
+    budget_s = max_seconds if max_seconds is not None else _max_download_s()
     target_bucket = bucket()
-    with safe_fetch.open_image(url, max_bytes=cap, resolver=resolver, allow_loopback=allow_loopback) as image:
+    with safe_fetch.open_image(
+        url, max_bytes=cap, resolver=resolver, allow_loopback=allow_loopback, max_seconds=budget_s
+    ) as image:
+        header = _streamed_header(image)
+        watch = _watch_frames(image, header)
         key = f"{key_prefix}.{image.extension}"
         s3().upload_fileobj(
             image.raw,
@@ -128,7 +182,7 @@ def store_from_url(
             ExtraArgs={"ContentType": image.content_type},
             Config=TRANSFER_CONFIG,
         )
-        return StoredImage(key=key, content_type=image.content_type, size=image.raw.bytes_read)
+        return StoredImage.of(key, image.content_type, image.raw.bytes_read, watch.header if watch else header)
 
 
 def presigned_url(key: str, expires_s: int | None = None) -> str:
