@@ -20,7 +20,7 @@ from .errors import BadRequest
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32  # the request is flat; deeper nesting is an attack on the parser or on the error echo
-MAX_INT_DIGITS = 100  # longer than any field's bound (int() refuses > 4300 digits, slowly below that)
+MAX_INT_DIGITS = 100  # beyond any field's bound; int() refuses > 4300 digits and is quadratic below that
 ECHO_CHARS = 100  # how much of a client's value an error message shows
 CONTENT_TYPE = "Content-Type"
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
