@@ -2,7 +2,9 @@
 
 Every function serves its own routes from this one resolver (template.yaml decides which routes reach
 which function). Before routing, `handle` enforces the body cap and authenticates, so a bad key is a 401
-whatever the body; every error leaves as an OpenAI-shaped body with the matching status.
+whatever the body, then hands a JSON route's body to Powertools as checked UTF-8 text (request.json_text),
+which Powertools parses with request.load_json_object. Every error leaves as an OpenAI-shaped body with the
+matching status: bad input is always a 4xx.
 """
 
 from __future__ import annotations
