@@ -153,9 +153,10 @@ def _validate_size(size: str, cap: Capability, model: str) -> None:
     if pixels is None or (cap.sizes is not None and not cap.maps_pixel_sizes):
         raise BadRequest(f"Invalid 'size' for {model}: {size!r}. Supported: {_listing(cap)}.", param="size",
                          code="invalid_size")
-    if not all(cap.min_side <= side <= cap.max_side for side in pixels):
+    if not all(cap.min_side <= side <= cap.max_side for side in pixels) or max(pixels) > MAX_RATIO * min(pixels):
         raise BadRequest(f"Invalid 'size': {size!r}. Each side must be between {cap.min_side} and "
-                         f"{cap.max_side} pixels.", param="size", code="invalid_size")
+                         f"{cap.max_side} pixels, neither more than {MAX_RATIO} times the other.", param="size",
+                         code="invalid_size")
 
 
 def _check_ratio(value: str, param: str, code: str) -> None:
