@@ -112,7 +112,8 @@ def _flag(value: str | None, name: str) -> bool:
 
 @app.post(GENERATIONS, summary="Create images (sync by default, async on request)")
 def create_images(request: Annotated[ImageRequest, Body(embed=False)],
-                  async_: Annotated[str | None, Query(alias="async")] = None,
+                  async_: Annotated[str | None, Query(alias="async", description="true or false (also 1/0, yes/no, "
+                                                      "on/off); anything else is a 400")] = None,
                   webhook: Annotated[str | None, Query(description="Where to POST the task when it ends "
                                                        "(as the `webhook` body field; relays' convention)")] = None,
                   idempotency_key: Annotated[str | None, Header(
