@@ -2,7 +2,9 @@
 
 Every function serves its own routes from this one resolver (template.yaml decides which routes reach
 which function). Before routing, `handle` enforces the body cap and authenticates, so a bad key is a 401
-whatever the body; every error leaves as an OpenAI-shaped body with the matching status.
+whatever the body, then hands a JSON route's body to Powertools as checked UTF-8 text (request.json_text),
+which Powertools parses with request.load_json_object. Every error leaves as an OpenAI-shaped body with the
+matching status: bad input is always a 4xx.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
-from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
+from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 
 from . import bus, idempotency, keys, storage, tasks, views, worker
 from .capabilities import validate_routable
-from .errors import Conflict, GatewayError, NotFound, PayloadTooLarge, ServerError, from_task_error
-from .request import MAX_BODY_BYTES, ImageRequest, bad_request_from_errors, parse_request
+from .errors import (AuthenticationFailed, BadRequest, Conflict, GatewayError, NotFound, PayloadTooLarge,
+                     ServerError, from_task_error)
+from .request import (MAX_BODY_BYTES, ImageRequest, bad_request_from_errors, echo, json_text, load_json_object,
+                      parse_request, printable)
 from .routing import public_models
 
 logger = Logger(child=True)
@@ -31,8 +35,16 @@ DEFAULT_WAIT_S = 25  # under API Gateway's 29 s integration limit
 MAX_WAIT_S = 25
 WAIT_POLL_S = 0.2
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.I)
+_VISIBLE_ASCII = re.compile(r"[\x20-\x7e]*")
+_TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off", ""})
 
-app = APIGatewayRestResolver(enable_validation=True)
+GENERATIONS = "/v1/images/generations"
+#: (method, path) of the routes that read a JSON body: `handle` checks and decodes it before Powertools reads it
+JSON_ROUTES = frozenset({("POST", GENERATIONS)})
+# Task ids are `imgtask_<hex>`; anything else cannot name a task (and a DynamoDB key has a size limit).
+TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=load_json_object)
 
 DOCS_PATHS = ("/docs", "/openapi.json")
 OPENAPI_INFO: dict[str, Any] = {
@@ -55,7 +67,7 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Entry point for an API Gateway REST proxy event."""
     try:
         body = event.get("body") or ""
-        size = len(body) * 3 // 4 if event.get("isBase64Encoded") else len(body.encode())
+        size = len(body) * 3 // 4 if event.get("isBase64Encoded") else len(body.encode(errors="surrogatepass"))
         if size > MAX_BODY_BYTES:
             raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES // 1024} KiB.")
         if event.get("path") in DOCS_PATHS and event.get("httpMethod") == "GET":
@@ -63,18 +75,45 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 raise NotFound("The API documentation is switched off for this deployment.", code="unknown_route")
             return app.resolve(event, context)  # the documentation needs no key
         headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
-        app.append_context(owner=keys.authenticate(headers.get("authorization")))
+        authorization = headers.get("authorization")
+        if authorization and not _VISIBLE_ASCII.fullmatch(authorization):
+            raise AuthenticationFailed("Incorrect API key provided.")  # keys are ASCII, as header values are
+        owner = keys.authenticate(authorization)
+        # Powertools' REST resolver matches `^<route>/*$`: a trailing slash reaches the same route.
+        if (str(event.get("httpMethod")).upper(), str(event.get("path")).rstrip("/")) in JSON_ROUTES:
+            event = _json_event(event, headers.get("content-type"))
+        app.append_context(owner=owner)
     except GatewayError as exc:
         return {"statusCode": exc.status, "headers": {"Content-Type": content_types.APPLICATION_JSON},
                 "body": json.dumps(exc.body()), "isBase64Encoded": False}
     return app.resolve(event, context)
 
 
+def _json_event(event: dict[str, Any], content_type: str | None) -> dict[str, Any]:
+    """The event as Powertools must read it on a JSON route: the body checked and decoded to text (a 400
+    otherwise), and the one media type Powertools parses as JSON, with `load_json_object`."""
+    text = json_text(event.get("body"), base64_encoded=bool(event.get("isBase64Encoded")),
+                     content_type=content_type)
+    headers = {k: v for k, v in (event.get("headers") or {}).items() if k.lower() != "content-type"}
+    multi = {k: v for k, v in (event.get("multiValueHeaders") or {}).items() if k.lower() != "content-type"}
+    return {**event, "body": text or None, "isBase64Encoded": False,
+            "headers": {**headers, "Content-Type": content_types.APPLICATION_JSON},
+            "multiValueHeaders": {**multi, "Content-Type": [content_types.APPLICATION_JSON]}}
+
+
+def _flag(value: str | None, name: str) -> bool:
+    text = (value or "").strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise BadRequest(f"Invalid '{name}': {echo(value)}. Send true or false.", param=name, code="invalid_value")
+
+
 # -- routes -------------------------------------------------------------------------------------------------
 
-@app.post("/v1/images/generations", summary="Create images (sync by default, async on request)")
+@app.post(GENERATIONS, summary="Create images (sync by default, async on request)")
 def create_images(request: Annotated[ImageRequest, Body(embed=False)],
-                  async_: Annotated[str | None, Query(alias="async")] = None,
+                  async_: Annotated[str | None, Query(alias="async", description="true or false (also 1/0, yes/no, "
+                                                      "on/off); anything else is a 400")] = None,
                   webhook: Annotated[str | None, Query(description="Where to POST the task when it ends "
                                                        "(as the `webhook` body field; relays' convention)")] = None,
                   idempotency_key: Annotated[str | None, Header(
@@ -84,7 +123,7 @@ def create_images(request: Annotated[ImageRequest, Body(embed=False)],
                   )] = None):
     owner = app.context["owner"]
     prefer = app.current_event.headers.get("prefer") or ""
-    respond_async = (async_ or "").lower() in ("true", "1", "yes") or "respond-async" in prefer.lower()
+    respond_async = _flag(async_, "async") or "respond-async" in prefer.lower()
     key = idempotency.validate_key(idempotency_key)
     if webhook and not request.webhook:
         request = parse_request({**request.upstream_fields(), "webhook": webhook})
@@ -111,33 +150,34 @@ def create_images(request: Annotated[ImageRequest, Body(embed=False)],
 
 @app.get("/v1/images/tasks", summary="List your tasks, newest first")
 def list_tasks(limit: Annotated[int, Query(ge=1, le=100)] = 20,
-               after: Annotated[str | None, Query()] = None):
+               after: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = None):
     found, has_more = tasks.list_for(app.context["owner"], limit=limit, after=after)
     return _json(200, {"object": "list", "data": [views.task_object(t) for t in found], "has_more": has_more,
                        "last_id": found[-1].id if found else None})
 
 
 @app.get("/v1/images/tasks/<task_id>", summary="Get a task (checks an async upstream when a check is due)")
-def get_task(task_id: str):
+def get_task(task_id: TaskId):
     task = worker.poll_through(tasks.get(task_id, app.context["owner"]))
     return _json(200, views.task_object(task))
 
 
 @app.post("/v1/images/tasks/<task_id>/cancel", summary="Cancel a task that is not finished")
-def cancel_task(task_id: str):
+def cancel_task(task_id: TaskId):
     task = tasks.cancel(task_id, app.context["owner"])
     worker.announce(task)  # a batch counts its cancelled tasks too
     return _json(200, views.task_object(task))
 
 
 @app.get("/v1/images/tasks/<task_id>/images/<index>", summary="Redirect to a fresh URL of one stored image")
-def get_image(task_id: str, index: str):
+def get_image(task_id: TaskId, index: Annotated[str, Path(pattern=r"^(0|[1-9][0-9]{0,3})$")]):
     task = tasks.get(task_id, app.context["owner"])
     if task.status != "succeeded":
         raise Conflict(f"Task '{task_id}' is {task.status}: it has no images yet.", code="task_not_succeeded")
-    if not index.isdigit() or int(index) >= len(task.images):
+    position = int(index)  # ASCII digits without a leading zero: "²" and "01" are refused above
+    if position >= len(task.images):
         raise NotFound(f"Task '{task_id}' has no image {index} (it has {len(task.images)}).", param="index")
-    url = storage.presigned_url(task.images[int(index)]["key"])
+    url = storage.presigned_url(task.images[position]["key"])
     return Response(status_code=302, headers={"Location": url, "Cache-Control": "no-store"}, body="")
 
 
@@ -170,7 +210,8 @@ def _validation_error(exc: RequestValidationError) -> Response:
 @app.not_found
 def _not_found(_exc: Exception) -> Response:
     event = app.current_event
-    return error_response(NotFound(f"Unknown route: {event.http_method} {event.path}.", code="unknown_route"))
+    return error_response(NotFound(f"Unknown route: {printable(event.http_method, 16)} {printable(event.path)}.",
+                                   code="unknown_route"))
 
 
 @app.exception_handler(Exception)

@@ -12,12 +12,14 @@ import re
 from dataclasses import dataclass
 
 from .errors import BadRequest
-from .request import ImageRequest
+from .request import ImageRequest, echo
 from .routing import routes_for
 from .webhooks import check_target
 
 _PIXELS = re.compile(r"^(\d{2,5})x(\d{2,5})$")
-_RATIO = re.compile(r"^(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)$")
+_RATIO = re.compile(r"^(\d{1,5}(?:\.\d{1,4})?):(\d{1,5}(?:\.\d{1,4})?)$")
+#: the widest aspect ratio either way (21:9 is the widest any provider lists); wider is not an image
+MAX_RATIO = 21
 
 ALL_QUALITIES = frozenset({"standard", "hd", "low", "medium", "high", "auto"})
 
@@ -75,10 +77,14 @@ def parse_pixels(size: str) -> tuple[int, int] | None:
 
 
 def parse_ratio(size: str) -> tuple[float, float] | None:
+    """W:H as two numbers above 0, neither more than MAX_RATIO times the other; None for anything else."""
     match = _RATIO.match(size)
-    if not match or float(match[1]) <= 0 or float(match[2]) <= 0:
+    if not match:
         return None
-    return float(match[1]), float(match[2])
+    w, h = float(match[1]), float(match[2])
+    if min(w, h) <= 0 or max(w, h) / min(w, h) > MAX_RATIO:
+        return None
+    return w, h
 
 
 def _log_ratio(w: float, h: float) -> float:
@@ -121,6 +127,8 @@ def validate_for_model(req: ImageRequest, model: str, dialect: str | None = None
                          param="n", code="invalid_value")
     if req.size is not None:
         _validate_size(req.size, cap, model)
+    if req.aspect_ratio is not None:
+        _check_ratio(req.aspect_ratio, "aspect_ratio", "invalid_value")
     if req.aspect_ratio is not None and cap.ratios is not None and req.aspect_ratio not in cap.ratios:
         raise BadRequest(f"Invalid 'aspect_ratio' for {model}: {req.aspect_ratio!r}. Supported: "
                          f"{', '.join(sorted(cap.ratios))}.", param="aspect_ratio", code="invalid_value")
@@ -135,7 +143,8 @@ def validate_for_model(req: ImageRequest, model: str, dialect: str | None = None
 def _validate_size(size: str, cap: Capability, model: str) -> None:
     if cap.sizes is not None and size in cap.sizes:
         return
-    if parse_ratio(size):
+    if ":" in size:
+        _check_ratio(size, "size", "invalid_size")
         if cap.ratios is not None and size in cap.ratios:
             return
         if cap.ratios is None and cap.sizes is None:
@@ -148,9 +157,16 @@ def _validate_size(size: str, cap: Capability, model: str) -> None:
     if pixels is None or (cap.sizes is not None and not cap.maps_pixel_sizes):
         raise BadRequest(f"Invalid 'size' for {model}: {size!r}. Supported: {_listing(cap)}.", param="size",
                          code="invalid_size")
-    if not all(cap.min_side <= side <= cap.max_side for side in pixels):
+    if not all(cap.min_side <= side <= cap.max_side for side in pixels) or max(pixels) > MAX_RATIO * min(pixels):
         raise BadRequest(f"Invalid 'size': {size!r}. Each side must be between {cap.min_side} and "
-                         f"{cap.max_side} pixels.", param="size", code="invalid_size")
+                         f"{cap.max_side} pixels, neither more than {MAX_RATIO} times the other.", param="size",
+                         code="invalid_size")
+
+
+def _check_ratio(value: str, param: str, code: str) -> None:
+    if parse_ratio(value) is None:
+        raise BadRequest(f"Invalid '{param}': {echo(value)}. An aspect ratio is W:H with both sides above 0, "
+                         f"from 1:{MAX_RATIO} to {MAX_RATIO}:1 (e.g. 16:9).", param=param, code=code)
 
 
 def _listing(cap: Capability) -> str:
