@@ -19,7 +19,6 @@ import statistics
 import threading
 import time
 
-import pytest
 
 import poll_handler
 import submit_handler

@@ -335,3 +335,20 @@ def test_a_refused_hand_over_is_an_error_that_names_it(aws, monkeypatch):
     monkeypatch.setattr(bus._events(), "put_events", RecordingEvents(refuse=2).put_events)
     with pytest.raises(RuntimeError, match="refused 2 of 10 Task Queued events: ThrottlingException"):
         bus.publish_all(bus.TASK_QUEUED, [f"t{i}" for i in range(12)])
+
+
+def test_hostile_lines_fail_on_their_own_and_the_batch_goes_on(inline):
+    hostile = [
+        "[" * 100_000 + "]" * 100_000,  # nesting far past what a parser can recurse into
+        '{"custom_id": "deep", "body": ' + '{"a": ' * 40 + "1" + "}" * 40 + "}",
+        '{"custom_id": "surrogate", "body": {"model": "local-tiny", "prompt": "\\ud800"}}',
+        '{"custom_id": "seed", "body": {"model": "local-tiny", "prompt": "x", "seed": ' + "9" * 5000 + "}}",
+        '{"custom_id": "nan", "body": {"model": "local-tiny", "prompt": "x", "n": NaN}}',
+        line("ok", "a calm sea"),
+    ]
+    submit_handler.lambda_handler(put_batch("batches/hostile.jsonl", hostile), FakeContext())
+    inline.drain()
+    out = results("results/hostile.jsonl")
+    assert [r["status"] for r in out] == ["failed"] * 5 + ["succeeded"]
+    assert {r["error"]["code"] for r in out[:5]} <= {"invalid_json", "invalid_value"}
+    assert out[3]["custom_id"] == "seed" and "seed" in out[3]["error"]["message"]

@@ -70,7 +70,10 @@ def test_a_requested_event_creates_a_task_that_carries_its_reference(aws, user_r
 
 
 @pytest.mark.parametrize("request_, param", [({"model": "gpt-image-1", "prompt": "x", "size": "7x7"}, "size"),
-                                             ({"model": "gpt-image-1"}, "prompt"), ("not an object", "request")])
+                                             ({"model": "gpt-image-1"}, "prompt"), ("not an object", "request"),
+                                             ({"model": "gpt-image-1", "prompt": "x", "seed": 10**50}, "seed"),
+                                             ({"model": "gpt-image-1", "prompt": "x", "n": 1.5}, "n"),
+                                             ({"model": "gpt-image-1", "prompt": "\ud800"}, "prompt")])
 def test_an_invalid_requested_event_ends_as_a_failed_task_never_a_silent_drop(aws, user_rule, request_, param):
     submit_handler.lambda_handler(requested(request_, reference="bad-1"), FakeContext())
     [announced] = user_rule()

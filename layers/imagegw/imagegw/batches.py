@@ -48,7 +48,7 @@ from botocore.exceptions import ClientError
 from . import bus, storage, tasks
 from .capabilities import validate_routable
 from .errors import BadRequest, GatewayError
-from .request import parse_request
+from .request import load_json_object, parse_request
 from .tasks import Task, now_ms
 
 logger = Logger(child=True)
@@ -340,12 +340,12 @@ def _parse_line(raw: bytes | None) -> tuple[str | None, Any]:
     """(custom_id, request body) of a line; raises BadRequest with what is wrong with it."""
     if raw is None:
         raise BadRequest(f"The line is longer than {MAX_LINE_BYTES} bytes.", code="line_too_long")
-    try:
-        line = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("The line is not valid JSON.", code="invalid_json") from None
-    if not isinstance(line, dict):
-        raise BadRequest("The line must be a JSON object: {\"custom_id\", \"body\"}.", code="invalid_json")
+    try:  # the API's own checks: one object, bounded depth, no lone surrogates, no overlong numbers
+        line = load_json_object(raw.decode("utf-8"))
+    except (BadRequest, UnicodeDecodeError) as exc:
+        detail = f" ({exc.message})" if isinstance(exc, BadRequest) and exc.param else ""
+        raise BadRequest("The line is not valid JSON: each line must be a JSON object {\"custom_id\", \"body\"}"
+                         f"{detail}.", code="invalid_json") from None
     custom_id = line.get("custom_id")
     custom_id = None if custom_id is None else str(custom_id)[:512]
     if "method" in line and str(line["method"]).upper() != "POST":
@@ -389,11 +389,14 @@ def _accept_line(batch: dict[str, Any], line_no: int, raw: bytes | None) -> str 
 
 
 def _salvage_custom_id(raw: bytes | None) -> str | None:
+    """The custom_id of a line refused for its body, so its result line still says which it was."""
     try:
         line = json.loads(raw) if raw is not None else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    return str(line["custom_id"])[:512] if isinstance(line, dict) and line.get("custom_id") is not None else None
+    if not isinstance(line, dict) or line.get("custom_id") is None:
+        return None
+    return str(line["custom_id"])[:512].encode("utf-8", "replace").decode("utf-8")  # a lone surrogate -> ?
 
 
 def _publish_continue(batch_id: str) -> None:

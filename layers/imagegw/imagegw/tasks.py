@@ -131,9 +131,30 @@ def create_failed(owner: str, model: str, request: dict[str, Any], error: dict[s
     return _put(task, live=False)
 
 
+def storable(value: Any) -> Any:
+    """`value` as DynamoDB can hold it. A refused request is kept on its failed task as it came, and it may
+    hold what DynamoDB refuses: floats (boto3 takes Decimal only), integers beyond 38 digits, strings with lone
+    surrogates, odd types. Those become text; everything a valid request holds passes unchanged."""
+    if isinstance(value, dict):
+        return {storable_text(str(k)): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int) and len(str(abs(value))) <= 38:
+        return value
+    if isinstance(value, str):
+        return storable_text(value)
+    return storable_text(repr(value)[:200])
+
+
+def storable_text(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _put(task: Task, *, live: bool) -> Task | None:
     item = {k: v for k, v in task.__dict__.items() if v is not None and v != [] and v != {}}
-    item["request"] = task.request  # kept even when empty (an event that carried no request)
+    item["request"] = storable(task.request)  # kept even when empty (an event that carried no request)
     item["expires_at"] = _retention_expiry()
     if live:
         item["sweep"] = SWEEP_PARTITION
@@ -223,9 +244,13 @@ def advance(task: Task, stage: str, *, next_check_at: int, **fields: Any) -> Tas
                    {":lease": task.lease_id, **_STATUS_VALUES}, removes=("lease_id", "lease_until"))
 
 
-def release(task: Task, *, retry_at: int) -> Task | None:
-    """Give the lease back without progress (e.g. an upstream check that is not ready yet)."""
-    return _update(task.id, {"next_check_at": retry_at, "updated_at": now_ms(), "claims": 0},
+def release(task: Task, *, retry_at: int, count_attempt: bool = False) -> Task | None:
+    """Give the lease back without progress (e.g. an upstream check that is not ready yet). `count_attempt`
+    keeps the claim counted, so a stage that keeps failing (a download) runs out of attempts."""
+    sets: dict[str, Any] = {"next_check_at": retry_at, "updated_at": now_ms()}
+    if not count_attempt:
+        sets["claims"] = 0
+    return _update(task.id, sets,
                    f"lease_id = :lease AND {_NOT_TERMINAL}", {":lease": task.lease_id, **_STATUS_VALUES},
                    removes=("lease_id", "lease_until"))
 

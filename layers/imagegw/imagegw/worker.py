@@ -100,7 +100,7 @@ def store_generated(task_id: str) -> Task | None:
     except GatewayError as exc:
         if exc.retriable and exc.code != "unsafe_result_url" and task.claims < MAX_CLAIMS:
             logger.warning("download failed, will retry", extra={"task_id": task_id, "error": exc.message})
-            return tasks.release(task, retry_at=min(now_ms() + 10_000, _deadline_ms(task)))
+            return tasks.release(task, retry_at=min(now_ms() + 10_000, _deadline_ms(task)), count_attempt=True)
         if exc.retriable and _next_route_exists(task):
             return _resubmit_on_next_route(task, exc)
         return _finish(task, "failed", error=exc.task_error())

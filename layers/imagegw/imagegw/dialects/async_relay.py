@@ -48,7 +48,7 @@ from ..errors import GatewayError, UpstreamFailed, policy_violation
 from ..request import ImageRequest
 from ..routing import Route
 from ..scrub import fragment
-from .base import Dialect, Done, Failed, HttpCall, HttpReply, ImageOut, Outcome, Pending, bearer, decode_b64, \
+from .base import Dialect, Done, Failed, HttpCall, HttpReply, ImageOut, Outcome, Pending, bearer, image_items, \
     translatable_fields
 from .openai import family
 
@@ -155,24 +155,12 @@ def result_images(task: dict[str, Any]) -> list[ImageOut]:
         except ValueError:
             result = None
     items = result.get("data") if isinstance(result, dict) else result
-    images = parse_images(items if isinstance(items, list) else [])
+    images = image_items(items if isinstance(items, list) else [])
     if not images:
         for key in ("result_url", "url", "image_url"):
             if isinstance(task.get(key), str) and task[key].strip():
                 images.append(ImageOut(url=task[key].strip()))
                 break
-    return images
-
-
-def parse_images(items: list[Any]) -> list[ImageOut]:
-    images = []
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        if isinstance(item.get("b64_json"), str) and item["b64_json"].strip():
-            images.append(ImageOut(data=decode_b64(item["b64_json"]), revised_prompt=item.get("revised_prompt")))
-        elif isinstance(item.get("url"), str) and item["url"].strip():
-            images.append(ImageOut(url=item["url"].strip(), revised_prompt=item.get("revised_prompt")))
     return images
 
 
@@ -215,7 +203,7 @@ class AsyncRelayDialect(Dialect):
     def parse_submit(self, req: ImageRequest, replies: list[HttpReply]) -> Outcome:
         payload = replies[0].json()
         if isinstance(payload, dict) and isinstance(payload.get("data"), list):  # answered synchronously
-            images = parse_images(payload["data"])[: req.n]
+            images = image_items(payload["data"])[: req.n]
             if images:
                 return Done(images=images, usage=normalise_usage(payload.get("usage"), len(images)))
         if isinstance(payload, dict) and payload.get("code") not in _OK_CODES:

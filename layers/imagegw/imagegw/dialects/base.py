@@ -117,15 +117,43 @@ class Dialect:
             else:  # fan-out (e.g. one call per image): in parallel, all must succeed
                 with ThreadPoolExecutor(max_workers=min(len(calls), 8)) as pool:
                     replies = list(pool.map(send, calls))
-            return self.parse_submit(req, replies)
         except GatewayError as exc:
             return Failed(exc)
+        return read_answer(self.parse_submit, req, replies)
 
     def run_check(self, upstream_id: str, route: Route, send: Send) -> Outcome:
         try:
-            return self.parse_check(send(self.build_check(upstream_id, route)))
+            reply = send(self.build_check(upstream_id, route))
         except GatewayError as exc:
             return Failed(exc)
+        return read_answer(self.parse_check, reply)
+
+
+def read_answer(parse: Callable[..., Outcome], *args: Any) -> Outcome:
+    """Run a parse function over an upstream's answer. The answer is untrusted: a shape the parser did not
+    expect (a list where an object was, a number for a URL) is the upstream's failure, never a crash."""
+    try:
+        return parse(*args)
+    except GatewayError as exc:
+        return Failed(exc)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        return Failed(UpstreamFailed(f"The provider's answer had an unexpected shape ({type(exc).__name__}).",
+                                     code="bad_upstream_response"))
+
+
+def image_items(items: Any) -> list[ImageOut]:
+    """The images in an OpenAI-style `data` list, `[{url | b64_json, revised_prompt?}]`. Entries that are not
+    such objects (a string, a URL that is not a string) are skipped: what is left is what can be stored."""
+    images = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        revised = item.get("revised_prompt") if isinstance(item.get("revised_prompt"), str) else None
+        if isinstance(item.get("b64_json"), str) and item["b64_json"].strip():
+            images.append(ImageOut(data=decode_b64(item["b64_json"]), revised_prompt=revised))
+        elif isinstance(item.get("url"), str) and item["url"].strip():
+            images.append(ImageOut(url=item["url"].strip(), revised_prompt=revised))
+    return images
 
 
 def scrubbed(outcome: Outcome, route: Route) -> Outcome:

@@ -42,7 +42,7 @@ from ..errors import GatewayError, UpstreamFailed, policy_violation
 from ..request import ImageRequest
 from ..routing import Route
 from ..scrub import fragment
-from .base import Dialect, Done, HttpCall, HttpReply, ImageOut, bearer, decode_b64
+from .base import Dialect, Done, HttpCall, HttpReply, ImageOut, bearer, image_items
 
 PATH = "/v1/images/generations"
 SIZES = GROK.sizes or frozenset()
@@ -99,14 +99,9 @@ def _clean(item: Any) -> dict[str, Any]:
 
 
 def parse_images(payload: dict[str, Any]) -> list[ImageOut]:
-    images = []
-    for raw in payload.get("data") or []:
-        item = _clean(raw)
-        if item.get("b64_json"):
-            images.append(ImageOut(data=decode_b64(item["b64_json"]), revised_prompt=item.get("revised_prompt")))
-        elif item.get("url"):
-            images.append(ImageOut(url=item["url"], revised_prompt=item.get("revised_prompt")))
-    return images
+    """The answer's images, its entries' keys and values read stripped (see the module docstring)."""
+    data = payload.get("data")
+    return image_items([_clean(raw) for raw in data] if isinstance(data, list) else [])
 
 
 def normalise_usage(usage: Any, kept: int) -> dict[str, int]:

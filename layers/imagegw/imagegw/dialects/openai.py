@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import UpstreamFailed
 from ..request import ImageRequest
 from ..routing import Route
-from .base import Dialect, Done, HttpCall, HttpReply, ImageOut, bearer, decode_b64, translatable_fields
+from .base import Dialect, Done, HttpCall, HttpReply, ImageOut, bearer, image_items, translatable_fields
 
 PATH = "/v1/images/generations"
 
@@ -45,16 +45,6 @@ def request_body(req: ImageRequest, upstream_model: str) -> dict[str, Any]:
     return body
 
 
-def parse_images(payload: dict[str, Any]) -> list[ImageOut]:
-    images = []
-    for item in payload.get("data") or []:
-        if item.get("b64_json"):
-            images.append(ImageOut(data=decode_b64(item["b64_json"]), revised_prompt=item.get("revised_prompt")))
-        elif item.get("url"):
-            images.append(ImageOut(url=item["url"], revised_prompt=item.get("revised_prompt")))
-    return images
-
-
 def normalise_usage(usage: dict[str, Any] | None, images: int) -> dict[str, int]:
     """Our usage shape: images, and input/output/total tokens where the upstream gives them."""
     out = {"images": images}
@@ -79,7 +69,9 @@ class OpenAIDialect(Dialect):
         usage: dict[str, int] = {}
         for reply in replies:
             payload = reply.json()
-            images.extend(parse_images(payload))
+            if not isinstance(payload, dict):
+                raise UpstreamFailed("The provider's answer is not a JSON object.", code="bad_upstream_response")
+            images.extend(image_items(payload.get("data")))
             for key, value in (payload.get("usage") or {}).items():
                 if isinstance(value, int):
                     usage[key] = usage.get(key, 0) + value
