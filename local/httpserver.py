@@ -125,7 +125,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                 return self._read_chunked()
             body = self.rfile.read(length) if length else b""
         except TimeoutError:
-            raise RequestError(408, f"The request body did not arrive within {READ_TIMEOUT_S} s.",
+            raise RequestError(408, f"The request body stopped arriving for {self.timeout:g} s.",
                                "request_timeout") from None
         if len(body) < length:
             raise RequestError(400, f"The body ended after {len(body)} of the {length} bytes of its Content-Length.",

@@ -234,6 +234,16 @@ def test_every_malformed_request_gets_an_openai_shaped_answer(gateway: Gateway, 
     assert headers.get("connection") == "close"  # where the request ended is unknown: never reuse the connection
 
 
+def test_a_client_that_stops_sending_its_body_is_answered_408(make_gateway) -> None:
+    gateway = make_gateway(size=1)
+    gateway.server.server.RequestHandlerClass.timeout = 1  # READ_TIMEOUT_S is 60 s; this gateway's class only
+    started = time.monotonic()
+    status, headers, body = gateway.request(b"POST /v1/echo HTTP/1.1\r\nContent-Length: 10\r\n\r\n{}")
+    assert status == 408, body[:300]
+    assert _assert_openai_error(headers, body)["code"] == "request_timeout"
+    assert time.monotonic() - started < 5
+
+
 def test_the_gateway_still_serves_after_a_bad_request(gateway: Gateway) -> None:
     assert gateway.request((CHUNKED + "zz\r\n").encode())[0] == 400
     status, _, body = gateway.request(_post('{"sleep": 0}'))
