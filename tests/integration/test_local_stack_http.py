@@ -91,7 +91,7 @@ def make_gateway(code_dir: Path) -> Iterator:
 
 @pytest.fixture(scope="module")
 def gateway(code_dir: Path) -> Iterator[Gateway]:
-    running = _gateway(code_dir, size=2)
+    running = _gateway(code_dir, size=2, max_size=4)
     yield running
     running.server.stop()
     running.pool.stop()
@@ -141,8 +141,12 @@ def _post(body: bytes | str, extra: str = "") -> bytes:
 
 # -- a burst of connections -----------------------------------------------------------------------------------
 
-def _burst(port: int, count: int, request: bytes) -> list[int | str]:
-    """`count` connections opened at once (non-blocking connects, then the requests): each one's status."""
+Response = tuple[int, dict[str, str], bytes]
+
+
+def burst(port: int, count: int, request: bytes) -> list[Response | str]:
+    """`count` connections opened at once (non-blocking connects, then the requests): each one's response,
+    or what went wrong instead (a reset, a timeout, a close without an answer)."""
     socks = []
     try:
         for _ in range(count):
@@ -150,7 +154,7 @@ def _burst(port: int, count: int, request: bytes) -> list[int | str]:
             sock.setblocking(False)
             sock.connect_ex(("127.0.0.1", port))
             socks.append(sock)
-        outcomes: dict[int, int | str] = {}
+        outcomes: dict[int, Response | str] = {}
         deadline = time.monotonic() + BURST_TIMEOUT_S  # for the whole burst, not per connection
         for i, sock in enumerate(socks):  # every request is sent before any answer is read: all at once
             sock.settimeout(max(0.1, deadline - time.monotonic()))
@@ -162,7 +166,7 @@ def _burst(port: int, count: int, request: bytes) -> list[int | str]:
             if i not in outcomes:
                 sock.settimeout(max(0.1, deadline - time.monotonic()))
                 try:
-                    outcomes[i] = _read_response(sock)[0]
+                    outcomes[i] = _read_response(sock)
                 except OSError as exc:
                     outcomes[i] = f"{type(exc).__name__}: {exc}"
         return [outcomes[i] for i in range(count)]
@@ -174,7 +178,7 @@ def _burst(port: int, count: int, request: bytes) -> list[int | str]:
 def test_a_burst_of_300_connections_is_all_answered(gateway: Gateway) -> None:
     request = b"GET /v1/no-such-route HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     started = time.monotonic()
-    outcomes = _burst(gateway.port, 300, request)
+    outcomes = [o if isinstance(o, str) else o[0] for o in burst(gateway.port, 300, request)]
     elapsed = time.monotonic() - started
     assert outcomes == [404] * 300, [o for o in outcomes if o != 404][:5]
     # With a listen backlog of 5, connections past the queue wait for SYN retransmits (1 s, 3 s, ...).
@@ -183,7 +187,7 @@ def test_a_burst_of_300_connections_is_all_answered(gateway: Gateway) -> None:
 
 def test_a_burst_of_invocations_is_all_answered(gateway: Gateway) -> None:
     request = _post('{"sleep": 0}', "Connection: close\r\n")
-    outcomes = _burst(gateway.port, 200, request)
+    outcomes = [o if isinstance(o, str) else o[0] for o in burst(gateway.port, 200, request)]
     assert all(o in (200, 429) for o in outcomes), sorted({str(o) for o in outcomes})
     assert outcomes.count(200) >= 100, outcomes
 
@@ -370,3 +374,16 @@ def test_extra_environments_are_stopped_after_idling(make_gateway) -> None:
     assert gateway.pool.count == 1, "the extra environment was not stopped once idle"
     status, _, body = gateway.request(_post('{"sleep": 0}'))  # the warm one still serves
     assert status == 200, body[:300]
+
+
+def test_the_default_maximum_respects_available_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from local import environments
+
+    monkeypatch.setattr(environments, "_available_memory_mb", lambda: 2000.0)
+    assert environments.default_max_concurrency(2) == 1000 // environments.ENVIRONMENT_MB  # half the memory
+    monkeypatch.setattr(environments, "_available_memory_mb", lambda: 100.0)
+    assert environments.default_max_concurrency(3) == 3  # never below the warm ones
+    monkeypatch.setattr(environments, "_available_memory_mb", lambda: None)
+    assert environments.default_max_concurrency(2) == environments.DEFAULT_MAX_CONCURRENCY
+    with pytest.raises(ValueError, match="API_MAX_CONCURRENCY"):
+        EnvironmentPool({}, "us-east-1", size=4, max_size=2)
