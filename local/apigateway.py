@@ -16,7 +16,6 @@ slow upstream holds one environment, never the API or the other requests.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import re
 import threading
@@ -24,7 +23,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -218,7 +216,7 @@ class ApiGateway:
                                                               "function_error")
         return _proxy_result(result, request_id, match.route.function)
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[RequestHandler]:
         gateway = self
 
         class Handler(RequestHandler):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -46,6 +47,13 @@ def too_large() -> RequestError:
 class Server(ThreadingHTTPServer):
     request_queue_size = BACKLOG
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-exchange is routine (one debug line); anything else is logged in full."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("a client closed its connection mid-exchange", exc_info=True)
+        else:
+            log.exception("the local API Gateway failed on a connection")
 
 
 class RequestHandler(BaseHTTPRequestHandler):
