@@ -3,8 +3,10 @@
 Settings come from the environment: PORT (3000), AWS_PORT (4566), API_KEYS (sk-local), PROVIDERS_FILE
 (config/providers.local.json), SWEEP_INTERVAL_S (2; "template" for the template's own rate),
 AWS_DEFAULT_REGION (us-east-1), IMAGE_BUCKET (imagegw-local-images), LOCAL_LOG_LEVEL (INFO), API_CONCURRENCY
-(4: the API's execution environments, worker processes that each serve one request at a time). The ready
-line is printed once every environment has imported the handlers.
+(min(4, cores): the API's warm execution environments, worker processes that each serve one request at a
+time), API_MAX_CONCURRENCY (16, fewer if memory is short: more are started on demand up to this many, then
+a request is throttled with a 429). The ready line is printed once the warm environments have imported the
+handlers.
 """
 
 from __future__ import annotations

@@ -3,17 +3,19 @@
 A request is matched against the template's paths (`/v1/images/tasks/{id}`), turned into the proxy event
 API Gateway would send (`sam local generate-event apigateway aws-proxy` shows the shape), given to the
 route's function, and the function's `{statusCode, headers, multiValueHeaders, body, isBase64Encoded}`
-is written back. What API Gateway itself answers (no such route, wrong method, body over 10 MB, 502 for a
-failed invocation, 504 past the integration timeout) is answered here, in the gateway's OpenAI error shape.
+is written back. What API Gateway itself answers (no such route, wrong method, a malformed request or body
+over 10 MB (local/httpserver.py), 502 for a failed invocation or a result it cannot send, 429 when Lambda
+would throttle, 504 past the integration timeout) is answered here, in the gateway's OpenAI error shape:
+every request gets an answer, none a silent close.
 
-Each request is served by its own thread and invoked in a free execution environment of the pool
-(local/environments.py), so a sync request waiting on a slow upstream holds one environment, not the API.
+Each request is served by its own thread and invoked in an execution environment of its own
+(local/environments.py: a free one, or one started for it, as Lambda does), so a sync request waiting on a
+slow upstream holds one environment, never the API or the other requests.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import re
 import threading
@@ -21,16 +23,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .environments import EnvironmentPool, IntegrationTimeout, InvocationFailed
+from .environments import EnvironmentPool, IntegrationTimeout, InvocationFailed, Throttled
+from .httpserver import RequestError, RequestHandler, Server, error_body
 from .template import ACCOUNT_ID, ApiRoute
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 INTEGRATION_TIMEOUT_S = 29  # API Gateway's default integration timeout
 API_ID = "local"
 
@@ -146,10 +147,6 @@ def proxy_event(match: Match, *, method: str, raw_path: str, headers: list[tuple
     }
 
 
-def error_body(message: str, error_type: str, code: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": error_type, "param": None, "code": code}}).encode()
-
-
 class ApiGateway:
     """The HTTP server; invocations run in the execution environments of `environments`, one request each."""
 
@@ -158,10 +155,9 @@ class ApiGateway:
         self.environments = environments
         self.stages = {r.stage for r in routes}
         try:
-            self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+            self.server = Server(("127.0.0.1", port), self._handler_class())
         except OSError as exc:
             raise OSError(f"PORT {port} on 127.0.0.1 is not available ({exc.strerror}); set PORT") from None
-        self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                                        name="apigateway", daemon=True)
@@ -197,12 +193,18 @@ class ApiGateway:
         try:
             result = self.environments.invoke(match.route.function, event, request_id=request_id,
                                               deadline=time.monotonic() + INTEGRATION_TIMEOUT_S)
+        except Throttled as exc:  # Lambda's concurrency limit: API Gateway answers 429, the SDKs retry
+            log.warning("%s %s: throttled, %s", method, path, exc)
+            message = (f"Too many concurrent requests: all {self.environments.max_size} execution environments of "
+                       "the local stack are busy (see API_MAX_CONCURRENCY). Retry shortly.")
+            headers = [*_json_headers(request_id), ("Retry-After", str(exc.retry_after_s))]
+            return 429, headers, error_body(message, "rate_limit_error", "rate_limit_exceeded")
         except IntegrationTimeout as exc:
             if exc.queued:
-                log.warning("%s %s: no execution environment came free within %d s (API_CONCURRENCY=%d)",
-                            method, path, INTEGRATION_TIMEOUT_S, self.environments.size)
+                log.warning("%s %s: no execution environment came free within %d s (API_MAX_CONCURRENCY=%d)",
+                            method, path, INTEGRATION_TIMEOUT_S, self.environments.max_size)
                 message = ("The local stack was busy with other requests for longer than API Gateway waits "
-                           f"(all {self.environments.size} execution environments; see API_CONCURRENCY).")
+                           f"(all {self.environments.max_size} execution environments; see API_MAX_CONCURRENCY).")
             else:
                 log.warning("%s %s: %s did not answer within API Gateway's %d s integration timeout",
                             method, path, match.route.function, INTEGRATION_TIMEOUT_S)
@@ -214,88 +216,43 @@ class ApiGateway:
                                                               "function_error")
         return _proxy_result(result, request_id, match.route.function)
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[RequestHandler]:
         gateway = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            server_version = "imagegw-local"
-
+        class Handler(RequestHandler):
             def _any(self) -> None:
                 started = time.monotonic()
-                body, too_large = self._read_body()
-                if too_large:
-                    status, headers, payload = 413, _json_headers(), error_body(
-                        "The request body is larger than API Gateway's 10 MB limit.", "invalid_request_error",
-                        "payload_too_large")
+                try:
+                    body = self.read_body()
+                except RequestError as exc:  # where the next request would start is unknown: close after
                     self.close_connection = True
+                    status, headers, payload = exc.status, _json_headers(), error_body(exc.message, exc.error_type,
+                                                                                       exc.code)
                 else:
-                    status, headers, payload = gateway.handle(
-                        self.command, self.path, list(self.headers.items()), body, self.client_address[0],
-                        self.headers.get("Host") or f"127.0.0.1:{gateway.port}")
-                self.send_response(status)
-                for name, value in headers:
-                    if name.lower() not in ("content-length", "connection", "transfer-encoding"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                if self.close_connection:
-                    self.send_header("Connection", "close")
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
+                    try:
+                        status, headers, payload = gateway.handle(
+                            self.command, self.path, list(self.headers.items()), body, self.client_address[0],
+                            self.headers.get("Host") or f"127.0.0.1:{gateway.port}")
+                    except Exception:  # noqa: BLE001 - a bug here must still answer, as API Gateway's 500 does
+                        log.exception("%s %s: the local API Gateway failed", self.command, urlsplit(self.path).path)
+                        status, headers, payload = 500, _json_headers(), error_body(
+                            "Internal server error", "server_error", "gateway_error")
+                self.send_json(status, payload, headers)
                 log.info("%s %s %d %.0f ms", self.command, urlsplit(self.path).path, status,
                          (time.monotonic() - started) * 1000)
 
             def handle_expect_100(self) -> bool:
-                # Refuse an oversized body before the client sends it, rather than after `100 Continue`.
+                # Refuse a body that would be refused anyway before the client sends it, not after `100 Continue`.
                 try:
-                    too_large = int(self.headers.get("Content-Length") or 0) > MAX_BODY_BYTES
-                except ValueError:
-                    too_large = False
-                if not too_large:
-                    return super().handle_expect_100()
-                payload = error_body("The request body is larger than API Gateway's 10 MB limit.",
-                                     "invalid_request_error", "payload_too_large")
-                self.send_response(413)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(payload)
-                self.close_connection = True
-                log.info("%s %s 413 (body over 10 MB refused)", self.command, urlsplit(self.path).path)
-                return False
+                    self.body_length()
+                except RequestError as exc:
+                    self.send_json(exc.status, error_body(exc.message, exc.error_type, exc.code), close=True)
+                    log.info("%s %s %d (refused before 100 Continue)", self.command, urlsplit(self.path).path,
+                             exc.status)
+                    return False
+                return super().handle_expect_100()
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _any
-
-            def _read_body(self) -> tuple[bytes | None, bool]:
-                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-                    return self._read_chunked()
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                except ValueError:
-                    length = 0
-                if length > MAX_BODY_BYTES:
-                    return None, True  # not read: the connection is closed after the answer
-                return (self.rfile.read(length) if length > 0 else None), False
-
-            def _read_chunked(self) -> tuple[bytes | None, bool]:
-                parts, total = [], 0
-                while True:
-                    size = int(self.rfile.readline(65537).split(b";")[0].strip() or b"0", 16)
-                    if size == 0:
-                        while self.rfile.readline(65537).strip():  # trailers
-                            pass
-                        break
-                    total += size
-                    if total > MAX_BODY_BYTES:
-                        return None, True
-                    parts.append(self.rfile.read(size))
-                    self.rfile.readline(65537)  # CRLF after the chunk
-                return (b"".join(parts) or None), False
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-                pass  # one line per request is logged by _any, without the query string
 
         return Handler
 
@@ -307,22 +264,70 @@ def _json_headers(request_id: str | None = None) -> list[tuple[str, str]]:
     return headers
 
 
+class MalformedResult(ValueError):
+    """A proxy integration result API Gateway cannot turn into an HTTP answer."""
+
+
 def _proxy_result(result: Any, request_id: str, function: str) -> tuple[int, list[tuple[str, str]], bytes]:
     """The HTTP answer for a proxy integration result (API Gateway: a malformed result is a 502)."""
-    if not isinstance(result, dict) or not isinstance(result.get("statusCode"), int):
-        log.error("%s returned no valid proxy response (statusCode missing)", function)
+    try:
+        status, headers, payload = _parse_result(result)
+    except MalformedResult as exc:  # why, never the body itself (it may hold image bytes)
+        log.error("%s returned a malformed proxy response: %s; API Gateway answers 502", function, exc)
         return 502, _json_headers(request_id), error_body("Internal server error", "server_error",
                                                           "malformed_proxy_response")
+    return status, [*headers, ("x-amzn-RequestId", request_id)], payload
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110 section 5.1)
+
+
+def _parse_result(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+    if not isinstance(result, dict):
+        raise MalformedResult(f"a {type(result).__name__}, not an object")
+    status = result.get("statusCode")
+    if type(status) is not int or not 200 <= status <= 599:
+        raise MalformedResult(f"statusCode {status!r:.40} is not a number from 200 to 599")
     headers: list[tuple[str, str]] = []
     multi = result.get("multiValueHeaders") or {}
+    single = result.get("headers") or {}
+    if not isinstance(multi, dict) or not isinstance(single, dict):
+        raise MalformedResult("headers and multiValueHeaders must be objects")
     for name, values in multi.items():
         for value in values if isinstance(values, list) else [values]:
-            headers.append((name, str(value)))
-    present = {name.lower() for name in multi}
-    for name, value in (result.get("headers") or {}).items():
-        if name.lower() not in present:
-            headers.append((name, str(value)))
-    headers.append(("x-amzn-RequestId", request_id))
-    body = result.get("body") or ""
-    payload = base64.b64decode(body) if result.get("isBase64Encoded") else str(body).encode("utf-8")
-    return result["statusCode"], headers, payload
+            headers.append(_header(name, value))
+    present = {str(name).lower() for name in multi}
+    for name, value in single.items():
+        if str(name).lower() not in present:
+            headers.append(_header(name, value))
+    body = result.get("body")
+    if body is not None and not isinstance(body, str):
+        raise MalformedResult(f"body is a {type(body).__name__}, not a string")
+    try:
+        if result.get("isBase64Encoded"):
+            payload = base64.b64decode(body or "", validate=True)
+        else:
+            payload = (body or "").encode("utf-8")
+    except (ValueError, UnicodeEncodeError) as exc:  # binascii.Error is a ValueError
+        raise MalformedResult(f"body cannot be sent ({type(exc).__name__}: {str(exc)[:120]})") from None
+    return status, headers, payload
+
+
+def _header(name: Any, value: Any) -> tuple[str, str]:
+    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        raise MalformedResult(f"header name {str(name)[:40]!r} is not a valid field name")
+    if isinstance(value, (dict, list)):
+        raise MalformedResult(f"header {name} has a {type(value).__name__} value")
+    text = value if isinstance(value, str) else str(value)
+    if any(c in text for c in "\r\n\0") or not text.isascii() and not _latin1(text):
+        raise MalformedResult(f"header {name} has a value that cannot be sent (a line break or a character "
+                              "outside ISO-8859-1)")
+    return name, text
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,4 +1,4 @@
-"""The API's Lambda execution environments: a pool of warm worker processes, one invocation at a time each.
+"""The API's Lambda execution environments: an elastic pool of worker processes, one invocation at a time each.
 
 Deployed, API Gateway gives each concurrent request its own execution environment. Handlers rely on that:
 Powertools' REST resolver keeps the current request in class-level state (`BaseRouter.current_event`) and
@@ -6,11 +6,19 @@ per-request context on the shared resolver, so two overlapping invocations in on
 other's request. Here every environment is a process started with `spawn` (the parent has threads, so
 `fork` is unsafe), which inherits the stack's environment variables (set before the pool starts), puts
 the functions' code and layers on sys.path and imports their handlers once, as Lambda's init phase does,
-then runs invocations one after another. Concurrency is the number of environments (API_CONCURRENCY).
+then runs invocations one after another.
 
-A request waits for a free environment; what API Gateway would cut short answers `IntegrationTimeout`
-(the caller turns it into a 504). A handler's exception comes back as its traceback text, and an
-environment that dies or runs past its function's Timeout is replaced by a fresh one.
+As Lambda does, the pool grows with concurrency: API_CONCURRENCY environments are started warm with the
+stack, and a request that finds none free starts one more (a cold start of a second or two), up to
+API_MAX_CONCURRENCY; those extra ones stay warm and are stopped after IDLE_TTL_S unused. So requests
+waiting on a slow upstream never starve the others. Only when the maximum is running and none comes free
+within THROTTLE_WAIT_S does a request get `Throttled` (the caller answers 429, as for a throttled Lambda).
+Each environment is a process of about ENVIRONMENT_MB: the default maximum is lowered so that they would
+take at most half the memory available at start.
+
+What API Gateway would cut short answers `IntegrationTimeout` (the caller turns it into a 504). A
+handler's exception comes back as its traceback text, and an environment that dies or runs past its
+function's Timeout is replaced by a fresh one.
 
 Only the API runs here: EventBridge deliveries and the schedule invoke the functions in the stack's own
 process (local/queues.py, local/schedule.py), since they do not go through the resolver.
@@ -23,7 +31,6 @@ import itertools
 import logging
 import multiprocessing
 import os
-import queue
 import signal
 import sys
 import threading
@@ -41,7 +48,13 @@ from .template import Function
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONCURRENCY = min(4, os.cpu_count() or 1)  # more processes than cores only slows the start
+DEFAULT_CONCURRENCY = min(4, os.cpu_count() or 1)  # warm at start: more processes than cores slows the start
+DEFAULT_MAX_CONCURRENCY = 16  # started on demand; fewer if memory is short (default_max_concurrency)
+ENVIRONMENT_MB = 110  # one environment with the shipped functions: measured 106 MB resident, 77 MB of it private
+IDLE_TTL_S = 300  # an environment beyond API_CONCURRENCY unused this long is stopped
+THROTTLE_WAIT_S = 5  # at API_MAX_CONCURRENCY, how long a request waits for a free environment before a 429
+RETRY_AFTER_S = 1  # the Retry-After of that 429
+START_BACKOFF_S = 5  # after an environment failed to start, before another is tried
 WARM_TIMEOUT_S = 90  # one environment's init phase (imports), generous for a loaded laptop
 STOP_TIMEOUT_S = 5
 KILL_GRACE_S = 1  # after a function's Timeout, before its environment is stopped
@@ -54,6 +67,14 @@ class IntegrationTimeout(TimeoutError):
     def __init__(self, message: str, *, queued: bool):
         super().__init__(message)
         self.queued = queued
+
+
+class Throttled(Exception):
+    """Every environment, API_MAX_CONCURRENCY of them, stayed busy: Lambda would throttle the invocation."""
+
+    def __init__(self, message: str, *, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InvocationFailed(Exception):
@@ -69,51 +90,82 @@ class _Environment:
     name: str
     process: BaseProcess
     conn: Connection  # the parent's end; used only by whoever has the environment checked out
+    idle_since: float = 0.0  # time.monotonic() of its last check-in
 
 
 class EnvironmentPool:
-    """`size` warm worker processes serving invocations of `functions` (by logical id)."""
+    """Worker processes serving invocations of `functions` (by logical id): `size` warm, up to `max_size`.
 
-    def __init__(self, functions: dict[str, Function], region: str, size: int = DEFAULT_CONCURRENCY):
+    `count` environments exist (or are starting); `_idle` holds the free ones, warmest last. A request that
+    finds none free starts one more, unless `max_size` are running: it then waits up to `throttle_wait_s`
+    for one to come free before `Throttled`. Environments beyond `size` idle for `idle_ttl_s` are stopped.
+    """
+
+    def __init__(self, functions: dict[str, Function], region: str, size: int = DEFAULT_CONCURRENCY,
+                 max_size: int | None = None, *, idle_ttl_s: float = IDLE_TTL_S,
+                 throttle_wait_s: float = THROTTLE_WAIT_S):
         if size < 1:
             raise ValueError(f"API_CONCURRENCY must be at least 1, not {size}")
+        max_size = default_max_concurrency(size) if max_size is None else max_size
+        if max_size < size:
+            raise ValueError(f"API_MAX_CONCURRENCY ({max_size}) must be at least API_CONCURRENCY ({size})")
         self.size = size
+        self.max_size = max_size
+        self.idle_ttl_s = idle_ttl_s
+        self.throttle_wait_s = throttle_wait_s
         self._specs = {str(logical_id): _plain(fn) for logical_id, fn in functions.items()}
         self._region = region
         self._ctx = multiprocessing.get_context("spawn")
+        self._cond = threading.Condition()  # guards everything below
         # Last in, first out: sequential requests keep reusing the warmest environment (as Lambda reuses
-        # warm ones), and the others are only woken by concurrency.
-        self._idle: queue.LifoQueue[_Environment] = queue.LifoQueue()
-        self._live: dict[str, _Environment] = {}
-        self._lock = threading.Lock()
+        # warm ones), and the coldest, at the bottom, are the ones stopped when idle.
+        self._idle: list[_Environment] = []
+        self._live: dict[str, _Environment] = {}  # every started process, busy or idle, until retired
+        self._count = 0  # environments running or being started: never above max_size
+        self._cold = 0  # of which being started on demand
+        self._waiting = 0  # requests waiting for an environment
+        self._no_start_until = 0.0  # after a failed start, not another for a while
         self._ids = itertools.count(1)
         self._stopping = threading.Event()
-        self._starting: list[_Environment] = []
+        self._initial: list[_Environment] = []
+        self._reaper = threading.Thread(target=self._reap_idle, name="api-env-reaper", daemon=True)
+
+    @property
+    def count(self) -> int:
+        """Environments running or being started."""
+        with self._cond:
+            return self._count
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start every environment (their init phases run in parallel); `wait_ready` waits for them.
+        """Start the `size` warm environments (their init phases run in parallel); `wait_ready` waits for them.
 
-        The processes copy os.environ now: the stack's environment must be complete before this is called.
+        The processes copy os.environ now: the stack's environment must be complete before this is called
+        (and so are the ones started later, on demand: the stack does not change its environment meanwhile).
         """
-        self._starting = [self._spawn() for _ in range(self.size)]
+        with self._cond:
+            self._count = self.size
+        self._initial = [self._spawn() for _ in range(self.size)]
 
     def wait_ready(self, timeout_s: float = WARM_TIMEOUT_S) -> float:
         """Wait until every environment has imported its handlers; the seconds waited. Raises if one failed."""
         started = time.monotonic()
         deadline = started + timeout_s
-        for env in self._starting:
+        for env in self._initial:
             self._await_init(env, deadline)
-            self._idle.put(env)
-        self._starting = []
+            self._checkin(env)
+        self._initial = []
+        self._reaper.start()
         return time.monotonic() - started
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Terminate every environment (a running invocation is cut short, as on a deployment) and reap them."""
         self._stopping.set()
-        with self._lock:
+        with self._cond:
             envs = list(self._live.values())
             self._live.clear()
+            self._idle.clear()
+            self._cond.notify_all()
         for env in envs:
             if env.process.is_alive():
                 env.process.terminate()
@@ -124,6 +176,8 @@ class EnvironmentPool:
                 env.process.kill()
                 env.process.join(1)
             env.conn.close()
+        if self._reaper.is_alive():
+            self._reaper.join(timeout=2)
 
     # -- invocations ------------------------------------------------------------------------------------------
     def invoke(self, logical_id: str, event: dict[str, Any], *, request_id: str, deadline: float) -> Any:
@@ -192,25 +246,47 @@ class EnvironmentPool:
             self._replace(env)
 
     def _checkout(self, deadline: float) -> _Environment:
-        while True:
-            if self._stopping.is_set():
-                raise InvocationFailed("the stack is stopping", "no execution environment is left")
-            remaining = deadline - time.monotonic()
+        """The warmest free environment; else one started for this request, or one that comes free first.
+
+        Raises Throttled when `max_size` environments are running and none came free within
+        `throttle_wait_s`, IntegrationTimeout(queued=True) if API Gateway's deadline passes first.
+        """
+        throttle_at = time.monotonic() + self.throttle_wait_s
+        with self._cond:
+            self._waiting += 1
             try:
-                env = self._idle.get(timeout=max(0.0, min(remaining, 0.5)))  # slices: notice stop()
-            except queue.Empty:
-                if remaining > 0.5:
-                    continue
-                raise IntegrationTimeout(f"all {self.size} execution environments stayed busy",
-                                         queued=True) from None
-            if env.process.is_alive():
-                return env
-            log.error("%s exited while idle (code %s); replacing it", env.name, env.process.exitcode)
-            self._replace(env)
+                while True:
+                    if self._stopping.is_set():
+                        raise InvocationFailed("the stack is stopping", "no execution environment is left")
+                    if self._idle:
+                        env = self._idle.pop()
+                        if env.process.is_alive():
+                            return env
+                        log.error("%s exited while idle (code %s); replacing it", env.name, env.process.exitcode)
+                        self._replace(env)  # the lock is reentrant; joining a dead process does not wait
+                        continue
+                    now = time.monotonic()
+                    if self._waiting > self._cold and self._count < self.max_size and now >= self._no_start_until:
+                        self._start_one()  # as Lambda does: a concurrent request gets a new environment
+                        continue
+                    at_max = self._count >= self.max_size
+                    if now >= deadline:
+                        raise IntegrationTimeout(f"all {self._count} execution environments stayed busy", queued=True)
+                    if at_max and self._waiting > self._cold and now >= throttle_at:
+                        raise Throttled(f"all {self._count} execution environments (API_MAX_CONCURRENCY) stayed busy "
+                                        f"for {self.throttle_wait_s:g} s", retry_after_s=RETRY_AFTER_S)
+                    wake = min(deadline, throttle_at) if at_max else deadline
+                    self._cond.wait(min(0.5, max(0.01, wake - now)))  # slices: notice stop() and the deadline
+            finally:
+                self._waiting -= 1
 
     def _checkin(self, env: _Environment) -> None:
-        if not self._stopping.is_set():
-            self._idle.put(env)
+        with self._cond:
+            if self._stopping.is_set() or env.name not in self._live:
+                return  # stop() has taken it over
+            env.idle_since = time.monotonic()
+            self._idle.append(env)
+            self._cond.notify()
 
     # -- environments -----------------------------------------------------------------------------------------
     def _spawn(self) -> _Environment:
@@ -221,7 +297,7 @@ class EnvironmentPool:
         process.start()
         child_end.close()  # so that the parent's end sees EOF when the process dies
         env = _Environment(name, process, parent_end)
-        with self._lock:
+        with self._cond:
             if not self._stopping.is_set():
                 self._live[name] = env
                 return env
@@ -243,31 +319,98 @@ class EnvironmentPool:
             raise RuntimeError(f"{env.name} could not import the handlers:\n{detail}")
         log.debug("%s warm in %.2f s", env.name, detail)
 
+    def _start_one(self) -> None:
+        """Count one more environment and start it in the background. The caller holds the lock."""
+        self._count += 1
+        self._cold += 1
+        threading.Thread(target=self._cold_start, name="api-env-start", daemon=True).start()
+
+    def _cold_start(self) -> None:
+        started = time.monotonic()
+        env: _Environment | None = None
+        try:
+            env = self._spawn()
+            self._await_init(env, started + WARM_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - the pool runs on, one environment short
+            if not self._stopping.is_set():
+                log.exception("could not start an execution environment")
+            if env is not None:
+                self._retire(env)
+            with self._cond:
+                self._count -= 1
+                self._cold -= 1
+                self._no_start_until = time.monotonic() + START_BACKOFF_S  # not one failed start per request
+                self._cond.notify_all()
+            return
+        with self._cond:
+            self._cold -= 1
+            count = self._count
+        log.info("%s started in %.2f s (%d of at most %d execution environments)", env.name,
+                 time.monotonic() - started, count, self.max_size)
+        self._checkin(env)
+
     def _replace(self, env: _Environment) -> None:
-        """Retire a broken or stuck environment and warm a new one in the background."""
-        with self._lock:
+        """Retire a broken or stuck environment; start another at once if fewer than `size` are left."""
+        if not self._retire(env):
+            return  # stop() has taken it over (it terminates, reaps and closes every live environment)
+        with self._cond:
+            self._count -= 1
+            if not self._stopping.is_set() and self._count < self.size:
+                self._start_one()
+            self._cond.notify_all()  # a waiting request may start one now
+
+    def _retire(self, env: _Environment, *, graceful: bool = False) -> bool:
+        """Stop one environment's process (asked to exit if `graceful`, else killed); False if stop() has it."""
+        with self._cond:
             if self._live.pop(env.name, None) is None:
-                return  # stop() has taken it over (it terminates, reaps and closes every live environment)
+                return False
+        if graceful:
+            try:
+                env.conn.send(None)  # its loop returns: the process exits
+            except OSError:
+                pass
+            env.process.join(STOP_TIMEOUT_S)
         if env.process.is_alive():
             env.process.kill()
         env.process.join(1)
         env.conn.close()
-        if self._stopping.is_set():
-            return
-        threading.Thread(target=self._add_one, name="api-env-replace", daemon=True).start()
+        return True
 
-    def _add_one(self) -> None:
-        try:
-            env = self._spawn()
-            self._await_init(env, time.monotonic() + WARM_TIMEOUT_S)
-        except Exception:  # noqa: BLE001 - the pool runs on, one environment short
-            if not self._stopping.is_set():
-                log.exception("could not start a replacement execution environment")
-            return
-        if self._stopping.is_set():
-            return  # stop() has terminated it (it was live) or will find it gone
-        log.info("%s started, in place of an environment that exited or was stopped", env.name)
-        self._idle.put(env)
+    def _reap_idle(self) -> None:
+        """Stop environments beyond `size` once idle for `idle_ttl_s` (Lambda too stops idle ones)."""
+        interval = max(0.1, min(5.0, self.idle_ttl_s / 4))
+        while not self._stopping.wait(interval):
+            now = time.monotonic()
+            expired: list[_Environment] = []
+            with self._cond:
+                while self._count > self.size and self._idle and now - self._idle[0].idle_since >= self.idle_ttl_s:
+                    expired.append(self._idle.pop(0))  # the bottom of the stack has idled longest
+                    self._count -= 1
+                count = self._count
+            for env in expired:
+                self._retire(env, graceful=True)
+                log.info("%s stopped after %.0f s idle (%d execution environments left)", env.name,
+                         now - env.idle_since, count)
+
+
+def default_max_concurrency(size: int) -> int:
+    """DEFAULT_MAX_CONCURRENCY, or fewer if that many environments would take over half the available memory."""
+    cap = DEFAULT_MAX_CONCURRENCY
+    available = _available_memory_mb()
+    if available is not None:
+        cap = min(cap, int(available / 2 // ENVIRONMENT_MB))
+    return max(size, cap)
+
+
+def _available_memory_mb() -> float | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None  # not Linux: the default stands
 
 
 def _warm_clients() -> None:

@@ -2,9 +2,9 @@
 
 `start()` returns a running `Stack`; `Stack.stop()` takes it all down and restores the environment. The
 environment is process-wide and every function reads the same names (template Globals); by the same token
-only one stack can run per process. API requests run in a pool of warm worker processes, the execution
-environments (local/environments.py, API_CONCURRENCY of them), which inherit that environment; events and
-the schedule invoke the functions in this process.
+only one stack can run per process. API requests run in a pool of worker processes, the execution
+environments (local/environments.py: API_CONCURRENCY warm, more on demand up to API_MAX_CONCURRENCY), which
+inherit that environment; events and the schedule invoke the functions in this process.
 
 The environments are started with multiprocessing's `spawn`: a script that calls `start()` needs the
 usual `if __name__ == "__main__":` guard (`python -m local` and pytest need nothing).
@@ -22,7 +22,7 @@ from typing import Any
 
 from . import aws, eventbridge, template
 from .apigateway import ApiGateway
-from .environments import DEFAULT_CONCURRENCY, EnvironmentPool
+from .environments import DEFAULT_CONCURRENCY, EnvironmentPool, default_max_concurrency
 from .lambdas import Functions
 from .queues import QueueDelivery, WorkerPool
 from .schedule import Timer, rate_seconds
@@ -98,17 +98,22 @@ def start(port: int = 3000, aws_port: int = 4566, *, api_keys: str | None = None
           providers_file: str | os.PathLike[str] | None = None, region: str | None = None,
           sweep_interval_s: float | None = 2.0, bucket_name: str | None = None,
           parameter_overrides: dict[str, str] | None = None, root: str | os.PathLike[str] | None = None,
-          event_workers: int = EVENT_WORKERS, api_concurrency: int | None = None) -> Stack:
+          event_workers: int = EVENT_WORKERS, api_concurrency: int | None = None,
+          api_max_concurrency: int | None = None) -> Stack:
     """Start the stack on 127.0.0.1 (port 0 picks a free port; see `Stack.port` / `Stack.aws_port`).
 
     `sweep_interval_s=None` runs each Schedule event at the template's own rate. Parameters left as None
-    come from the environment (API_KEYS, PROVIDERS_FILE, AWS_DEFAULT_REGION, IMAGE_BUCKET, API_CONCURRENCY)
-    or defaults. It returns once every execution environment of the API has imported the handlers.
+    come from the environment (API_KEYS, PROVIDERS_FILE, AWS_DEFAULT_REGION, IMAGE_BUCKET, API_CONCURRENCY,
+    API_MAX_CONCURRENCY) or defaults. It returns once the warm execution environments of the API have
+    imported the handlers.
     """
     global _active
     concurrency = api_concurrency if api_concurrency is not None else _concurrency_from_env()
     if concurrency < 1:
         raise ValueError(f"API_CONCURRENCY must be at least 1, not {concurrency}")
+    max_concurrency = api_max_concurrency if api_max_concurrency is not None else _max_concurrency_from_env(concurrency)
+    if max_concurrency < concurrency:
+        raise ValueError(f"API_MAX_CONCURRENCY ({max_concurrency}) must be at least API_CONCURRENCY ({concurrency})")
     with _active_lock:
         if _active:
             raise RuntimeError("a local stack is already running in this process (environment is process-wide)")
@@ -139,7 +144,7 @@ def start(port: int = 3000, aws_port: int = 4566, *, api_keys: str | None = None
         _set_env(_function_env(tpl), saved)
         functions = Functions(tpl.functions, region)
         api_functions = {r.function: tpl.functions[r.function] for r in tpl.api_routes}
-        environments = EnvironmentPool(api_functions, region, concurrency)
+        environments = EnvironmentPool(api_functions, region, concurrency, max_concurrency)
         api = ApiGateway(tpl.api_routes, environments, port=port)  # binds now: a taken PORT fails before the rest
         # The environment is complete: start the execution environments now, so that their imports overlap
         # with the rest of the start (resources, this process's own imports), and wait for them at the end.
@@ -169,7 +174,8 @@ def start(port: int = 3000, aws_port: int = 4566, *, api_keys: str | None = None
             log.info("schedule %s.%s (%s) every %g s", sched.function, sched.event, sched.expression, interval)
 
         waited = environments.wait_ready()
-        log.info("%d API execution environments warm (waited %.2f s for them)", environments.size, waited)
+        log.info("%d API execution environments warm (waited %.2f s for them), up to %d on demand",
+                 environments.size, waited, environments.max_size)
         api.start()
     except BaseException:
         stopping.set()
@@ -203,6 +209,16 @@ def _concurrency_from_env() -> int:
     if value < 1:
         raise ValueError(f"API_CONCURRENCY must be at least 1, not {value}")
     return value
+
+
+def _max_concurrency_from_env(concurrency: int) -> int:
+    raw = os.environ.get("API_MAX_CONCURRENCY", "").strip()
+    if not raw:
+        return default_max_concurrency(concurrency)
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"API_MAX_CONCURRENCY must be a whole number of execution environments, not {raw!r}") from None
 
 
 def _existing_file(path: str | os.PathLike[str]) -> str:
