@@ -50,8 +50,9 @@ unit: $(STAMP) ## unit tests only
 integration: $(STAMP) ## integration tests only (they start the local stack)
 	$(BIN)/python -m pytest tests/integration
 
-bench: $(STAMP) ## benchmarks: a 10,000-line batch job end to end, its time and peak memory (about 30 min)
-	$(BIN)/python -m pytest bench -q -s -p no:cacheprovider
+BENCH ?= bench
+bench: $(STAMP) ## benchmarks (BENCH=bench/<file> for one): a 10,000-line batch job (about 30 min), async poll lag
+	$(BIN)/python -m pytest $(BENCH) -q -s -p no:cacheprovider
 
 lint: $(STAMP) ## cfn-lint and sam validate --lint on template.yaml
 	$(BIN)/cfn-lint template.yaml

@@ -108,3 +108,40 @@ def test_wait_bound_with_a_slow_upstream(tmp_path):
             assert len(sim.generations) == 1  # the upstream was called exactly once
         finally:
             stack.stop()
+
+
+def test_sdk_sees_clear_errors_from_hostile_upstreams_and_no_key(tmp_path):
+    """Through the local stack and the SDK: an upstream echoing our key in its 400, one answering a metadata
+    URL, one dripping its answer, and a webhook to a private address. Typed errors, clear codes, no key."""
+    from tests.simulators.fault_sim import FaultSimulator
+
+    key = "sk-upstream-secret-0123456789abcdef"
+    with FaultSimulator("echo_headers", status=400, api_key=key) as echo, \
+            FaultSimulator("unsafe_url", api_key=key) as unsafe, \
+            FaultSimulator("drip", drip_s=0.2, api_key=key) as drip:
+        providers = tmp_path / "providers.json"
+        providers.write_text(json.dumps({
+            "providers": {name: {"dialect": "openai", "base_url": sim.base_url, "api_key": key, "timeout_s": 1}
+                          for name, sim in (("echo", echo), ("unsafe", unsafe), ("drip", drip))},
+            "models": {"echo-model": [{"provider": "echo"}], "unsafe-model": [{"provider": "unsafe"}],
+                       "drip-model": [{"provider": "drip"}], "*": [{"provider": "echo"}]}}))
+        stack = start_stack(PROVIDERS_FILE=str(providers))
+        try:
+            sdk = client(stack)
+            with pytest.raises(openai.BadRequestError) as refused:
+                sdk.images.generate(model="echo-model", prompt="a fox")
+            assert key not in str(refused.value.body) and "[redacted]" in refused.value.body["message"]
+            with pytest.raises(openai.APIStatusError) as unsafe_answer:
+                sdk.images.generate(model="unsafe-model", prompt="a fox")
+            assert unsafe_answer.value.status_code == 502 and unsafe_answer.value.body["code"] == "unsafe_result_url"
+            started = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as dripped:
+                sdk.images.generate(model="drip-model", prompt="a fox")
+            assert dripped.value.status_code == 504 and dripped.value.body["code"] == "upstream_timeout"
+            assert time.monotonic() - started < 10  # timeout_s=1 bounds the call, retries included
+            with pytest.raises(openai.BadRequestError) as webhook:
+                sdk.images.generate(model="echo-model", prompt="a fox",
+                                    extra_body={"webhook": "http://169.254.169.254/latest/meta-data/"})
+            assert webhook.value.param == "webhook"
+        finally:
+            stack.stop()
