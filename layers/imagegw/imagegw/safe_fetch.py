@@ -19,8 +19,6 @@ import logging
 import os
 import socket
 import sys
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -32,6 +30,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
+from .deadline import Deadline
 from .errors import BadRequest, UpstreamFailed, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -178,77 +177,6 @@ def resolve_checked(host: str, port: int, resolver: Resolver, allow_loopback: bo
             log.warning("refused connection to %s: resolves to non-public address %s", host, ip)
             raise UnsafeURL(f"The image host {host!r} resolves to a non-public address.", param="url")
     return addresses
-
-
-# --- total time budget ------------------------------------------------------------------------------
-
-
-class Deadline:
-    """A total time budget over one download: connect, redirects, headers and body.
-
-    Socket timeouts bound each read, and a server dripping a byte at a time never trips them. So a timer
-    shuts down every socket of the download when the budget is spent: the blocked read returns at once, and
-    whatever it then raises (or a clean-looking EOF) is reported as UpstreamTimeout by `check`.
-    Sockets are watched through a dup of their descriptor, which survives the TLS wrap of the original and
-    can never name another socket; the dups (so those connections) are released when the download closes.
-    """
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self._at = time.monotonic() + seconds
-        self._lock = threading.Lock()
-        self._watched: list[socket.socket] = []
-        self._fired = False
-        self._closed = False
-        self._timer = threading.Timer(max(seconds, 0.0), self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def remaining(self) -> float:
-        return max(0.0, self._at - time.monotonic())
-
-    @property
-    def expired(self) -> bool:
-        return self._fired or time.monotonic() >= self._at
-
-    def check(self) -> None:
-        if self.expired:
-            raise UpstreamTimeout(f"The image download took longer than {self.seconds:g} s.")
-
-    def capped(self, timeout: float | None) -> float:
-        """A socket timeout that never outlasts the budget."""
-        left = self.remaining()
-        return left if timeout is None else min(timeout, left)
-
-    def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            if not self._fired:
-                self._watched.append(sock.dup())
-                return
-        _shut(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self._fired = True
-            for sock in self._watched:
-                _shut(sock)
-
-    def close(self) -> None:
-        self._timer.cancel()
-        with self._lock:
-            self._closed = True
-            watched, self._watched = self._watched, []
-        for sock in watched:
-            sock.close()
-
-
-def _shut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed by the other side
 
 
 # --- pinned connections -----------------------------------------------------------------------------
@@ -581,7 +509,7 @@ def open_image(
     """
     if max_bytes <= 0:
         raise ValueError("max_bytes must be positive")
-    deadline = Deadline(max_seconds)
+    deadline = Deadline(max_seconds, f"The image download took longer than {max_seconds:g} s.")
     session = guarded_session(resolver=resolver, allow_loopback=allow_loopback, deadline=deadline)
     response: requests.Response | None = None
     try:

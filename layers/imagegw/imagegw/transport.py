@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
-import time
 from functools import lru_cache
 from typing import Any
 
@@ -30,6 +28,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
+from .deadline import Deadline
 from .dialects.base import HttpCall, HttpReply
 from .errors import GatewayError, RateLimited, UpstreamFailed, UpstreamTimeout, refusal
 from .scrub import SCAN_CHARS, fragment, header_secrets, scrub_url
@@ -41,67 +40,6 @@ MAX_RETRY_AFTER_S = 20.0
 CONNECT_TIMEOUT_S = 10.0  # at most; never more than the call's own timeout_s
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a JSON answer with several b64 images fits; anything bigger is refused
 _CHUNK_BYTES = 64 * 1024
-
-
-class Deadline:
-    """The end of one upstream call: a timer shuts down every socket the call uses when it passes, which wakes
-    a read blocked on a dripping upstream (headers or body). One per `send`, held in a thread-local so the
-    connection classes and the retry policy below find it (fan-out calls run in threads of their own)."""
-
-    _current = threading.local()
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.at = time.monotonic() + seconds
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    @classmethod
-    def current(cls) -> "Deadline | None":
-        return getattr(cls._current, "deadline", None)
-
-    def remaining(self) -> float:
-        return max(0.0, self.at - time.monotonic())
-
-    def watch(self, sock: socket.socket | None) -> None:
-        """Shut `sock` down at the deadline (at once if it has passed)."""
-        if sock is None:
-            return
-        with self._lock:
-            if not self.expired:
-                self._sockets.append(sock)
-                return
-        _shut(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            if self.expired:
-                return
-            self.expired = True
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            _shut(sock)
-
-    def __enter__(self) -> "Deadline":
-        Deadline._current.deadline = self
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-        with self._lock:
-            self._sockets.clear()  # the call is over: a late timer must not touch pooled connections
-        Deadline._current.deadline = None
-
-
-def _shut(sock: socket.socket) -> None:
-    try:  # the plain socket's shutdown, also for a TLS socket (whose own would tear its state down mid-read)
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed
 
 
 class _Watched:
@@ -199,8 +137,7 @@ def session() -> requests.Session:
 
 def send(call: HttpCall) -> HttpReply:
     """Run one upstream call within `call.timeout_s` in all; return its 2xx reply or raise the mapped error."""
-    timed_out = UpstreamTimeout(f"The provider did not answer within {call.timeout_s:g} s.")
-    with Deadline(call.timeout_s) as deadline:
+    with Deadline(call.timeout_s, f"The provider did not answer within {call.timeout_s:g} s.") as deadline:
         try:
             resp = session().request(call.method, call.url, headers=call.headers, json=call.json,
                                      params=call.params, allow_redirects=False, stream=True,
@@ -211,14 +148,14 @@ def send(call: HttpCall) -> HttpReply:
                 resp.close()  # a half-read connection must not go back to the pool
                 raise
         except requests.Timeout:
-            raise timed_out from None
+            raise deadline.error() from None
         except (requests.RequestException, Urllib3Error, OSError) as exc:
             if deadline.expired:
-                raise timed_out from None
+                raise deadline.error() from None
             raise UpstreamFailed(f"Could not reach the provider ({type(exc).__name__}).",
                                  code="upstream_unreachable") from None
         if deadline.expired:  # a close-delimited body cut short by the deadline reads as a complete one
-            raise timed_out
+            raise deadline.error()
     reply = HttpReply(status=resp.status_code, headers=dict(resp.headers), body=body)
     logger.debug("upstream call", extra={"method": call.method, "url": scrub_url(call.url), "status": reply.status})
     if 200 <= reply.status < 300:
