@@ -109,6 +109,15 @@ class NoProvider(GatewayError):
     default_code = "no_provider"
 
 
+class ProviderConfigInvalid(GatewayError):
+    """The provider configuration in force cannot be used (a bad document, a dialect no module speaks): an
+    operator's mistake that no retry fixes, so a 503 (not a 500 the SDKs would retry at once) naming it."""
+
+    status = 503
+    type = "server_error"
+    default_code = "provider_config_invalid"
+
+
 class UpstreamTimeout(GatewayError):
     status = 504
     type = "upstream_error"
@@ -130,6 +139,7 @@ _BY_TYPE_AND_CODE: dict[str, type[GatewayError]] = {
     "rate_limit_exceeded": RateLimited,
     "upstream_timeout": UpstreamTimeout,
     "no_provider": NoProvider,
+    "provider_config_invalid": ProviderConfigInvalid,
 }
 
 

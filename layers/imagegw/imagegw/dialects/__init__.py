@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import ServerError
+from ..errors import ProviderConfigInvalid
 from .base import Dialect, Done, Failed, HttpCall, HttpReply, ImageOut, Outcome, Pending
 from .async_relay import AsyncRelayDialect
 from .envelope import EnvelopeDialect
@@ -21,7 +21,7 @@ def get_dialect(name: str) -> Dialect:
     try:
         return DIALECTS[name]
     except KeyError:
-        raise ServerError(f"The provider configuration names an unknown dialect: {name!r}.") from None
+        raise ProviderConfigInvalid(f"The provider configuration names an unknown dialect: {name!r}.") from None
 
 
 __all__ = ["Dialect", "Done", "Failed", "HttpCall", "HttpReply", "ImageOut", "Outcome", "Pending", "get_dialect"]
