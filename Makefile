@@ -17,7 +17,7 @@ STACK_NAME ?= imagegw
 PROVIDERS ?= config/providers.local.json
 PROVIDERS_PARAM ?= /imagegw/providers
 
-.PHONY: help venv install run test unit integration lint bench build deploy key providers events simulators clean
+.PHONY: help venv install run test unit integration lint bench build deploy key providers check-providers events simulators clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,8 +64,11 @@ build: $(STAMP) ## sam build (needs python3.12, found in .venv/bin)
 deploy: build ## sam deploy with samconfig.toml (GUIDED=1 asks and saves the answers)
 	$(BIN)/sam deploy $(if $(GUIDED),--guided)
 
-providers: $(STAMP) ## upload PROVIDERS (a JSON file) to the SSM parameter the stack reads
+providers: $(STAMP) ## check PROVIDERS (JSON or YAML) and upload it to the SSM parameter the stack reads
 	$(BIN)/python -m scripts.put_providers $(PROVIDERS) $(PROVIDERS_PARAM)
+
+check-providers: $(STAMP) ## check PROVIDERS on its own: every problem with its JSON path, exit 1 if any
+	$(BIN)/python -m scripts.check_providers $(PROVIDERS)
 
 key: $(STAMP) ## create an API key in the deployed stack (printed once)
 	$(BIN)/python -m scripts.make_key --stack $(STACK_NAME) --name "$(or $(NAME),default)"

@@ -114,11 +114,13 @@ def start(port: int = 3000, aws_port: int = 4566, *, api_keys: str | None = None
     max_concurrency = api_max_concurrency if api_max_concurrency is not None else _max_concurrency_from_env(concurrency)
     if max_concurrency < concurrency:
         raise ValueError(f"API_MAX_CONCURRENCY ({max_concurrency}) must be at least API_CONCURRENCY ({concurrency})")
+    root_path = Path(root) if root else REPO_ROOT
+    providers = _valid_providers(providers_file or os.environ.get("PROVIDERS_FILE")
+                                 or root_path / "config" / "providers.local.json")
     with _active_lock:
         if _active:
             raise RuntimeError("a local stack is already running in this process (environment is process-wide)")
         _active = True
-    root_path = Path(root) if root else REPO_ROOT
     # With metrics disabled Powertools still warns on every invocation that published none.
     warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
     region = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
@@ -134,8 +136,7 @@ def start(port: int = 3000, aws_port: int = 4566, *, api_keys: str | None = None
             endpoint=endpoint,
             region=region,
             api_keys=api_keys if api_keys is not None else os.environ.get("API_KEYS", DEFAULT_API_KEYS),
-            providers_file=_existing_file(providers_file or os.environ.get("PROVIDERS_FILE")
-                                          or root_path / "config" / "providers.local.json"),
+            providers_file=providers,
         ), saved)
 
         tpl = template.load(root_path, stack_name=STACK_NAME, region=region,
@@ -221,9 +222,17 @@ def _max_concurrency_from_env(concurrency: int) -> int:
         raise ValueError(f"API_MAX_CONCURRENCY must be a whole number of execution environments, not {raw!r}") from None
 
 
-def _existing_file(path: str | os.PathLike[str]) -> str:
+def _valid_providers(path: str | os.PathLike[str]) -> str:
+    """The provider configuration's absolute path, once the gateway's own checks found nothing wrong with it
+    (a stack that started would answer every request 503): ValueError listing every problem otherwise."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"PROVIDERS_FILE {path} does not exist")
+    from imagegw.provider_config import check_file  # the layer, importable here as in the functions
+
+    found = check_file(path)
+    if found:
+        raise ValueError(f"PROVIDERS_FILE {path} is invalid ({len(found)} problem{'s' if len(found) > 1 else ''}):\n"
+                         + "\n".join(f"  - {problem}" for problem in found))
     return str(Path(path).resolve())
 
 

@@ -17,10 +17,14 @@ OTHER_KEY = "sk-other"
 
 def _reset_clients() -> None:
     """The layer caches its boto3 clients and config: start every test from scratch."""
-    from imagegw import bus, idempotency, keys, storage, tasks, transport
+    from aws_lambda_powertools.utilities import parameters
 
-    for cached in (tasks.table, bus._events, storage.s3, keys._keys_table, transport.session):
+    from imagegw import bus, idempotency, keys, provider_config, storage, tasks, transport
+
+    for cached in (tasks.table, bus._events, storage.s3, keys._keys_table, transport.session,
+                   provider_config._load, provider_config._file_text):
         cached.cache_clear()
+    parameters.clear_caches()  # SSM documents and secrets: each test reads its own
     idempotency.reset()
 
 

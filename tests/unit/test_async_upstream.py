@@ -49,7 +49,8 @@ class TicketUpstream(LoopbackSimulator):
 def ticket_upstream(providers_file, loopback_fetch, monkeypatch):
     with TicketUpstream() as upstream:
         monkeypatch.setitem(DIALECTS, "ticket-test", TicketDialect())
-        providers_file({"providers": {"t": {"dialect": "ticket-test", "base_url": upstream.base_url}},
+        providers_file({"providers": {"t": {"dialect": "ticket-test", "base_url": upstream.base_url,
+                                            "api_key": "sk-ticket"}},
                         "models": {"slowpoke": [{"provider": "t"}]}})
         yield upstream
 

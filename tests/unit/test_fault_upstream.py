@@ -75,8 +75,9 @@ def guarded(monkeypatch):
 
 @pytest.mark.parametrize("kwargs, code", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_a_fault_upstream_ends_the_task_with_a_clear_code_and_leaks_nothing(
-        inline_bus, providers_file, loopback_fetch, guarded, clock, monkeypatch, capsys, kwargs, code):
+        inline_bus, providers_file, loopback_fetch, guarded, clock, monkeypatch, caplog, kwargs, code):
     monkeypatch.setenv("MAX_DOWNLOAD_S", "1")
+    caplog.set_level("INFO")
     with FaultSimulator(api_key=KEY, **kwargs) as sim:
         providers_file({"providers": {"bad": {"dialect": "openai", "base_url": sim.base_url, "api_key": KEY,
                                               "timeout_s": 1}},
@@ -98,7 +99,8 @@ def test_a_fault_upstream_ends_the_task_with_a_clear_code_and_leaks_nothing(
         assert task["status"] == "failed", task
         assert task["error"]["code"] == code, task["error"]
         assert errors.from_task_error(task["error"]).status != 500
-        logs = capsys.readouterr()
-        for text in [*answers, json.dumps(tasks.get(task_id).__dict__, default=str), logs.out, logs.err]:
+        logs = [json.dumps(vars(record), default=str) for record in caplog.records]  # message and extras
+        assert any(task_id in line for line in logs)  # the task's own log lines are there to be searched
+        for text in [*answers, json.dumps(tasks.get(task_id).__dict__, default=str), *logs]:
             assert KEY not in text and KEY[3:15] not in text
         assert s3_objects() == []

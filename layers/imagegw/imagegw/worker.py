@@ -157,7 +157,6 @@ def poll_through(task: Task) -> Task:
 def _apply(task: Task, outcome: Outcome, route: Route, route_index: int, *, fetch_now: bool = False) -> Task | None:
     upstream = {**task.upstream, "provider": route.provider, "model": route.upstream_model}
     if isinstance(outcome, Failed):
-        logger.info("task failed", extra={"task_id": task.id, "error": outcome.error.message})
         return _finish(task, "failed", error=outcome.error.task_error(), upstream=upstream,
                             route_index=route_index)
     upstream.update(outcome.meta)
@@ -214,6 +213,9 @@ def announce(task: Task) -> None:
     (succeeded or failed; a cancel was the caller's own doing), its batch's count, and for any end but
     succeeded, the removal of whatever images were stored for it (the bucket keeps succeeded tasks' only)."""
     metrics.add_metric(name=f"Tasks{task.status.capitalize()}", unit=MetricUnit.Count, value=1)
+    if task.status == "failed":  # every failure, whichever stage or path ended it (messages are scrubbed)
+        logger.info("task failed", extra={"task_id": task.id, "code": (task.error or {}).get("code"),
+                                           "error": (task.error or {}).get("message")})
     if task.status != "succeeded":
         try:
             storage.discard_images(task.id)

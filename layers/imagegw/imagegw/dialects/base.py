@@ -86,6 +86,9 @@ class Dialect:
     #: the optional request fields this dialect can carry upstream; any other set field is dropped by
     #: `translatable_fields` (documented per dialect in the README), never mangled.
     supported_params: ClassVar[frozenset[str]] = frozenset()
+    #: what a provider of this dialect must configure (checked when the configuration is loaded, see routing):
+    #: "base_url", and "key" (one of api_key, api_key_env, api_key_secret)
+    needs: ClassVar[frozenset[str]] = frozenset({"base_url", "key"})
 
     # -- pure translation -------------------------------------------------------------------------------
     def build_submit(self, req: ImageRequest, route: Route) -> list[HttpCall]:

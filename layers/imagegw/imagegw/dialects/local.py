@@ -57,6 +57,7 @@ def render(prompt: str, seed: int | None, index: int, size: tuple[int, int], fmt
 
 class LocalDialect(Dialect):
     name = "local"
+    needs = frozenset()  # draws its images itself: no upstream, no key
 
     def run_submit(self, req: ImageRequest, route: Route, send: Send) -> Outcome:
         size = pixel_size(req)
