@@ -147,11 +147,22 @@ def test_make_providers_uploads_nothing_when_invalid(aws, tmp_path, capsys):
     assert json.loads(ssm.get_parameter(Name="/imagegw/providers-test")["Parameter"]["Value"]) == GOOD
 
 
-def test_a_deployed_function_whose_ssm_document_is_invalid_answers_503_and_says_so_once(aws, monkeypatch, caplog, capsys):
+def with_pasted_key() -> str:
     document = bad_document()
     document["providers"]["a"]["api_key"] = PASTED_KEY  # a key in the document must never be echoed
+    return json.dumps(document)
+
+
+@pytest.mark.parametrize("text, named", [
+    (with_pasted_key(), "providers.a.dialect: unknown dialect 'nosuch'"),
+    ('{"providers": {"a": {"dialect": "openai", "api_key": "' + PASTED_KEY + '"}}, "models": {"m": [{"provider": "a"}]}}',
+     "providers.a.base_url: required by dialect openai"),
+    ("providers: [\n  - {dialect: openai, api_key: " + PASTED_KEY + "\n", "(document): neither JSON nor YAML"),
+], ids=["unknown dialect", "openai without base_url", "neither JSON nor YAML"])
+def test_a_deployed_function_whose_ssm_document_is_invalid_answers_503_and_says_so_once(
+        aws, monkeypatch, caplog, capsys, text, named):
     name = "/imagegw/providers-broken"
-    boto3.client("ssm").put_parameter(Name=name, Value=json.dumps(document), Type="String")
+    boto3.client("ssm").put_parameter(Name=name, Value=text, Type="String")
     monkeypatch.delenv("PROVIDERS_FILE")
     monkeypatch.setenv("PROVIDERS_PARAM", name)
     replies = [call(submit_handler.lambda_handler, "GET", "/v1/models", key=API_KEY),
@@ -162,7 +173,7 @@ def test_a_deployed_function_whose_ssm_document_is_invalid_answers_503_and_says_
         assert reply.status == 503, reply.body
         error = reply.json()["error"]
         assert error["code"] == "provider_config_invalid" and error["type"] == "server_error"
-        assert "providers.a.dialect: unknown dialect 'nosuch'" in error["message"]
+        assert named in error["message"]
         assert PASTED_KEY not in reply.body
     logs = [json.dumps(vars(record), default=str) for record in caplog.records]  # message and extras
     assert sum("the provider configuration is invalid" in line for line in logs) == 1  # once, not per request
