@@ -73,6 +73,13 @@ def throttled(operation="UpdateItem"):
     return ClientError({"Error": {"Code": "ThrottlingException", "Message": f"Rate exceeded {SECRET}"}}, operation)
 
 
+def raising(error):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
 def logged_tracebacks(caplog, task_id):
     return [r for r in caplog.records if r.exc_info and getattr(r, "task_id", None) == task_id]
 
@@ -190,14 +197,16 @@ def test_an_unexpected_exception_once_is_retried_and_the_task_succeeds(inline_bu
 
 def test_an_unexpected_exception_every_time_ends_the_task_internal_error(aws, providers_file, quick_backoff,
                                                                          monkeypatch, caplog, failures_announced):
-    def broken(*args, **kwargs):
-        raise RuntimeError(f"could not store: credentials {SECRET}")
-
     with OpenAISimulator() as sim:
         providers_file(config("gpt-image-1", route("p", sim)))
         task = queued("gpt-image-1")
         calls = []
-        monkeypatch.setattr(storage, "store_bytes", lambda *a, **k: calls.append(1) or broken())
+
+        def broken(*args, **kwargs):
+            calls.append(1)
+            raise RuntimeError(f"could not store: credentials {SECRET}")
+
+        monkeypatch.setattr(storage, "store_bytes", broken)
         started = time.monotonic()
         deliver_task_queued(task.id)
         ended = tasks.get(task.id)
@@ -218,7 +227,7 @@ def test_the_default_backoff_is_seconds_not_the_lease(aws, providers_file, monke
     with OpenAISimulator() as sim:
         providers_file(config("gpt-image-1", route("p", sim)))
         task = queued("gpt-image-1")
-        monkeypatch.setattr(storage, "store_bytes", lambda *a, **k: (_ for _ in ()).throw(throttled("PutObject")))
+        monkeypatch.setattr(storage, "store_bytes", raising(throttled("PutObject")))
         started = time.monotonic()
         deliver_task_queued(task.id)
         took = time.monotonic() - started
@@ -235,7 +244,7 @@ def test_a_retry_waits_only_while_the_lambda_has_time_for_it(aws, providers_file
     with OpenAISimulator() as sim:
         providers_file(config("gpt-image-1", route("p", sim)))
         task = queued("gpt-image-1")
-        monkeypatch.setattr(storage, "store_bytes", lambda *a, **k: (_ for _ in ()).throw(throttled("PutObject")))
+        monkeypatch.setattr(storage, "store_bytes", raising(throttled("PutObject")))
         started = time.monotonic()
         deliver_task_queued(task.id, EndingSoon())
         assert time.monotonic() - started < 1  # ended now, rather than killed mid-backoff holding the lease
@@ -249,7 +258,7 @@ def test_an_unexpected_exception_after_the_upstream_request_is_not_retried(inlin
     with OpenAISimulator() as sim:
         providers_file(config("dall-e-3", route("p", sim)))
         task = queued()
-        monkeypatch.setattr(safe_fetch, "check_url", lambda *a, **k: (_ for _ in ()).throw(ValueError(SECRET)))
+        monkeypatch.setattr(safe_fetch, "check_url", raising(ValueError(SECRET)))
         deliver_task_queued(task.id)
         inline_bus.drain()
         ended = tasks.get(task.id)
@@ -263,7 +272,7 @@ def test_one_task_that_cannot_be_read_does_not_hold_up_the_sweep(relay_task, mon
     task, down, relay, other = relay_task
     stuck = tasks.create("owner", "dall-e-3", {"model": "dall-e-3", "prompt": "p"}, check_after_s=0)
     real_get = tasks.get
-    monkeypatch.setattr(tasks, "get", lambda task_id, *a: (_ for _ in ()).throw(throttled("GetItem"))
+    monkeypatch.setattr(tasks, "get", lambda task_id, *a: raising(throttled("GetItem"))()
                         if task_id == stuck.id else real_get(task_id, *a))
     counts = worker.sweep()
     assert counts["errors"] == 1 and counts["checked"] == 1
