@@ -13,20 +13,29 @@ so the sweep finds the task by then; a read, a claim or a check that finds the t
 read the task, and a client that reads about once a second sees the result within about a second.
 Images of a task that ends any other way than succeeded (cancelled meanwhile, failed half-way) are removed
 from the bucket: no orphan objects.
+
+No exception leaves a claimed task hanging on its lease: every step after the claim runs through `_step`. A
+GatewayError there (a configuration that cannot serve the task any more) ends the task failed at once with its
+code; anything else is retried after a short backoff, STAGE_ATTEMPTS times in all, then the task ends
+`internal_error` naming the exception's class (its message and traceback go to the log only).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from . import batches, bus, safe_fetch, storage, tasks, transport, views, webhooks
-from .dialects import Done, Failed, Outcome, Pending, get_dialect
-from .errors import GatewayError, UpstreamFailed, UpstreamTimeout
+from .dialects import Done, Failed, HttpCall, HttpReply, Outcome, Pending, get_dialect
+from .errors import GatewayError, ProviderConfigInvalid, ServerError, UpstreamFailed, UpstreamTimeout
 from .request import ImageRequest
 from .routing import Route, routes_for
 from .tasks import Task, now_ms
@@ -42,44 +51,100 @@ MAX_CLAIMS = 3  # a stage whose worker died this many times fails rather than lo
 TASK_DEADLINE_S = int(os.environ.get("TASK_DEADLINE_S", "3600"))
 CHECK_GAP_MS = 1000  # an async upstream is asked about a task at most this often
 DOWNLOAD_PARALLELISM = 4
+STAGE_ATTEMPTS = 3  # a step of a stage that raised something unexpected runs this many times in all
+STAGE_BACKOFF_S = 1.0  # before its second attempt; doubled before each next one (1 s, then 2 s)
+STAGE_TIME_MARGIN_S = 5  # a retry starts only while the Lambda has its backoff, one more attempt and this left
+
+T = TypeVar("T")
 
 
+class _TaskEnded(Exception):
+    """Raised by `_step` when the task cannot go on, or moved on meanwhile: carries the stage's answer."""
+
+    def __init__(self, task: Task | None):
+        super().__init__()
+        self.task = task
+
+
+def _stage(run: Callable[..., Task | None]) -> Callable[..., Task | None]:
+    """A stage whose steps run through `_step`: a task one of them ended is the stage's answer."""
+
+    @functools.wraps(run)
+    def staged(*args: Any, **kwargs: Any) -> Task | None:
+        try:
+            return run(*args, **kwargs)
+        except _TaskEnded as ended:
+            return ended.task
+
+    return staged
+
+
+@_stage
 def submit_queued(task_id: str) -> Task | None:
     task = tasks.claim(task_id, "queued", lease_s=LEASE_S)
     if task is None:
         logger.info("task not claimable (done, cancelled or taken)", extra={"task_id": task_id})
         return None
     if _past_deadline(task):
-        return _finish(task, "failed", error=_deadline_error().task_error())
-    req = ImageRequest.model_validate(task.request)
-    routes = _routes(task)
-    if routes is None:
-        return tasks.get(task_id)
-    outcome: Outcome = Failed(UpstreamTimeout("No route was tried."))
-    index = task.route_index
-    for index in range(task.route_index, len(routes)):
-        route = routes[index]
-        outcome = _refuse_unsafe_urls(get_dialect(route.dialect).submit(req, route, transport.send))
-        if isinstance(outcome, Failed) and outcome.error.retriable and index + 1 < len(routes):
-            metrics.add_metric(name="RouteFallbacks", unit=MetricUnit.Count, value=1)
-            logger.warning("route failed, falling back", extra={"task_id": task_id, "provider": route.provider,
-                                                                 "error": outcome.error.message})
-            continue
-        break
-    return _apply(task, outcome, routes[index], index)
+        return _step(task, _finish, task, "failed", error=_deadline_error().task_error())
+    req = _step(task, ImageRequest.model_validate, task.request)
+    routes = _step(task, _routes, task)
+    outcome, index = _step(task, _call_upstream, task, req, routes)
+    return _step(task, _apply, task, outcome, routes[index], index)
 
 
+def _call_upstream(task: Task, req: ImageRequest, routes: list[Route]) -> tuple[Outcome, int]:
+    """Submit to the task's route, falling back to the next while failures are retriable: (outcome, route index).
+
+    An unexpected exception once a request was handed to the transport ends the task rather than being retried:
+    the provider may have taken (and billed) it, and the gateway never pays twice (transport does not retry a read
+    timeout either). One before that (building the request) is `_step`'s to retry."""
+    sent: list[HttpCall] = []
+
+    def send(call: HttpCall) -> HttpReply:
+        sent.append(call)
+        return transport.send(call)
+
+    try:
+        outcome: Outcome = Failed(UpstreamTimeout("No route was tried."))
+        index = task.route_index
+        for index in range(task.route_index, len(routes)):
+            route = routes[index]
+            outcome = _refuse_unsafe_urls(get_dialect(route.dialect).submit(req, route, send))
+            if isinstance(outcome, Failed) and outcome.error.retriable and index + 1 < len(routes):
+                metrics.add_metric(name="RouteFallbacks", unit=MetricUnit.Count, value=1)
+                logger.warning("route failed, falling back", extra={"task_id": task.id, "provider": route.provider,
+                                                                     "error": outcome.error.message})
+                continue
+            break
+        return outcome, index
+    except GatewayError:
+        raise
+    except Exception as exc:
+        if not sent:
+            raise
+        logger.exception("unexpected error after the upstream request went out", extra={"task_id": task.id})
+        raise _unexpected(exc) from None
+
+
+@_stage
 def check_waiting(task_id: str, *, fetch_now: bool = False) -> Task | None:
     """One check of an async upstream. `fetch_now`: a finished result's images are stored by this invocation
     (someone is reading and waiting) instead of being handed to the fetch function."""
     task = tasks.claim(task_id, "waiting", lease_s=CHECK_LEASE_S, min_check_gap_ms=CHECK_GAP_MS)
     if task is None:
         return None
-    routes = _routes(task)
-    if routes is None:
-        return tasks.get(task_id)
-    route = routes[task.route_index]
-    outcome = _refuse_unsafe_urls(get_dialect(route.dialect).check(task.upstream["id"], route, transport.send))
+    route = _step(task, _waiting_route, task)
+    # Asking again is a read of the upstream's task (nothing is paid twice), so the whole check may be retried.
+    outcome = _step(task, _check_upstream, task, route)
+    return _step(task, _apply_check, task, outcome, route, fetch_now)
+
+
+def _check_upstream(task: Task, route: Route) -> Outcome:
+    return _refuse_unsafe_urls(get_dialect(route.dialect).check(task.upstream["id"], route, transport.send))
+
+
+def _apply_check(task: Task, outcome: Outcome, route: Route, fetch_now: bool) -> Task | None:
     unfinished = isinstance(outcome, Pending) or (isinstance(outcome, Failed) and outcome.error.retriable)
     if unfinished and _past_deadline(task):  # one last look was allowed; the result did not come in time
         return _finish(task, "failed", error=_deadline_error().task_error())
@@ -88,10 +153,16 @@ def check_waiting(task_id: str, *, fetch_now: bool = False) -> Task | None:
     return _apply(task, outcome, route, task.route_index, fetch_now=fetch_now)
 
 
+@_stage
 def store_generated(task_id: str) -> Task | None:
     task = tasks.claim(task_id, "generated", lease_s=LEASE_S)
     if task is None:
         return None
+    # A retry downloads every image again (to the same keys): the provider is not asked for anything new.
+    return _step(task, _store_sources, task)
+
+
+def _store_sources(task: Task) -> Task | None:
     if _past_deadline(task):
         return _finish(task, "failed", error=_deadline_error().task_error())
     try:
@@ -99,7 +170,7 @@ def store_generated(task_id: str) -> Task | None:
             stored = list(pool.map(lambda s: _store_url(task, s), task.sources))
     except GatewayError as exc:
         if exc.retriable and exc.code != "unsafe_result_url" and task.claims < MAX_CLAIMS:
-            logger.warning("download failed, will retry", extra={"task_id": task_id, "error": exc.message})
+            logger.warning("download failed, will retry", extra={"task_id": task.id, "error": exc.message})
             return tasks.release(task, retry_at=min(now_ms() + 10_000, _deadline_ms(task)), count_attempt=True)
         if exc.retriable and _next_route_exists(task):
             return _resubmit_on_next_route(task, exc)
@@ -110,7 +181,7 @@ def store_generated(task_id: str) -> Task | None:
 
 def sweep(*, limit: int = 100) -> dict[str, int]:
     """Advance every live task whose check is due; returns counts by action for logging and tests."""
-    counts = {"republished": 0, "checked": 0, "failed": 0, "webhooks": 0, "batches": 0}
+    counts = {"republished": 0, "checked": 0, "failed": 0, "webhooks": 0, "batches": 0, "errors": 0}
     for task_id in tasks.due(limit=limit, partition=tasks.WEBHOOK_PARTITION):
         if tasks.webhook_touch(task_id, next_at=now_ms() + REPUBLISH_AFTER_S * 1000):
             bus.publish(bus.WEBHOOK_DUE, task_id)
@@ -121,23 +192,34 @@ def sweep(*, limit: int = 100) -> dict[str, int]:
             counts["batches"] += 1
     for task_id in tasks.due(limit=limit):
         try:
-            task = tasks.get(task_id)
-        except GatewayError:
-            continue
-        if task.terminal:
-            continue
-        if _give_up_if_overdue(task):
-            counts["failed"] += 1
-            continue
-        if task.stage == "waiting":
-            check_waiting(task_id)
-            counts["checked"] += 1
-        elif task.stage in ("queued", "generated"):
-            # Its event was lost or its worker died (lease expired): nudge the stage's function again.
-            if tasks.touch(task, next_check_at=_next_check_at(task, REPUBLISH_AFTER_S * 1000)):
-                bus.publish(bus.TASK_QUEUED if task.stage == "queued" else bus.TASK_GENERATED, task_id)
-                counts["republished"] += 1
+            action = _sweep_task(task_id)
+        except Exception:  # noqa: BLE001 - one task's trouble must not keep the sweep from the others
+            logger.exception("the sweep could not advance a task", extra={"task_id": task_id})
+            action = "errors"
+        if action:
+            counts[action] += 1
     return counts
+
+
+def _sweep_task(task_id: str) -> str | None:
+    """Advance one live task that is due; what was done, as a key of the sweep's counts."""
+    try:
+        task = tasks.get(task_id)
+    except GatewayError:
+        return None
+    if task.terminal:
+        return None
+    if _give_up_if_overdue(task):
+        return "failed"
+    if task.stage == "waiting":
+        check_waiting(task_id)
+        return "checked"
+    if task.stage in ("queued", "generated"):
+        # Its event was lost or its worker died (lease expired): nudge the stage's function again.
+        if tasks.touch(task, next_check_at=_next_check_at(task, REPUBLISH_AFTER_S * 1000)):
+            bus.publish(bus.TASK_QUEUED if task.stage == "queued" else bus.TASK_GENERATED, task_id)
+            return "republished"
+    return None
 
 
 def poll_through(task: Task) -> Task:
@@ -296,13 +378,86 @@ def _key_prefix(task: Task, index: int) -> str:
     return f"images/{task.id}/{index}"
 
 
-def _routes(task: Task) -> list[Route] | None:
-    """The task's routes, or None after failing the task when its configuration is gone."""
-    try:
-        return routes_for(task.model)
-    except GatewayError as exc:
-        _finish(task, "failed", error=exc.task_error())
-        return None
+def _routes(task: Task) -> list[Route]:
+    """The routes of the task's model, checked from the one the task is on: each has a dialect a module speaks.
+    A GatewayError (through `_step`, the task's end) when the configuration in force cannot serve it any more."""
+    routes = routes_for(task.model)
+    if task.route_index >= len(routes):
+        raise ProviderConfigInvalid(f"The provider configuration changed: model '{task.model}' no longer has "
+                                    f"route {task.route_index + 1}, which this task was on.")
+    for route in routes[task.route_index:]:
+        get_dialect(route.dialect)
+    return routes
+
+
+def _waiting_route(task: Task) -> Route:
+    """The route an async upstream's task id belongs to; never another provider's, which would not know the id."""
+    route = _routes(task)[task.route_index]
+    if route.provider != task.upstream.get("provider", route.provider):
+        raise ProviderConfigInvalid(f"The provider configuration changed: model '{task.model}' no longer routes "
+                                    f"to the provider this task was submitted to.")
+    return route
+
+
+# -- steps that never leave a task hanging ------------------------------------------------------------------
+
+_time_left_ms: ContextVar[Callable[[], int] | None] = ContextVar("time_left_ms", default=None)
+
+
+def lambda_time_bound(handler: Callable[[Any, Any], T]) -> Callable[[Any, Any], T]:
+    """Decorate a Lambda handler: the stage retries it makes start only while the invocation has time for them
+    (one killed mid-backoff would leave its task on a lease for WORKER_LEASE_S)."""
+
+    @functools.wraps(handler)
+    def bounded(event: Any, context: Any) -> T:
+        token = _time_left_ms.set(getattr(context, "get_remaining_time_in_millis", None))
+        try:
+            return handler(event, context)
+        finally:
+            _time_left_ms.reset(token)
+
+    return bounded
+
+
+def _step(task: Task, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run one step of a claimed task's stage, so that no exception leaves the task on its lease.
+
+    A GatewayError is an answer no retry changes (a configuration that cannot serve the task, a dialect no module
+    speaks, a route gone): the task ends failed with it at once. Anything else is unexpected (a bug, a throttled
+    AWS call): logged with its traceback, then the step runs again after STAGE_BACKOFF_S (doubling), while the
+    Lambda has time, STAGE_ATTEMPTS times in all; then the task ends `internal_error`. A step is not run again
+    once the task is no longer held (its write landed before the exception, or a cancel came): that ends it."""
+    for attempt in range(1, STAGE_ATTEMPTS + 1):
+        started = time.monotonic()
+        try:
+            return step(*args, **kwargs)
+        except GatewayError as exc:
+            logger.warning("task cannot go on", extra={"task_id": task.id, "step": step.__name__,
+                                                       "error": exc.message})
+            raise _TaskEnded(_finish(task, "failed", error=exc.task_error())) from None
+        except Exception as exc:  # noqa: BLE001 - unexpected: retried, then the task fails naming its class
+            logger.exception("stage step failed", extra={"task_id": task.id, "step": step.__name__,
+                                                         "attempt": attempt})
+            failure = exc
+        current = tasks.get(task.id)
+        if current.lease_id != task.lease_id:
+            raise _TaskEnded(current)
+        backoff_s = STAGE_BACKOFF_S * 2 ** (attempt - 1)
+        if attempt == STAGE_ATTEMPTS or not _time_for(backoff_s + time.monotonic() - started):
+            break
+        time.sleep(backoff_s)
+    raise _TaskEnded(_finish(task, "failed", error=_unexpected(failure).task_error()))
+
+
+def _unexpected(exc: BaseException) -> ServerError:
+    """The task's error for an unexpected exception: its class only (its message may hold anything)."""
+    return ServerError(f"The task failed unexpectedly ({type(exc).__name__}).")
+
+
+def _time_for(seconds: float) -> bool:
+    """Whether this invocation has `seconds` (and the margin) left; outside a Lambda there is no bound."""
+    time_left_ms = _time_left_ms.get()
+    return time_left_ms is None or time_left_ms() > (seconds + STAGE_TIME_MARGIN_S) * 1000
 
 
 def _deadline_ms(task: Task) -> int:
