@@ -242,3 +242,21 @@ def test_cancelling_a_task_between_its_stages_removes_what_it_had_stored(aws, pr
         assert worker.submit_queued(task.id).stage == "generated" and len(s3_objects()) == 1
         assert cancel(task.id).status == 200
         assert s3_objects() == []
+
+
+def test_a_finish_whose_answer_was_lost_keeps_the_images_it_wrote(aws, providers_file, monkeypatch):
+    """boto3 retries a write whose answer was lost; the retry meets its own condition as failed. The task did
+    succeed: its images stay."""
+    real_finish = tasks.finish
+
+    def landed_then_lost(task, status, **fields):
+        real_finish(task, status, **fields)
+        return None  # what a retried conditional write answers after the first one landed
+
+    monkeypatch.setattr(bus, "publish", lambda *args: None)
+    monkeypatch.setattr(tasks, "finish", landed_then_lost)
+    with OpenAISimulator() as sim:
+        providers_file({"providers": route("p", sim), "models": {"gpt-image-1": [{"provider": "p"}]}})
+        task = tasks.create("owner", "gpt-image-1", {"model": "gpt-image-1", "prompt": "a fox"})
+        worker.submit_queued(task.id)
+        assert tasks.get(task.id).status == "succeeded" and len(s3_objects()) == 1

@@ -285,8 +285,8 @@ def _finish(task: Task, status: str, **fields: Any) -> Task | None:
     done = tasks.finish(task, status, **fields)
     if done is not None:
         announce(done)
-    else:  # cancelled meanwhile: what this worker stored must not outlive the task
-        storage.discard_images(task.id)
+    elif tasks.get(task.id).status != "succeeded":  # cancelled meanwhile: its images must not outlive it
+        storage.discard_images(task.id)  # (a succeeded task here is our own write whose answer was lost)
     return done
 
 
