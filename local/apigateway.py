@@ -201,10 +201,9 @@ class ApiGateway:
         event = proxy_event(match, method=method, raw_path=raw_path, headers=headers, body=body,
                             source_ip=source_ip, host=host)
         request_id = event["requestContext"]["requestId"]
-        timeout_s = match.route.timeout_ms / 1000
         try:
             result = self.environments.invoke(match.route.function, event, request_id=request_id,
-                                              deadline=time.monotonic() + timeout_s)
+                                              deadline=time.monotonic() + match.route.timeout_ms / 1000)
         except Throttled as exc:  # Lambda's concurrency limit: API Gateway answers 429, the SDKs retry
             log.warning("%s %s: throttled, %s", method, path, exc)
             message = (f"Too many concurrent requests: all {self.environments.max_size} execution environments of "
@@ -212,25 +211,30 @@ class ApiGateway:
             headers = [*_json_headers(request_id), ("Retry-After", str(exc.retry_after_s))]
             return 429, headers, error_body(message, "rate_limit_error", "rate_limit_exceeded")
         except IntegrationTimeout as exc:
-            if exc.queued:  # a local artefact (Lambda would have started an environment): never the function's task
-                log.warning("%s %s: no execution environment came free within %g s (API_MAX_CONCURRENCY=%d)",
-                            method, path, timeout_s, self.environments.max_size)
-                message = ("The local stack was busy with other requests for longer than API Gateway waits "
-                           f"(all {self.environments.max_size} execution environments; see API_MAX_CONCURRENCY).")
-                return 504, _json_headers(request_id), error_body(message, "server_error", "integration_timeout")
-            log.warning("%s %s: %s did not answer within the route's %g s integration timeout (TimeoutInMillis); "
-                        "it runs on", method, path, match.route.function, timeout_s)
-            declared = self.gateway_responses.get(match.route.api, {}).get("INTEGRATION_TIMEOUT")
-            if declared is not None:
-                return render_gateway_response(declared, TIMEOUT_STATUS, event["requestContext"], "INTEGRATION_TIMEOUT",
-                                               TIMEOUT_ERROR)
-            message = f"The function did not answer within API Gateway's {timeout_s:g} s timeout."
-            return 504, _json_headers(request_id), error_body(message, "server_error", "integration_timeout")
+            log.warning("%s %s: no answer within the route's %g s integration timeout: %s", method, path,
+                        match.route.timeout_ms / 1000, exc)
+            return self._timed_out(match.route, event["requestContext"], queued=exc.queued)
         except InvocationFailed as exc:  # API Gateway answers 502 when the function errors
             log.error("%s failed on %s %s: %s\n%s", match.route.function, method, path, exc, exc.detail.rstrip())
             return 502, _json_headers(request_id), error_body("Internal server error", "server_error",
                                                               "function_error")
         return _proxy_result(result, request_id, match.route.function)
+
+    def _timed_out(self, route: ApiRoute, request_context: dict[str, Any], *,
+                   queued: bool) -> tuple[int, list[tuple[str, str]], bytes]:
+        """API Gateway's answer at the route's integration timeout: the API's INTEGRATION_TIMEOUT gateway response
+        if the template declares one, else a plain 504. The function itself runs on (local/environments.py)."""
+        request_id = request_context["requestId"]
+        if queued:  # a local artefact (Lambda would have started an environment): the function never ran
+            message = ("The local stack was busy with other requests for longer than API Gateway waits "
+                       f"(all {self.environments.max_size} execution environments; see API_MAX_CONCURRENCY).")
+            return 504, _json_headers(request_id), error_body(message, "server_error", "integration_timeout")
+        declared = self.gateway_responses.get(route.api, {}).get("INTEGRATION_TIMEOUT")
+        if declared is not None:
+            return render_gateway_response(declared, TIMEOUT_STATUS, request_context, "INTEGRATION_TIMEOUT",
+                                           TIMEOUT_ERROR)
+        message = f"The function did not answer within API Gateway's {route.timeout_ms / 1000:g} s timeout."
+        return 504, _json_headers(request_id), error_body(message, "server_error", "integration_timeout")
 
     def _handler_class(self) -> type[RequestHandler]:
         gateway = self

@@ -213,7 +213,8 @@ class EnvironmentPool:
             # API Gateway answers 504; the function itself runs on, and its environment stays busy until done.
             threading.Thread(target=self._finish_late, args=(env, logical_id, request_id, fn_deadline),
                              name=f"{env.name}-late", daemon=True).start()
-            raise IntegrationTimeout(f"{logical_id} did not answer before the integration timeout", queued=False)
+            raise IntegrationTimeout(f"{logical_id} is still running in {env.name}, which stays busy until it returns",
+                                     queued=False)
         return self._reply(env, logical_id)
 
     def _reply(self, env: _Environment, logical_id: str) -> Any:
