@@ -65,9 +65,9 @@ def shipped() -> template.LocalTemplate:
 def make_gateway(code_dir: Path) -> Iterator:
     started: list[ApiGateway] = []
 
-    def make(gateway_responses: dict | None) -> ApiGateway:
+    def make(gateway_responses: dict | None, function_timeout_s: int = 20) -> ApiGateway:
         fn = Function(logical_id="SleepFunction", name="sleep", code_dir=code_dir, handler=f"{MODULE}.lambda_handler",
-                      layer_dirs=[], timeout_s=20, memory_mb=128, environment={})
+                      layer_dirs=[], timeout_s=function_timeout_s, memory_mb=128, environment={})
         route = ApiRoute(function=fn.logical_id, event="Sleep", path="/v1/sleep", method="POST", stage="prod",
                          timeout_ms=TIMEOUT_MS, api="GatewayApi")
         pool = EnvironmentPool({fn.logical_id: fn}, "us-east-1", size=2, max_size=2)
@@ -137,6 +137,22 @@ def test_without_a_declared_gateway_response_the_routes_timeout_is_a_plain_504(m
     assert TIMEOUT_MS / 1000 <= elapsed < TIMEOUT_MS / 1000 + MARGIN_S  # the route's 1 s, not API Gateway's 29 s
     assert reply.json()["error"]["code"] == "integration_timeout"
     assert "x-should-retry" not in reply.headers
+
+
+def test_a_late_function_is_still_stopped_at_its_own_timeout(make_gateway, shipped: template.LocalTemplate,
+                                                            tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    gateway = make_gateway(shipped.gateway_responses, function_timeout_s=2)
+    started = time.monotonic()
+    reply, _ = _post(gateway, tmp_path, 5)  # past the Timeout and the grace before its environment is stopped
+    assert reply.status_code == 504 and reply.json()["error"]["code"] == "generation_in_progress"
+    [started_file] = tmp_path.glob("*.json")
+    request_id = json.loads(started_file.read_text())["requestId"]
+    _wait_for(lambda: any("ran past the function's Timeout" in r.getMessage() and request_id in r.getMessage()
+                          for r in caplog.records), "log line for the environment stopped at the function's Timeout")
+    time.sleep(max(0.0, started + 5.5 - time.monotonic()))  # past the moment the handler would have finished
+    assert not (tmp_path / f"{request_id}.done").exists(), "the function ran past its Timeout"
+    _wait_for(lambda: gateway.environments.count == 2, "replacement environment")
+    assert _post(gateway, tmp_path, 0)[0].status_code == 200
 
 
 # -- the template -----------------------------------------------------------------------------------------------
