@@ -5,8 +5,9 @@ Settings come from the environment: PORT (3000), AWS_PORT (4566), API_KEYS (sk-l
 AWS_DEFAULT_REGION (us-east-1), IMAGE_BUCKET (imagegw-local-images), LOCAL_LOG_LEVEL (INFO), API_CONCURRENCY
 (min(4, cores): the API's warm execution environments, worker processes that each serve one request at a
 time), API_MAX_CONCURRENCY (16, fewer if memory is short: more are started on demand up to this many, then
-a request is throttled with a 429). The ready line is printed once the warm environments have imported the
-handlers.
+a request is throttled with a 429), API_TIMEOUT_MS (the template's ApiTimeoutMillis, 29000: API Gateway's
+integration timeout for every route) and SYNC_WAIT_S (its SyncWaitSeconds, 25). The ready line is printed
+once the warm environments have imported the handlers.
 """
 
 from __future__ import annotations

@@ -8,6 +8,13 @@ over 10 MB (local/httpserver.py), 502 for a failed invocation or a result it can
 would throttle, 504 past the integration timeout) is answered here, in the gateway's OpenAI error shape:
 every request gets an answer, none a silent close.
 
+Each route's integration timeout is its `Api` event's TimeoutInMillis (default 29 s; the template sets it
+from ApiTimeoutMillis, which API_TIMEOUT_MS overrides locally). A function that outlasts it gets the API's
+`INTEGRATION_TIMEOUT` gateway response from the template (status, literal headers, body template with the
+request's `$context` variables, e.g. `$context.requestId` and `$context.requestTimeEpoch` as they are in the
+proxy event's requestContext), or a plain 504 if the template declares none. As in Lambda, the function
+runs on after that answer: its environment stays busy until it returns, and its result is dropped.
+
 Each request is served by its own thread and invoked in an execution environment of its own
 (local/environments.py: a free one, or one started for it, as Lambda does), so a sync request waiting on a
 slow upstream holds one environment, never the API or the other requests.
@@ -28,12 +35,14 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .environments import EnvironmentPool, IntegrationTimeout, InvocationFailed, Throttled
 from .httpserver import RequestError, RequestHandler, Server, error_body
-from .template import ACCOUNT_ID, ApiRoute
+from .template import ACCOUNT_ID, ApiRoute, GatewayResponse
 
 log = logging.getLogger(__name__)
 
-INTEGRATION_TIMEOUT_S = 29  # API Gateway's default integration timeout
 API_ID = "local"
+TIMEOUT_STATUS = 504  # INTEGRATION_TIMEOUT's own status, when its gateway response sets none
+TIMEOUT_ERROR = "Endpoint request timed out"  # API Gateway's $context.error.message for INTEGRATION_TIMEOUT
+_CONTEXT_VAR = re.compile(r"\$(\{)?context\.([A-Za-z]\w*(?:\.[A-Za-z]\w*)*)(?(1)\})")  # $context.a.b, ${context.a}
 
 
 @dataclass(frozen=True)
@@ -150,9 +159,11 @@ def proxy_event(match: Match, *, method: str, raw_path: str, headers: list[tuple
 class ApiGateway:
     """The HTTP server; invocations run in the execution environments of `environments`, one request each."""
 
-    def __init__(self, routes: list[ApiRoute], environments: EnvironmentPool, *, port: int):
+    def __init__(self, routes: list[ApiRoute], environments: EnvironmentPool, *, port: int,
+                 gateway_responses: dict[str, dict[str, GatewayResponse]] | None = None):
         self.router = Router(routes)
         self.environments = environments
+        self.gateway_responses = gateway_responses or {}  # API logical id -> response type -> the template's
         self.stages = {r.stage for r in routes}
         try:
             self.server = Server(("127.0.0.1", port), self._handler_class())
@@ -192,7 +203,7 @@ class ApiGateway:
         request_id = event["requestContext"]["requestId"]
         try:
             result = self.environments.invoke(match.route.function, event, request_id=request_id,
-                                              deadline=time.monotonic() + INTEGRATION_TIMEOUT_S)
+                                              deadline=time.monotonic() + match.route.timeout_ms / 1000)
         except Throttled as exc:  # Lambda's concurrency limit: API Gateway answers 429, the SDKs retry
             log.warning("%s %s: throttled, %s", method, path, exc)
             message = (f"Too many concurrent requests: all {self.environments.max_size} execution environments of "
@@ -200,21 +211,30 @@ class ApiGateway:
             headers = [*_json_headers(request_id), ("Retry-After", str(exc.retry_after_s))]
             return 429, headers, error_body(message, "rate_limit_error", "rate_limit_exceeded")
         except IntegrationTimeout as exc:
-            if exc.queued:
-                log.warning("%s %s: no execution environment came free within %d s (API_MAX_CONCURRENCY=%d)",
-                            method, path, INTEGRATION_TIMEOUT_S, self.environments.max_size)
-                message = ("The local stack was busy with other requests for longer than API Gateway waits "
-                           f"(all {self.environments.max_size} execution environments; see API_MAX_CONCURRENCY).")
-            else:
-                log.warning("%s %s: %s did not answer within API Gateway's %d s integration timeout",
-                            method, path, match.route.function, INTEGRATION_TIMEOUT_S)
-                message = f"The function did not answer within API Gateway's {INTEGRATION_TIMEOUT_S} s timeout."
-            return 504, _json_headers(request_id), error_body(message, "server_error", "integration_timeout")
+            log.warning("%s %s: no answer within the route's %g s integration timeout: %s", method, path,
+                        match.route.timeout_ms / 1000, exc)
+            return self._timed_out(match.route, event["requestContext"], queued=exc.queued)
         except InvocationFailed as exc:  # API Gateway answers 502 when the function errors
             log.error("%s failed on %s %s: %s\n%s", match.route.function, method, path, exc, exc.detail.rstrip())
             return 502, _json_headers(request_id), error_body("Internal server error", "server_error",
                                                               "function_error")
         return _proxy_result(result, request_id, match.route.function)
+
+    def _timed_out(self, route: ApiRoute, request_context: dict[str, Any], *,
+                   queued: bool) -> tuple[int, list[tuple[str, str]], bytes]:
+        """API Gateway's answer at the route's integration timeout: the API's INTEGRATION_TIMEOUT gateway response
+        if the template declares one, else a plain 504. The function itself runs on (local/environments.py)."""
+        request_id = request_context["requestId"]
+        if queued:  # a local artefact (Lambda would have started an environment): the function never ran
+            message = ("The local stack was busy with other requests for longer than API Gateway waits "
+                       f"(all {self.environments.max_size} execution environments; see API_MAX_CONCURRENCY).")
+            return 504, _json_headers(request_id), error_body(message, "server_error", "integration_timeout")
+        declared = self.gateway_responses.get(route.api, {}).get("INTEGRATION_TIMEOUT")
+        if declared is not None:
+            return render_gateway_response(declared, TIMEOUT_STATUS, request_context, "INTEGRATION_TIMEOUT",
+                                           TIMEOUT_ERROR)
+        message = f"The function did not answer within API Gateway's {route.timeout_ms / 1000:g} s timeout."
+        return 504, _json_headers(request_id), error_body(message, "server_error", "integration_timeout")
 
     def _handler_class(self) -> type[RequestHandler]:
         gateway = self
@@ -255,6 +275,36 @@ class ApiGateway:
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _any
 
         return Handler
+
+
+def render_gateway_response(response: GatewayResponse, default_status: int, request_context: dict[str, Any],
+                            response_type: str, error_message: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """A template's gateway response as API Gateway sends it: its literal headers, and its body template (the
+    application/json one, else the first) with the request's $context variables filled in."""
+    content_type, template = next(((t, b) for t, b in response.templates.items() if t == "application/json"),
+                                  next(iter(response.templates.items()), ("application/json", "")))
+    variables = context_variables(request_context, response_type, error_message)
+    headers = list(response.headers.items())
+    if not any(name.lower() == "content-type" for name, _ in headers):
+        headers.append(("Content-Type", content_type))
+    headers.append(("x-amzn-RequestId", str(request_context["requestId"])))
+    return response.status or default_status, headers, render_context(template, variables).encode("utf-8")
+
+
+def context_variables(request_context: dict[str, Any], response_type: str, error_message: str) -> dict[str, str]:
+    """The $context variables of a request, by name (`requestId`, `identity.sourceIp`, `error.message`, ...)."""
+    variables = {name: str(value) for name, value in request_context.items()
+                 if value is not None and not isinstance(value, dict)}
+    variables.update({f"identity.{name}": str(value) for name, value in request_context["identity"].items()
+                      if value is not None})
+    variables.update({"error.responseType": response_type, "error.message": error_message,
+                      "error.messageString": f'"{error_message}"'})
+    return variables
+
+
+def render_context(template: str, variables: dict[str, str]) -> str:
+    """`template` with each `$context.name` (or `${context.name}`) replaced; names not in `variables` stay as is."""
+    return _CONTEXT_VAR.sub(lambda found: variables.get(found[2], found[0]), template)
 
 
 def _json_headers(request_id: str | None = None) -> list[tuple[str, str]]:

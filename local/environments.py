@@ -16,9 +16,12 @@ within THROTTLE_WAIT_S does a request get `Throttled` (the caller answers 429, a
 Each environment is a process of about ENVIRONMENT_MB: the default maximum is lowered so that they would
 take at most half the memory available at start.
 
-What API Gateway would cut short answers `IntegrationTimeout` (the caller turns it into a 504). A
+Past the caller's deadline (the route's integration timeout) `invoke` raises `IntegrationTimeout`, which
+the caller answers as API Gateway would (the template's INTEGRATION_TIMEOUT gateway response). The function
+is not stopped, as Lambda does not stop it: its environment stays busy until it returns, then its result is
+logged and dropped and the environment serves again; meanwhile other requests get other environments. A
 handler's exception comes back as its traceback text, and an environment that dies or runs past its
-function's Timeout is replaced by a fresh one.
+function's Timeout (late or not) is replaced by a fresh one.
 
 Only the API runs here: EventBridge deliveries and the schedule invoke the functions in the stack's own
 process (local/queues.py, local/schedule.py), since they do not go through the resolver.
@@ -210,7 +213,8 @@ class EnvironmentPool:
             # API Gateway answers 504; the function itself runs on, and its environment stays busy until done.
             threading.Thread(target=self._finish_late, args=(env, logical_id, request_id, fn_deadline),
                              name=f"{env.name}-late", daemon=True).start()
-            raise IntegrationTimeout(f"{logical_id} did not answer before the integration timeout", queued=False)
+            raise IntegrationTimeout(f"{logical_id} is still running in {env.name}, which stays busy until it returns",
+                                     queued=False)
         return self._reply(env, logical_id)
 
     def _reply(self, env: _Environment, logical_id: str) -> Any:

@@ -36,6 +36,8 @@ DEFAULT_API_KEYS = "sk-local"
 DEV_WEBHOOK_SECRET = "whsec_aW1hZ2Vndy1sb2NhbC13ZWJob29rLXNlY3JldA=="  # base64 of "imagegw-local-webhook-secret"
 FAKE_CREDENTIAL = "testing"
 EVENT_WORKERS = 8
+# Environment variables that override a template parameter, as `sam deploy --parameter-overrides` would.
+PARAMETER_ENV = {"API_TIMEOUT_MS": "ApiTimeoutMillis", "SYNC_WAIT_S": "SyncWaitSeconds"}
 
 _active_lock = threading.Lock()
 _active = False  # one stack per process: the environment it sets is process-wide
@@ -104,8 +106,9 @@ def start(port: int = 3000, aws_port: int = 4566, *, api_keys: str | None = None
 
     `sweep_interval_s=None` runs each Schedule event at the template's own rate. Parameters left as None
     come from the environment (API_KEYS, PROVIDERS_FILE, AWS_DEFAULT_REGION, IMAGE_BUCKET, API_CONCURRENCY,
-    API_MAX_CONCURRENCY) or defaults. It returns once the warm execution environments of the API have
-    imported the handlers.
+    API_MAX_CONCURRENCY) or defaults. Template parameters come from `parameter_overrides`, else from the
+    environment variables of PARAMETER_ENV (API_TIMEOUT_MS, SYNC_WAIT_S), else their Default. It returns once
+    the warm execution environments of the API have imported the handlers.
     """
     global _active
     concurrency = api_concurrency if api_concurrency is not None else _concurrency_from_env()
@@ -141,12 +144,13 @@ def start(port: int = 3000, aws_port: int = 4566, *, api_keys: str | None = None
 
         tpl = template.load(root_path, stack_name=STACK_NAME, region=region,
                             bucket_name=bucket_name or os.environ.get("IMAGE_BUCKET") or DEFAULT_BUCKET,
-                            parameter_overrides=parameter_overrides)
+                            parameter_overrides={**_parameters_from_env(), **(parameter_overrides or {})})
         _set_env(_function_env(tpl), saved)
         functions = Functions(tpl.functions, region)
         api_functions = {r.function: tpl.functions[r.function] for r in tpl.api_routes}
         environments = EnvironmentPool(api_functions, region, concurrency, max_concurrency)
-        api = ApiGateway(tpl.api_routes, environments, port=port)  # binds now: a taken PORT fails before the rest
+        # Binds now: a taken PORT fails before the rest.
+        api = ApiGateway(tpl.api_routes, environments, port=port, gateway_responses=tpl.gateway_responses)
         # The environment is complete: start the execution environments now, so that their imports overlap
         # with the rest of the start (resources, this process's own imports), and wait for them at the end.
         environments.start()
@@ -199,6 +203,12 @@ def start(port: int = 3000, aws_port: int = 4566, *, api_keys: str | None = None
     for route in tpl.api_routes:
         log.info("route %-6s %s -> %s", route.method, route.path, route.function)
     return stack
+
+
+def _parameters_from_env() -> dict[str, str]:
+    """The template parameters set through PARAMETER_ENV (e.g. API_TIMEOUT_MS=2000 for ApiTimeoutMillis)."""
+    return {parameter: os.environ[name].strip() for name, parameter in PARAMETER_ENV.items()
+            if os.environ.get(name, "").strip()}
 
 
 def _concurrency_from_env() -> int:

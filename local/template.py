@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ACCOUNT_ID = "123456789012"  # moto's default account
+DEFAULT_TIMEOUT_MS = 29000  # API Gateway's integration timeout when an Api event sets no TimeoutInMillis
+IMPLICIT_API = "ServerlessRestApi"  # the logical id SAM gives the API of Api events without a RestApiId
 NO_VALUE = object()  # AWS::NoValue: the key disappears
 _SUB_VAR = re.compile(r"\$\{([^}!][^}]*)\}")
 
@@ -33,6 +36,17 @@ class ApiRoute:
     path: str  # the template path, e.g. /v1/images/tasks/{id}
     method: str  # upper case, or ANY
     stage: str  # the API's StageName (API Gateway puts it in requestContext.path)
+    timeout_ms: int = DEFAULT_TIMEOUT_MS  # the event's TimeoutInMillis: API Gateway's integration timeout
+    api: str = IMPLICIT_API  # the logical id of its AWS::Serverless::Api (whose gateway responses apply)
+
+
+@dataclass(frozen=True)
+class GatewayResponse:
+    """One of an API's `GatewayResponses` (e.g. INTEGRATION_TIMEOUT): what API Gateway answers itself."""
+
+    status: int | None  # None: the response type's own status
+    headers: dict[str, str] = field(default_factory=dict)  # the literal values, unquoted
+    templates: dict[str, str] = field(default_factory=dict)  # content type -> body, with $context variables
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,7 @@ class LocalTemplate:
     event_rules: list[EventRule] = field(default_factory=list)
     schedules: list[ScheduleEvent] = field(default_factory=list)
     s3_notifications: list[S3Notification] = field(default_factory=list)
+    gateway_responses: dict[str, dict[str, GatewayResponse]] = field(default_factory=dict)  # API -> type -> answer
     environment: dict[str, str] = field(default_factory=dict)  # process-wide: the union of every function's
     resource_variables: set[str] = field(default_factory=set)  # those naming a resource (local names must win)
 
@@ -229,6 +244,9 @@ def load(root: Path, *, stack_name: str = "imagegw-local", region: str = "us-eas
             out.buckets[logical] = resolve(res.get("Properties") or {}, f"Resources.{logical}.Properties")
         elif kind == "AWS::Events::EventBus":
             out.buses[logical] = resolve(res.get("Properties") or {}, f"Resources.{logical}.Properties")
+        elif kind == "AWS::Serverless::Api":
+            out.gateway_responses[logical] = _gateway_responses(res.get("Properties") or {}, resolve,
+                                                                f"Resources.{logical}.Properties.GatewayResponses")
 
     globals_fn = (raw.get("Globals") or {}).get("Function") or {}
     for logical, res in resources.items():
@@ -241,7 +259,7 @@ def _parameter_values(declared: dict[str, Any], overrides: dict[str, str]) -> di
     values = {}
     for name, spec in declared.items():
         if name in overrides:
-            values[name] = str(overrides[name])
+            values[name] = _allowed(name, spec, str(overrides[name]))
         elif "Default" in spec:
             default = spec["Default"]
             values[name] = ",".join(map(str, default)) if isinstance(default, list) else str(default)
@@ -251,6 +269,23 @@ def _parameter_values(declared: dict[str, Any], overrides: dict[str, str]) -> di
     if unknown:
         raise TemplateError(f"parameter_overrides names unknown parameters: {sorted(unknown)}")
     return values
+
+
+def _allowed(name: str, spec: dict[str, Any], value: str) -> str:
+    """An override CloudFormation would accept: a Number within MinValue..MaxValue, one of AllowedValues."""
+    if spec.get("Type") == "Number":
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        low, high = float(spec.get("MinValue", -math.inf)), float(spec.get("MaxValue", math.inf))
+        if not low <= number <= high:  # also refuses nan
+            raise TemplateError(f"Parameters.{name}: {value!r} is not a number from {spec.get('MinValue', '-inf')} "
+                                f"to {spec.get('MaxValue', 'inf')}")
+    allowed = [str(v) for v in spec.get("AllowedValues") or []]
+    if allowed and value not in allowed:
+        raise TemplateError(f"Parameters.{name}: {value!r} is not one of {allowed}")
+    return value
 
 
 def _physical_names(resources: dict[str, Any], stack_name: str, bucket_name: str | None) -> dict[str, str]:
@@ -327,8 +362,11 @@ def _add_function(out: LocalTemplate, logical: str, props: dict[str, Any], globa
         kind = event.get("Type")
         ep = resolve(event.get("Properties") or {}, f"{ev_where}.Properties")
         if kind == "Api":
+            api = _api_of(event.get("Properties") or {}, resources)
             out.api_routes.append(ApiRoute(logical, event_name, ep["Path"], str(ep["Method"]).upper(),
-                                           _stage_of(event.get("Properties") or {}, resources, resolve)))
+                                           _stage_of(api, resources, resolve),
+                                           _whole_number(ep.get("TimeoutInMillis", DEFAULT_TIMEOUT_MS),
+                                                         f"{ev_where}.Properties.TimeoutInMillis"), api))
         elif kind == "EventBridgeRule":
             bus = ep.get("EventBusName", "default")
             out.event_rules.append(EventRule(logical, event_name, bus, json.loads(json.dumps(ep["Pattern"]))))
@@ -344,13 +382,45 @@ def _add_function(out: LocalTemplate, logical: str, props: dict[str, Any], globa
             log.warning("%s: event type %s is not emulated locally; skipped", ev_where, kind)
 
 
-def _stage_of(api_event: dict[str, Any], resources: dict[str, Any], resolve: Resolver) -> str:
-    """The stage of the API an `Api` event belongs to (SAM's implicit API is deployed as "Prod")."""
+def _api_of(api_event: dict[str, Any], resources: dict[str, Any]) -> str:
+    """The logical id of the API an `Api` event belongs to: its `RestApiId: !Ref`, else SAM's implicit API."""
     ref = api_event.get("RestApiId")
-    api = resources.get(ref.get("Ref", "")) if isinstance(ref, dict) else None
+    name = str(ref.get("Ref", "")) if isinstance(ref, dict) else ""
+    return name if name in resources else IMPLICIT_API
+
+
+def _stage_of(api_id: str, resources: dict[str, Any], resolve: Resolver) -> str:
+    """The stage of an API (SAM's implicit API is deployed as "Prod")."""
+    api = resources.get(api_id)
     if api and "StageName" in (api.get("Properties") or {}):
         return str(resolve(api["Properties"]["StageName"], "StageName"))
     return "Prod"
+
+
+def _gateway_responses(api_props: dict[str, Any], resolve: Resolver, where: str) -> dict[str, GatewayResponse]:
+    """An API's `GatewayResponses`, SAM syntax: StatusCode, ResponseParameters.Headers, ResponseTemplates."""
+    out = {}
+    for kind, spec in (resolve(api_props.get("GatewayResponses") or {}, where)).items():
+        headers = {}
+        for name, value in ((spec.get("ResponseParameters") or {}).get("Headers") or {}).items():
+            literal = str(value)
+            if len(literal) < 2 or literal[0] != "'" or literal[-1] != "'":
+                raise TemplateError(f"{where}.{kind}.ResponseParameters.Headers.{name}: only a quoted literal "
+                                    f"('value') is supported by the local stack, not {literal!r}")
+            headers[str(name)] = literal[1:-1]
+        status = spec.get("StatusCode")
+        out[str(kind)] = GatewayResponse(
+            status=None if status is None else _whole_number(status, f"{where}.{kind}.StatusCode"),
+            headers=headers,
+            templates={str(k): str(v) for k, v in (spec.get("ResponseTemplates") or {}).items()})
+    return out
+
+
+def _whole_number(value: Any, where: str) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        raise TemplateError(f"{where}: {value!r} is not a whole number") from None
 
 
 def _mentions_resource(value: Any, resources: dict[str, Any]) -> bool:
