@@ -10,6 +10,8 @@ import base64
 import copy
 import json
 import threading
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,9 @@ def api_event(method: str, path: str, *, body: Any = None, headers: dict[str, st
         body=None if raw is None else base64.b64encode(raw if isinstance(raw, bytes) else raw.encode()).decode(),
         isBase64Encoded=raw is not None,
     )
-    event["requestContext"].update(httpMethod=method, path=f"/prod{path}", resourcePath=path)
+    # Each request its own id and time, as API Gateway gives them (a sync request's task id derives from them).
+    event["requestContext"].update(httpMethod=method, path=f"/prod{path}", resourcePath=path,
+                                   requestId=str(uuid.uuid4()), requestTimeEpoch=int(time.time() * 1000))
     return event
 
 

@@ -264,5 +264,12 @@ def test_the_openai_sdk_gets_an_error_naming_the_task_when_a_sync_request_times_
             assert headers["x-should-retry"] == "true" and headers["retry-after-ms"] == "1000"
             task_id = re.search(r"imgtask_\d{13}" + re.escape(headers["x-amzn-RequestId"]), error.body["message"])
             assert task_id and f"/v1/images/tasks/{task_id[0]}" in error.message
+            auth = {"Authorization": "Bearer sk-local"}
+            for _ in range(100):  # the named task is real, and the invocation API Gateway gave up on finishes it
+                task = requests.get(f"{stack.base_url}/images/tasks/{task_id[0]}", headers=auth, timeout=10).json()
+                if task["status"] != "in_progress":
+                    break
+                time.sleep(0.1)
+            assert task["status"] == "succeeded" and len(sim.generations) == 1
         finally:
             stack.stop()

@@ -145,3 +145,22 @@ def test_sdk_sees_clear_errors_from_hostile_upstreams_and_no_key(tmp_path):
             assert webhook.value.param == "webhook"
         finally:
             stack.stop()
+
+
+def test_a_long_generation_reaches_the_sdk_with_its_defaults_and_is_generated_once(tmp_path):
+    """An upstream taking twice the API's timeout: API Gateway answers 504 (retry), the SDK retries by itself,
+    the retry re-attaches to the task the first invocation is still running, and the images arrive."""
+    with OpenAISimulator(behaviour=Behaviour(delay_s=6)) as sim:
+        providers = tmp_path / "providers.json"
+        providers.write_text(json.dumps({
+            "providers": {"slow": {"dialect": "openai", "base_url": sim.base_url, "api_key": sim.api_key}},
+            "models": {"dall-e-3": [{"provider": "slow"}]}}))
+        stack = start_stack(PROVIDERS_FILE=str(providers), API_TIMEOUT_MS="3000", SYNC_WAIT_S="2")
+        try:
+            sdk = OpenAI(base_url=stack.base_url, api_key="sk-local", timeout=60)  # default retries (2)
+            result = sdk.images.generate(model="dall-e-3", prompt="a patient lighthouse", size="1024x1024")
+            assert result.data[0].url and png_size(requests.get(result.data[0].url, timeout=10).content) == \
+                (1024, 1024)
+            assert len(sim.generations) == 1  # generated exactly once
+        finally:
+            stack.stop()

@@ -21,7 +21,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 
-from . import bus, idempotency, keys, storage, tasks, views, worker
+from . import bus, idempotency, keys, storage, sync, tasks, views, worker
 from .capabilities import validate_routable
 from .errors import (AuthenticationFailed, BadRequest, Conflict, GatewayError, NotFound, PayloadTooLarge,
                      ServerError, from_task_error)
@@ -31,9 +31,7 @@ from .routing import public_models
 
 logger = Logger(child=True)
 
-DEFAULT_WAIT_S = 25  # under API Gateway's 29 s integration limit
 MAX_WAIT_S = 25
-WAIT_POLL_S = 0.2
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.I)
 _VISIBLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off", ""})
@@ -121,13 +119,19 @@ def create_images(request: Annotated[ImageRequest, Body(embed=False)],
                       description="Create the task once: a repeat within 24 h (same API key, same body) answers "
                                   "with the same task; a different body is a 422, a concurrent repeat a 409.",
                   )] = None):
+    started = time.monotonic()
     owner = app.context["owner"]
     prefer = app.current_event.headers.get("prefer") or ""
     respond_async = _flag(async_, "async") or "respond-async" in prefer.lower()
+    asked_for_a_task = respond_async or _WAIT.search(prefer) is not None  # else: plain sync (see `sync`)
     key = idempotency.validate_key(idempotency_key)
     if webhook and not request.webhook:
         request = parse_request({**request.upstream_fields(), "webhook": webhook})
     validate_routable(request)
+    if not asked_for_a_task and key is None:  # the fast path: this invocation runs the task
+        task = sync.run(owner, request, request_context=app.current_event.raw_event.get("requestContext") or {},
+                        retried=sync.is_retry(app.current_event.headers), wait_until=started + _wait_bound(prefer))
+        return _sync_answer(task, request)
     replayed = False
     if key is None:
         task = _queue(owner, request)
@@ -138,14 +142,22 @@ def create_images(request: Annotated[ImageRequest, Body(embed=False)],
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     if respond_async:
         return _accepted(task, headers)
-    task = _wait_for(task.id, _wait_bound(prefer))
+    task = sync.wait_for(task.id, started + _wait_bound(prefer))
+    if not task.terminal and asked_for_a_task:  # `Prefer: wait=N` asked for the task protocol
+        return _accepted(task, headers)
+    return _sync_answer(task, request, headers)
+
+
+def _sync_answer(task: tasks.Task, request: ImageRequest, headers: dict[str, str] | None = None) -> Response:
+    """What a sync request gets for its task: the images, the task's error, or 504 `generation_in_progress`
+    (SDKs retry it by themselves), never a body an OpenAI SDK would misread as images."""
     if task.status == "succeeded":
         return _json(200, views.images_response(task, request.response_format), headers)
     if task.status == "failed":
         raise from_task_error(task.error or {})
     if task.status == "cancelled":
         raise Conflict(f"Task '{task.id}' was cancelled.", code="task_cancelled")
-    return _accepted(task, headers)
+    raise sync.still_running(task)
 
 
 @app.get("/v1/images/tasks", summary="List your tasks, newest first")
@@ -221,7 +233,7 @@ def _unexpected(exc: Exception) -> Response:
 
 
 def error_response(exc: GatewayError) -> Response:
-    return _json(exc.status, exc.body())
+    return _json(exc.status, exc.body(), exc.headers or None)
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
@@ -248,14 +260,4 @@ def _accepted(task: tasks.Task, headers: dict[str, str] | None = None) -> Respon
 
 def _wait_bound(prefer: str) -> float:
     match = _WAIT.search(prefer)
-    default = float(os.environ.get("SYNC_WAIT_S", DEFAULT_WAIT_S))
-    return min(float(match[1]), MAX_WAIT_S) if match else default
-
-
-def _wait_for(task_id: str, bound_s: float) -> tasks.Task:
-    deadline = time.monotonic() + bound_s
-    while True:
-        task = worker.poll_through(tasks.get(task_id))  # an async upstream is checked as soon as it is due
-        if task.terminal or time.monotonic() >= deadline:
-            return task
-        time.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+    return min(float(match[1]), MAX_WAIT_S) if match else sync.wait_bound_s()

@@ -85,8 +85,8 @@ def record_id(bucket: str, key: str, etag: str) -> str:
 
 
 def task_id_for(batch: dict[str, Any], line: int) -> str:
-    """Time-ordered like every task id (the batch's start plus the line number), the same on every re-read."""
-    return f"imgtask_{int(batch['base_ns']) + line:016x}{batch['id'][6:14]}"
+    """Time-ordered like every task id (the batch's start, then the line number), the same on every re-read."""
+    return tasks.task_id(int(batch["base_ns"]) // 1_000_000, f"{line:08d}{batch['id'][6:14]}")
 
 
 def results_key(key: str) -> str:

@@ -32,10 +32,10 @@ def task_id_for_event(event_id: str, event_time: str | None) -> str:
     """Time-ordered like every task id, and the same for every delivery of one event."""
     try:
         moment = datetime.fromisoformat((event_time or "").replace("Z", "+00:00"))
-        ns = int(moment.timestamp() * 1e9)
+        ms = int(moment.timestamp() * 1000)
     except ValueError:
-        ns = 0
-    return f"imgtask_{ns:016x}{hashlib.sha256(event_id.encode()).hexdigest()[:8]}"
+        ms = 0
+    return tasks.task_id(ms, hashlib.sha256(event_id.encode()).hexdigest()[:8])
 
 
 def accept(event: dict[str, Any]) -> tasks.Task | None:

@@ -1,6 +1,7 @@
 """Advancing tasks: the one code path behind the events, the schedule sweep and poll-through reads.
 
     submit_queued(id)    "Task Queued"     route -> dialect.submit -> Done | Pending | Failed
+    run_claimed(task)    sync request      the same, in the request's own invocation (the fast path)
     check_waiting(id)    sweep / GET       dialect.check for async upstreams
     store_generated(id)  "Task Generated"  download the upstream URLs into S3
     sweep()              schedule          whatever is due: re-publish lost events, check, give up
@@ -87,10 +88,22 @@ def submit_queued(task_id: str) -> Task | None:
         return None
     if _past_deadline(task):
         return _step(task, _finish, task, "failed", error=_deadline_error().task_error())
+    return _submit(task)
+
+
+@_stage
+def run_claimed(task: Task) -> Task | None:
+    """The sync fast path: a task its API request created already claimed (`tasks.create_claimed`) runs its
+    submit stage in that request's own invocation, URL images downloaded there too: nothing goes over the bus,
+    nothing reads the table. An async upstream's task is left waiting (the request then waits on it)."""
+    return _submit(task, fetch_now=True)
+
+
+def _submit(task: Task, *, fetch_now: bool = False) -> Task | None:
     req = _step(task, ImageRequest.model_validate, task.request)
     routes = _step(task, _routes, task)
     outcome, index = _step(task, _call_upstream, task, req, routes)
-    return _step(task, _apply, task, outcome, routes[index], index)
+    return _step(task, _apply, task, outcome, routes[index], index, fetch_now=fetch_now)
 
 
 def _call_upstream(task: Task, req: ImageRequest, routes: list[Route]) -> tuple[Outcome, int]:
@@ -166,8 +179,7 @@ def _store_sources(task: Task) -> Task | None:
     if _past_deadline(task):
         return _finish(task, "failed", error=_deadline_error().task_error())
     try:
-        with ThreadPoolExecutor(max_workers=DOWNLOAD_PARALLELISM) as pool:
-            stored = list(pool.map(lambda s: _store_url(task, s), task.sources))
+        stored = _download(task, task.sources)
     except GatewayError as exc:
         if exc.retriable and exc.code != "unsafe_result_url" and task.claims < MAX_CLAIMS:
             logger.warning("download failed, will retry", extra={"task_id": task.id, "error": exc.message})
@@ -263,13 +275,18 @@ def _apply_done(task: Task, outcome: Done, upstream: dict[str, Any], route_index
     except GatewayError as exc:
         return _finish(task, "failed", error=exc.task_error(), upstream=upstream)
     fields = {"upstream": upstream, "route_index": route_index, "usage": outcome.usage or {"images": len(stored)}}
+    sources = [{k: v for k, v in s.items() if v is not None} for s in sources]
+    if sources and fetch_now:  # someone waits: download here, rather than hand the stage to the fetch function
+        try:
+            stored += _download(task, sources)
+            sources = []
+        except GatewayError as exc:  # the fetch stage retries, or falls back, as for any download
+            logger.warning("download failed, handing it to the fetch stage", extra={"task_id": task.id,
+                                                                                    "error": exc.message})
     if not sources:
-        return _finish(task, "succeeded", images=stored, **fields)
+        return _finish(task, "succeeded", images=sorted(stored, key=lambda image: image["index"]), **fields)
     moved = tasks.advance(task, "generated", next_check_at=_next_check_at(task, REPUBLISH_AFTER_S * 1000),
-                          images=stored, sources=[{k: v for k, v in s.items() if v is not None} for s in sources],
-                          progress=max(task.progress, 90), **fields)
-    if moved and fetch_now:  # should this invocation die, the sweep hands the stage to fetch when it is due
-        return store_generated(task.id) or tasks.get(task.id)
+                          images=stored, sources=sources, progress=max(task.progress, 90), **fields)
     if moved:
         bus.publish(bus.TASK_GENERATED, task.id)
     else:  # cancelled while the images were being stored: they must not outlive it
@@ -320,6 +337,12 @@ def announce(task: Task) -> None:
         batches.task_terminal(task)  # a batch's task: count it, and have the batch finished after its last
     except Exception:  # noqa: BLE001 - the task is final either way; a lost count leaves the batch unfinished
         logger.exception("could not count the task on its batch", extra={"task_id": task.id})
+
+
+def _download(task: Task, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Store the images at `sources` (in parallel, streamed, SSRF-guarded); their task image items."""
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_PARALLELISM) as pool:
+        return list(pool.map(lambda source: _store_url(task, source), sources))
 
 
 def _store_url(task: Task, source: dict[str, Any]) -> dict[str, Any]:
