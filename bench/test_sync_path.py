@@ -73,6 +73,8 @@ def stack(sim, tmp_path_factory):
     providers.write_text(json.dumps({
         "providers": {"sim": {"dialect": "openai", "base_url": sim.base_url, "api_key": sim.api_key}},
         "models": {"dall-e-3": [route], "gpt-image-1": [route]}}))
+    # The recorder is off until start-recording (no MOTO_ENABLE_RECORDING needed); its file would default to
+    # ./moto_recording in the worktree.
     running = start_stack(PROVIDERS_FILE=str(providers), API_KEYS="sk-local", SWEEP_INTERVAL_S="3600",
                           MOTO_RECORDER_FILEPATH=str(work / "moto_recording"), LOCAL_LOG_LEVEL="WARNING")
     try:
