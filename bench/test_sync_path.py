@@ -29,6 +29,7 @@ bench starts (the stack, the simulator's thread) is stopped by it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import threading
@@ -39,13 +40,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from imagegw.sync import WAIT_POLL_S  # the pauses between a waiting request's reads of its task
 from tests.integration.conftest import Stack, start_stack
 from tests.simulators.openai_sim import Behaviour, OpenAISimulator
 
 ROUNDS, WARMUPS = 25, 3
 RECORDED = 10  # sequential requests of each kind and way whose AWS calls are recorded
 SLOW_S = 3.0  # the simulator's delay while a retry re-attaches
-WAIT_POLL_S = 0.5  # imagegw.sync.WAIT_POLL_S: how often a waiting request reads its task
 AUTH = {"Authorization": "Bearer sk-local"}
 WAYS = {"task protocol": {"Prefer": "wait=25"}, "fast path": {}}
 KINDS = {"URL": {"model": "dall-e-3", "size": "1024x1024"}, "b64": {"model": "gpt-image-1", "size": "1024x1024"}}
@@ -279,5 +280,17 @@ def test_the_sync_path_side_by_side(sim, stack):
         assert not any(fast.get(op) for op in READS), (kind, "reads while the work runs", fast)
         assert all(fast.get(op, 0) <= most for op, most in FAST_PATH_MAX.items()), (kind, fast)
         assert fast["total"] <= sum(FAST_PATH_MAX.values()), (kind, "calls of another kind", fast)
-    # A waiting request reads its task every WAIT_POLL_S, plus the look-up that found it and a last read.
-    assert retry["reads"] <= retry["wait_s"] / WAIT_POLL_S + 2, retry
+    # A waiting request reads its task after each pause of WAIT_POLL_S, plus the look-up that found it and a
+    # last read.
+    assert retry["reads"] <= _reads_in(retry["wait_s"]) + 2, retry
+
+
+def _reads_in(wait_s: float) -> int:
+    """How many reads WAIT_POLL_S's pauses allow in `wait_s`."""
+    reads, spent = 1, 0.0
+    for pause in itertools.chain(WAIT_POLL_S, itertools.repeat(WAIT_POLL_S[-1])):
+        spent += pause
+        if spent > wait_s:
+            return reads
+        reads += 1
+    raise AssertionError("unreachable")

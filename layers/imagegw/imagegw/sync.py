@@ -22,6 +22,7 @@ OpenAI SDKs only speak sync, and read any 2xx as an images response. So a plain 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -35,7 +36,7 @@ from .tasks import Task, now_ms
 
 RETRY_HEADER = "x-stainless-retry-count"
 REATTACH_WINDOW_S = 600  # a retry finds a task started (or finished) this recently
-WAIT_POLL_S = 0.5  # a waiting request reads its task this often
+WAIT_POLL_S = (0.1, 0.2, 0.4, 0.5)  # a waiting request reads its task after these pauses, then every 0.5 s
 
 
 def request_hash(request: ImageRequest) -> str:
@@ -73,11 +74,12 @@ def run(owner: str, request: ImageRequest, *, request_context: Mapping[str, Any]
 
 def wait_for(task_id: str, wait_until: float) -> Task:
     """The task once it ended, or as it is at `wait_until`; an async upstream is checked as it comes due."""
+    pauses = itertools.chain(WAIT_POLL_S, itertools.repeat(WAIT_POLL_S[-1]))  # quick at first: most waits are short
     while True:
         task = worker.poll_through(tasks.get(task_id))
         if task.terminal or time.monotonic() >= wait_until:
             return task
-        time.sleep(min(WAIT_POLL_S, max(0.0, wait_until - time.monotonic())))
+        time.sleep(min(next(pauses), max(0.0, wait_until - time.monotonic())))
 
 
 def wait_bound_s() -> float:
