@@ -13,6 +13,9 @@ from moto import mock_aws
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-test"
 OTHER_KEY = "sk-other"
+# Fields of the current OpenAI Images reference that every dialect accepts and none sends on (the gateway does
+# not stream, and input fidelity only means something for edits), with the `stream: false` a client may send.
+NEWER_FIELDS = {"partial_images": 3, "input_fidelity": "high", "stream": False}
 
 
 def _reset_clients() -> None:

@@ -1,8 +1,9 @@
 """A loopback simulator of the `openai` dialect (seed 002, gpt-image parameters of seed 001).
 
-It checks what the real service checks (path, bearer key, model-specific sizes and n, no response_format
-for gpt-image models), can be slow, can fail a scripted number of times with 429/503, and answers with
-URLs (served by itself, real PNGs) or base64. Every request it receives is recorded for assertions.
+It checks what the real service checks (path, bearer key, no field outside the Images reference's generation
+fields, model-specific sizes and n, no response_format for gpt-image models), can be slow, can fail a scripted
+number of times with 429/503, and answers with URLs (served by itself, real PNGs) or base64. Every request it
+receives is recorded for assertions.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .loopback import Answer, Captured, LoopbackSimulator, png_bytes
+from .loopback import Answer, Captured, LoopbackSimulator, field_problem, png_bytes
 
 __all__ = ["Behaviour", "OpenAISimulator", "png_bytes"]
 
@@ -21,6 +22,8 @@ SIZES = {
     "dall-e-3": {"1024x1024", "1792x1024", "1024x1792"},
     "gpt-image": {"1024x1024", "1536x1024", "1024x1536", "auto"},
 }
+FIELDS = {"model", "prompt", "n", "size", "quality", "response_format", "style", "user", "background", "moderation",
+          "output_compression", "output_format", "partial_images", "stream"}
 
 
 @dataclass
@@ -52,6 +55,8 @@ class OpenAISimulator(LoopbackSimulator):
             return Answer(failure, _error("The server is overloaded, try again.", "overloaded"), extra)
         if not isinstance(body, dict) or not body.get("prompt"):
             return Answer(400, _error("Missing required parameter: 'prompt'.", "missing_required_parameter"))
+        if unknown := field_problem(body, (), FIELDS):
+            return Answer(400, _error(unknown, "unknown_parameter"))
         model = body.get("model", "dall-e-2")
         family = "gpt-image" if model.startswith("gpt-image") else model
         size = body.get("size", "auto" if family == "gpt-image" else "1024x1024")

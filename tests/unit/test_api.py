@@ -13,7 +13,7 @@ import poll_handler
 import submit_handler
 from imagegw import bus
 from tests.apiclient import call
-from tests.conftest import API_KEY, OTHER_KEY, s3_objects
+from tests.conftest import API_KEY, NEWER_FIELDS, OTHER_KEY, s3_objects
 from tests.simulators.openai_sim import Behaviour, OpenAISimulator
 
 GEN = "/v1/images/generations"
@@ -74,6 +74,35 @@ def test_bad_input_is_a_400_naming_the_param_and_creates_no_task(inline_bus, bod
     error = reply.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
     assert inline_bus.published == []
+
+
+def test_stream_true_is_a_400_pointing_at_the_task_api_and_a_truly_unknown_field_stays_refused(inline_bus):
+    streamed = generate({"model": "gpt-image-1", "prompt": "x", "stream": True, "partial_images": 2})
+    error = streamed.json()["error"]
+    assert streamed.status == 400 and error["param"] == "stream" and error["type"] == "invalid_request_error"
+    assert "not supported" in error["message"] and "GET /v1/images/tasks/{id}" in error["message"]
+    unknown = generate({"model": "gpt-image-1", "prompt": "x", "partial_image": 2})
+    assert unknown.status == 400 and unknown.json()["error"]["code"] == "unknown_parameter"
+    assert inline_bus.published == []
+
+
+def test_local_answers_a_request_with_every_newer_field(inline_bus):
+    reply = generate({"model": "gpt-image-1", "prompt": "a lighthouse", "moderation": "low", **NEWER_FIELDS})
+    assert reply.status == 200, reply.body
+    assert len(reply.json()["data"]) == 1 and len(s3_objects()) == 1
+
+
+@pytest.mark.parametrize("model, sent", [
+    ("dall-e-3", {"model": "dall-e-3", "prompt": "newer fields", "n": 1}),
+    ("gpt-image-1", {"model": "gpt-image-1", "prompt": "newer fields", "moderation": "low"}),
+])
+def test_openai_upstream_gets_no_streaming_or_edit_field(inline_bus, providers_file, loopback_fetch, model, sent):
+    with OpenAISimulator() as sim:
+        providers_file({"providers": {"oai": {"dialect": "openai", "base_url": sim.base_url, "api_key": sim.api_key}},
+                        "models": {model: [{"provider": "oai"}]}})
+        reply = generate({"model": model, "prompt": "newer fields", "moderation": "low", **NEWER_FIELDS})
+        assert reply.status == 200, reply.body
+        assert [r.body for r in sim.generations] == [sent] and len(s3_objects()) == 1
 
 
 def test_unparseable_and_oversized_bodies(inline_bus):

@@ -12,6 +12,7 @@ from imagegw.dialects.openai import OpenAIDialect
 from imagegw.errors import BadRequest, NoProvider
 from imagegw.request import parse_request
 from imagegw.routing import load_config_text, routes_for
+from tests.conftest import NEWER_FIELDS
 
 CONFIG = load_config_text("""
 providers:
@@ -36,6 +37,32 @@ def test_bad_requests_name_their_param(raw, param):
     with pytest.raises(BadRequest) as err:
         parse_request(raw)
     assert err.value.param == param and err.value.status == 400
+
+
+def test_every_field_of_the_current_openai_reference_is_accepted():
+    req = parse_request({"model": "gpt-image-1", "prompt": "p", "n": 2, "size": "1536x1024", "quality": "high",
+                         "response_format": "b64_json", "style": "vivid", "user": "u", "background": "transparent",
+                         "moderation": "low", "output_compression": 80, "output_format": "webp",
+                         "partial_images": 0, "input_fidelity": " LOW ", "stream": False})
+    assert (req.partial_images, req.input_fidelity, req.stream) == (0, "low", False)
+    assert parse_request({"prompt": "p", **NEWER_FIELDS}).upstream_fields() == {"prompt": "p", **NEWER_FIELDS}
+
+
+@pytest.mark.parametrize("field, value", [("partial_images", 4), ("partial_images", -1), ("partial_images", "2"),
+                                          ("partial_images", True), ("partial_images", 1.0),
+                                          ("input_fidelity", "medium"), ("input_fidelity", 1)])
+def test_newer_fields_are_checked_like_the_others(field, value):
+    with pytest.raises(BadRequest) as err:
+        parse_request({"prompt": "p", field: value})
+    assert (err.value.param, err.value.code) == (field, "invalid_value")
+
+
+def test_stream_true_is_refused_pointing_at_the_task_api():
+    with pytest.raises(BadRequest) as err:
+        parse_request({"prompt": "p", "stream": True, "partial_images": 2})
+    assert err.value.param == "stream" and err.value.status == 400
+    for words in ("not supported", "?async=true", "Prefer: respond-async", "GET /v1/images/tasks/{id}", "progress"):
+        assert words in err.value.message
 
 
 def test_capabilities_per_model():
@@ -85,6 +112,21 @@ def test_openai_translation_per_family(monkeypatch):
     done = dialect.parse_submit(parse_request({"prompt": "p"}), [reply])
     assert done.images[0].url == "https://x/1.png" and done.images[0].revised_prompt == "r"
     assert done.usage == {"images": 1, "input_tokens": 3, "output_tokens": 5, "total_tokens": 8}
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("dall-e-2", {"model": "dall-e-2", "prompt": "p", "n": 2}),
+    ("dall-e-3", {"model": "dall-e-3", "prompt": "p", "n": 1}),
+    ("gpt-image-1", {"model": "gpt-image-1", "prompt": "p", "n": 2, "moderation": "low"}),
+    ("flux-dev", {"model": "flux-dev", "prompt": "p", "n": 2}),
+])
+def test_openai_sends_no_streaming_or_edit_field(monkeypatch, model, expected):
+    monkeypatch.setenv("RELAY_A_KEY", "sk-a")
+    route = routes_for("dall-e-3", CONFIG)[0]
+    route = type(route)(provider="a", dialect="openai", upstream_model=model, config=route.config)
+    calls = OpenAIDialect().build_submit(parse_request({"prompt": "p", "n": 2, "moderation": "low", **NEWER_FIELDS}),
+                                         route)
+    assert [call.json for call in calls] == [expected] * (2 if model == "dall-e-3" else 1)  # dall-e-3 fans out
 
 
 def test_local_images_are_real_deterministic_and_sized():

@@ -24,6 +24,9 @@ MAX_INT_DIGITS = 100  # beyond any field's bound; int() refuses > 4300 digits an
 ECHO_CHARS = 100  # how much of a client's value an error message shows
 CONTENT_TYPE = "Content-Type"
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+STREAMING_UNSUPPORTED = ("Streaming is not supported by this gateway; omit `stream` or send false. To follow "
+                         "progress, use the task API: send the request with `?async=true` or "
+                         "`Prefer: respond-async`, then poll `GET /v1/images/tasks/{id}`, whose `progress` moves.")
 
 
 class ImageRequest(BaseModel):
@@ -42,6 +45,10 @@ class ImageRequest(BaseModel):
     background: Literal["transparent", "opaque", "auto"] | None = None
     moderation: Literal["low", "auto"] | None = None
     user: str | None = Field(default=None, max_length=256)
+    # Accepted so that no current OpenAI request is refused, and dropped by every dialect: the gateway does
+    # not stream (partial images exist only in a stream), and input fidelity only means something for edits.
+    partial_images: int | None = Field(default=None, ge=0, le=3, strict=True)
+    input_fidelity: Literal["high", "low"] | None = None
     stream: Literal[False] | None = None
     # Gateway extensions (A1).
     aspect_ratio: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?:\d+(\.\d+)?$")
@@ -50,7 +57,7 @@ class ImageRequest(BaseModel):
     webhook: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
 
     @field_validator("quality", "style", "response_format", "output_format", "background", "moderation",
-                     "resolution", mode="before")
+                     "input_fidelity", "resolution", mode="before")
     @classmethod
     def _lower_enum(cls, value: Any) -> Any:
         # Relays send enum values with stray case or whitespace ("b64_json "); accept them normalised.
@@ -232,6 +239,6 @@ def bad_request_from_errors(errors: Sequence[dict[str, Any]], strip: tuple[str, 
     if kind == "extra_forbidden":
         return BadRequest(f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
     if param == "stream":
-        return BadRequest("Streaming is not supported by this gateway; omit `stream`.", param=param)
+        return BadRequest(STREAMING_UNSUPPORTED, param=param)
     return BadRequest(f"Invalid value for '{param}': {echo(first.get('input'))}. {first['msg']}.", param=param,
                       code="invalid_value")
