@@ -19,7 +19,7 @@ from imagegw.errors import ContentPolicyViolation, UpstreamFailed
 from imagegw.request import parse_request
 from imagegw.routing import ProviderConfig, Route
 from tests.apiclient import FakeContext, call
-from tests.conftest import API_KEY, s3_objects
+from tests.conftest import API_KEY, NEWER_FIELDS, s3_objects
 from tests.simulators.async_relay_sim import ID_SHAPES, AsyncRelaySimulator, Behaviour
 from tests.simulators.loopback import png_bytes
 
@@ -61,7 +61,8 @@ def test_submit_is_the_seed_call_with_async_true():
     ("dall-e-2", {"n": 2, "size": "512x512", "quality": "standard", "style": "natural"},
      {"model": "dall-e-2", "size": "512x512", "n": 2, "prompt": "a cat"}),
     ("gpt-image-1", {"size": "auto", "quality": "high", "background": "transparent", "output_format": "webp",
-                     "output_compression": 80, "moderation": "low", "style": "vivid", "response_format": "url"},
+                     "output_compression": 80, "moderation": "low", "style": "vivid", "response_format": "url",
+                     **NEWER_FIELDS},
      {"model": "gpt-image-1", "size": "auto", "n": 1, "prompt": "a cat", "quality": "high",
       "background": "transparent", "output_format": "webp", "output_compression": 80, "moderation": "low"}),
     ("dall-e-3", {"size": "16:9"}, {"model": "dall-e-3", "size": "1792x1024", "n": 1, "prompt": "a cat"}),
@@ -280,6 +281,14 @@ def test_sync_request_completes_as_the_schedule_checks(relay):
     raw = base64.b64decode(data[0]["b64_json"])  # answered from our stored copy of the relay's URL image
     assert Image.open(io.BytesIO(raw)).size == (1792, 1024) and sim.image_downloads == 1
     assert answer.json()["usage"] == {"images": 1}
+
+
+def test_a_request_with_every_newer_field_reaches_the_relay_without_them(relay):
+    sim = relay()
+    with Sweeper():
+        answer = generate({**REQUEST, "moderation": "low", **NEWER_FIELDS})
+    assert answer.status == 200, answer.body
+    assert_submitted(sim)
 
 
 def test_sync_request_past_its_wait_bound_is_finished_by_polling(relay):

@@ -19,7 +19,7 @@ from imagegw.errors import BadRequest, ContentPolicyViolation, RateLimited, Upst
 from imagegw.request import parse_request
 from imagegw.routing import load_config_text, routes_for
 from tests.apiclient import call
-from tests.conftest import API_KEY, s3_objects
+from tests.conftest import API_KEY, NEWER_FIELDS, s3_objects
 from tests.simulators.envelope_sim import Behaviour, EnvelopeSimulator
 from tests.simulators.loopback import png_bytes
 
@@ -67,9 +67,9 @@ def parse(reply, **body):
                                                            "output_compression": 40}),
     ({"output_format": "png", "output_compression": 40}, {**BASE, "output_format": "png"}),
     ({"output_compression": 40}, BASE),
-    # dropped: response_format, style (dall-e-3 only), seed, resolution, webhook
+    # dropped: response_format, style (dall-e-3 only), seed, resolution, webhook, partial_images, input_fidelity
     ({"response_format": "b64_json", "style": "vivid", "seed": 1, "resolution": "2k",
-      "webhook": "https://hooks.example/x"}, BASE),
+      "webhook": "https://hooks.example/x", **NEWER_FIELDS}, BASE),
     # aspect_ratio chooses the nearest listed size, and only when no size is given
     ({"aspect_ratio": "16:9"}, {**BASE, "size": "1536x1024"}),
     ({"aspect_ratio": "9:16"}, {**BASE, "size": "1024x1536"}),
@@ -262,6 +262,14 @@ def test_sync_success_stores_the_images_and_keeps_the_ids(inline_bus, providers_
         task = tasks.get(latest_task_id())
         assert task.upstream["request_id"] == answer["request_id"]
         assert task.upstream["id"] == answer["data"]["task_id"] and task.upstream["task_status"] == "success"
+
+
+def test_a_request_with_every_newer_field_reaches_the_envelope_without_them(inline_bus, providers_file):
+    with EnvelopeSimulator() as sim:
+        configure(providers_file, sim)
+        reply = generate({"model": "gpt-image-1.5", "prompt": "a kite", "moderation": "low", **NEWER_FIELDS})
+        assert reply.status == 200, reply.body
+        assert [r.body for r in sim.generations] == [{**BASE, "prompt": "a kite", "moderation": "low"}]
 
 
 def test_async_success(inline_bus, providers_file):

@@ -15,7 +15,7 @@ from imagegw.errors import ContentPolicyViolation, UpstreamFailed
 from imagegw.request import parse_request
 from imagegw.routing import ProviderConfig, Route
 from tests.apiclient import call
-from tests.conftest import API_KEY, s3_objects
+from tests.conftest import API_KEY, NEWER_FIELDS, s3_objects
 from tests.simulators.grok_sim import Behaviour, GrokSimulator
 from tests.simulators.loopback import png_bytes
 
@@ -80,7 +80,8 @@ def test_sizes_map_to_the_five_and_ratios_travel_in_aspect_ratio(request_, size,
 
 def test_values_outside_the_seed_lists_are_mapped_and_other_fields_dropped():
     body = body_for(quality="hd", resolution="4k", style="vivid", user="u-1", seed=7, output_format="jpeg",
-                    background="opaque", moderation="low", output_compression=50, webhook="https://hook.example/x")
+                    background="opaque", moderation="low", output_compression=50, webhook="https://hook.example/x",
+                    **NEWER_FIELDS)
     assert body == {"model": "grok-3-image", "prompt": "a cat", "aspect_ratio": [None], "n": 1,
                     "quality": ["high"], "resolution": ["2k"], "response_format": "url"}
     assert body_for(quality="standard")["quality"] == ["medium"] and body_for(quality="auto")["quality"] == [None]
@@ -169,6 +170,15 @@ def test_sync_two_images_of_an_unlisted_size_as_b64(grok):
         raw = base64.b64decode(entry["b64_json"])
         assert raw == s3_image(key) and Image.open(io.BytesIO(raw)).size == (960, 960)
         assert "X-Amz-Signature" in entry["url"]
+
+
+def test_a_request_with_every_newer_field_reaches_grok_without_them(grok):
+    sim = grok()
+    reply_ = generate({"model": "aurora", "prompt": "a cat", "moderation": "low", **NEWER_FIELDS})
+    assert reply_.status == 200, reply_.body
+    assert [r.body for r in sim.generations] == [{"model": "grok-3-image", "prompt": "a cat", "aspect_ratio": [None],
+                                                  "n": 1, "quality": [None], "resolution": [None],
+                                                  "response_format": "url"}]
 
 
 def test_async_task_with_a_ratio_size_quality_and_resolution(grok, inline_bus):

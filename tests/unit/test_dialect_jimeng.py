@@ -18,7 +18,7 @@ from imagegw.errors import ContentPolicyViolation, UpstreamFailed
 from imagegw.request import parse_request
 from imagegw.routing import load_config_text, routes_for
 from tests.apiclient import call
-from tests.conftest import API_KEY, s3_objects
+from tests.conftest import API_KEY, NEWER_FIELDS, s3_objects
 from tests.simulators.jimeng_sim import PIXELS, Behaviour, JimengSimulator
 
 GEN = "/v1/images/generations"
@@ -82,7 +82,7 @@ def test_every_other_optional_field_is_dropped():
     calls = build({"prompt": "p", "n": 3, "size": "16:9", "quality": "hd", "style": "vivid",
                    "response_format": "b64_json", "output_format": "jpeg", "output_compression": 50,
                    "background": "opaque", "moderation": "low", "user": "u-1", "resolution": "2k", "seed": 42,
-                   "webhook": "https://hooks.example/x"})
+                   "webhook": "https://hooks.example/x", **NEWER_FIELDS})
     assert [c.json for c in calls] == [{"model": "jimeng-4.0", "prompt": "p", "size": "16:9"}]
 
 
@@ -217,6 +217,12 @@ def test_sync_n2_makes_one_call_and_stores_two(inline_bus, jimeng):
     assert len(reply.json()["data"]) == 2
     assert [r.body for r in jimeng.generations] == [{"model": "jimeng-4.0", "prompt": "a cat", "size": "2:3"}]
     assert jimeng.image_downloads == 2 and len(s3_objects()) == 2
+
+
+def test_a_request_with_every_newer_field_reaches_jimeng_without_them(inline_bus, jimeng):
+    reply = generate({"model": "jimeng-4.0", "prompt": "a cat", "size": "2:3", "moderation": "low", **NEWER_FIELDS})
+    assert reply.status == 200, reply.body
+    assert [r.body for r in jimeng.generations] == [{"model": "jimeng-4.0", "prompt": "a cat", "size": "2:3"}]
 
 
 def test_async_task_succeeds_with_the_images_stored(inline_bus, jimeng):

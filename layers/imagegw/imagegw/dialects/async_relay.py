@@ -11,7 +11,9 @@ Submit: `POST {root}/v1/images/generations?async=true`, Bearer key, body `{model
   output_compression, moderation, user; any other model: quality, style, user.
 - Dropped: `response_format` (the relay keeps the result in its task record, where URLs are lighter than
   base64, and the gateway stores its own copy and answers b64_json from it anyway), `aspect_ratio` and
-  `resolution` (only used to size a ratio as above), `seed`, and the gateway's own `webhook`.
+  `resolution` (only used to size a ratio as above), `seed`, `partial_images` and `stream` (the gateway does
+  not stream: progress comes from the task checks), `input_fidelity` (edits only), and the gateway's own
+  `webhook`.
 - The submit answer is read as a task id from any of `{"task_id": id}`, `{"id": id}`,
   `{"code": "success", "data": "<id>"}`, `{"data": {"task_id" | "id": id}}` -> Pending(id). A relay that
   answers synchronously anyway (`{created, data: [{url | b64_json}]}`) -> Done. Anything else is a failure:

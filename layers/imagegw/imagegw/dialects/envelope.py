@@ -23,7 +23,8 @@ covering dall-e-2/dall-e-3 too, so the rules follow the upstream model's family 
   `style`; dall-e-2: neither.
 - `user`: sent when set (every family).
 - never sent: `response_format` (refused for gpt-image models; for any model the envelope answers `urls`,
-  and the gateway fills `b64_json` from its stored copy), `partial_images`, `resolution`, `seed` and
+  and the gateway fills `b64_json` from its stored copy), `partial_images` (the gateway does not stream),
+  `input_fidelity` (it only means something for edits), `resolution`, `seed` and
   `aspect_ratio` as such (none documented; aspect_ratio only chooses `size`), `webhook` (gateway-side).
 
 Answer:

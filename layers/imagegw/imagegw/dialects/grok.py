@@ -22,7 +22,8 @@ Translation rules:
 - `response_format` is always sent (required by the seed), stripped and lower-cased: the seed's own example
   sends `"b64_json "`; we never send the stray whitespace.
 - Dropped (the seed has no such field): style, user, background, output_format, output_compression,
-  moderation, seed. `webhook` is the gateway's own and never goes upstream.
+  moderation, partial_images and stream (the gateway does not stream), input_fidelity (edits only), seed.
+  `webhook` is the gateway's own and never goes upstream.
 
 Answer: `{created, data: [{url} | {b64_json}], usage: {generated_images, output_tokens, total_tokens}}`.
 Keys and string values are read stripped (keys also lower-cased): the seed's own example is loose with

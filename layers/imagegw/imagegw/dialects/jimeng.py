@@ -18,7 +18,8 @@ The path and the bearer key are OpenAI's, but the body and the answer are not qu
 - Dropped, because the seed documents no such parameter: `n` (see above), `quality`, `style`,
   `output_format`, `output_compression`, `background`, `moderation`, `user`, `resolution`, `seed` (not
   listed: sending it would promise a reproducibility the service does not document), `response_format`
-  (the answer is always URLs; the gateway fills `b64_json` from its stored copy), `webhook` (gateway-side).
+  (the answer is always URLs; the gateway fills `b64_json` from its stored copy), `partial_images` and
+  `stream` (the gateway does not stream), `input_fidelity` (edits only), `webhook` (gateway-side).
 
 The answer is `{created, data: [{url}]}` (the seed's example; its response *schema* is a chat completion and
 wrong). The URLs are signed and expire (`x-expires`), which is why the worker copies them to S3 at once.

@@ -1,7 +1,10 @@
 """`local`: a built-in generator with no network, for development, tests and demos.
 
 It draws real images of the requested size with Pillow, deterministic for (prompt, seed, index): the same
-request gives the same pixels, so tests can compare bytes. `output_format` (png, jpeg, webp) is honoured.
+request gives the same pixels, so tests can compare bytes. `n`, the size (`size`, or a ratio in `size` or
+`aspect_ratio` at `resolution`) and `output_format` (png, jpeg, webp) are honoured; every other field
+(quality, style, background, moderation, output_compression, partial_images, input_fidelity, user, ...) is
+ignored.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ Translation rules, per upstream model family:
   `response_format` is never sent (these models always answer base64).
 - any other model name (an OpenAI-compatible relay serving e.g. flux): prompt, n, size, quality, style,
   response_format, user.
+Never sent, whatever the family: `partial_images` and `stream` (streaming options: the gateway does not stream),
+`input_fidelity` (it only means something for edits), and the gateway's own `aspect_ratio`, `resolution`, `seed`
+and `webhook`.
 `revised_prompt` and `usage` pass through.
 """
 
