@@ -95,8 +95,9 @@ class Router:
 
 
 def proxy_event(match: Match, *, method: str, raw_path: str, headers: list[tuple[str, str]], body: bytes | None,
-                source_ip: str, host: str) -> dict[str, Any]:
-    """The REST API proxy event for one request, as API Gateway builds it."""
+                source_ip: str, host: str, binary_media_types: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The REST API proxy event for one request, as API Gateway builds it: a body whose Content-Type is one of
+    the API's binary media types arrives base64-encoded (`isBase64Encoded`), as do bytes that are not UTF-8."""
     url = urlsplit(raw_path)
     path = unquote(url.path)
     single_headers: dict[str, str] = {}
@@ -111,11 +112,15 @@ def proxy_event(match: Match, *, method: str, raw_path: str, headers: list[tuple
         single_query[name] = value
         multi_query.setdefault(name, []).append(value)
     body_text, is_b64 = None, False
-    if body:
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+    binary = content_type.split(";")[0].strip().lower() in binary_media_types
+    if body and not binary:
         try:
             body_text = body.decode("utf-8")
         except UnicodeDecodeError:
-            body_text, is_b64 = base64.b64encode(body).decode("ascii"), True
+            binary = True
+    if body and binary:
+        body_text, is_b64 = base64.b64encode(body).decode("ascii"), True
     route = match.route
     now = datetime.now(timezone.utc)
     request_id = str(uuid.uuid4())
@@ -160,9 +165,11 @@ class ApiGateway:
     """The HTTP server; invocations run in the execution environments of `environments`, one request each."""
 
     def __init__(self, routes: list[ApiRoute], environments: EnvironmentPool, *, port: int,
-                 gateway_responses: dict[str, dict[str, GatewayResponse]] | None = None):
+                 gateway_responses: dict[str, dict[str, GatewayResponse]] | None = None,
+                 binary_media_types: dict[str, frozenset[str]] | None = None):
         self.router = Router(routes)
         self.environments = environments
+        self.binary_media_types = binary_media_types or {}  # API logical id -> its binary media types
         self.gateway_responses = gateway_responses or {}  # API logical id -> response type -> the template's
         self.stages = {r.stage for r in routes}
         try:
@@ -199,6 +206,7 @@ class ApiGateway:
                                                     "invalid_request_error", "method_not_allowed")
         assert isinstance(match, Match)
         event = proxy_event(match, method=method, raw_path=raw_path, headers=headers, body=body,
+                            binary_media_types=self.binary_media_types.get(match.route.api, frozenset()),
                             source_ip=source_ip, host=host)
         request_id = event["requestContext"]["requestId"]
         try:

@@ -150,7 +150,8 @@ def start(port: int = 3000, aws_port: int = 4566, *, api_keys: str | None = None
         api_functions = {r.function: tpl.functions[r.function] for r in tpl.api_routes}
         environments = EnvironmentPool(api_functions, region, concurrency, max_concurrency)
         # Binds now: a taken PORT fails before the rest.
-        api = ApiGateway(tpl.api_routes, environments, port=port, gateway_responses=tpl.gateway_responses)
+        api = ApiGateway(tpl.api_routes, environments, port=port, gateway_responses=tpl.gateway_responses,
+                         binary_media_types=tpl.binary_media_types)
         # The environment is complete: start the execution environments now, so that their imports overlap
         # with the rest of the start (resources, this process's own imports), and wait for them at the end.
         environments.start()

@@ -111,6 +111,7 @@ class LocalTemplate:
     schedules: list[ScheduleEvent] = field(default_factory=list)
     s3_notifications: list[S3Notification] = field(default_factory=list)
     gateway_responses: dict[str, dict[str, GatewayResponse]] = field(default_factory=dict)  # API -> type -> answer
+    binary_media_types: dict[str, frozenset[str]] = field(default_factory=dict)  # API -> media types (type/sub)
     environment: dict[str, str] = field(default_factory=dict)  # process-wide: the union of every function's
     resource_variables: set[str] = field(default_factory=set)  # those naming a resource (local names must win)
 
@@ -247,6 +248,10 @@ def load(root: Path, *, stack_name: str = "imagegw-local", region: str = "us-eas
         elif kind == "AWS::Serverless::Api":
             out.gateway_responses[logical] = _gateway_responses(res.get("Properties") or {}, resolve,
                                                                 f"Resources.{logical}.Properties.GatewayResponses")
+            declared = resolve((res.get("Properties") or {}).get("BinaryMediaTypes") or [],
+                               f"Resources.{logical}.Properties.BinaryMediaTypes")
+            # SAM writes "/" as "~1" (a JSON pointer escape) in binary media types
+            out.binary_media_types[logical] = frozenset(str(t).replace("~1", "/").lower() for t in declared)
 
     globals_fn = (raw.get("Globals") or {}).get("Function") or {}
     for logical, res in resources.items():

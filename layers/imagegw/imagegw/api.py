@@ -21,12 +21,13 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 
-from . import bus, idempotency, keys, storage, sync, tasks, views, worker
+from . import bus, idempotency, inputs, keys, storage, sync, tasks, views, worker
 from .capabilities import validate_routable
 from .errors import (AuthenticationFailed, BadRequest, Conflict, GatewayError, NotFound, PayloadTooLarge,
                      ServerError, from_task_error)
+from .dialects import EDIT, GENERATE, VARIATION
 from .request import (MAX_BODY_BYTES, ImageRequest, bad_request_from_errors, echo, json_text, load_json_object,
-                      parse_request, printable)
+                      parse_form_fields, parse_request, printable)
 from .routing import public_models
 
 logger = Logger(child=True)
@@ -39,6 +40,9 @@ _TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", 
 GENERATIONS = "/v1/images/generations"
 #: (method, path) of the routes that read a JSON body: `handle` checks and decodes it before Powertools reads it
 JSON_ROUTES = frozenset({("POST", GENERATIONS)})
+EDITS, VARIATIONS = "/v1/images/edits", "/v1/images/variations"
+#: the routes that read multipart/form-data (the input images): up to API Gateway's 10 MB, not 64 KiB
+MULTIPART_ROUTES = frozenset({("POST", EDITS), ("POST", VARIATIONS)})
 # Task ids are `imgtask_<hex>`; anything else cannot name a task (and a DynamoDB key has a size limit).
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
@@ -66,8 +70,11 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     try:
         body = event.get("body") or ""
         size = len(body) * 3 // 4 if event.get("isBase64Encoded") else len(body.encode(errors="surrogatepass"))
-        if size > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES // 1024} KiB.")
+        route = (str(event.get("httpMethod")).upper(), str(event.get("path")).rstrip("/"))
+        cap = inputs.MAX_MULTIPART_BYTES if route in MULTIPART_ROUTES else MAX_BODY_BYTES
+        if size > cap:
+            raise PayloadTooLarge(f"The request body is larger than {cap // 1024} KiB"
+                                  + (" (API Gateway's limit)." if route in MULTIPART_ROUTES else "."))
         if event.get("path") in DOCS_PATHS and event.get("httpMethod") == "GET":
             if not docs_enabled():
                 raise NotFound("The API documentation is switched off for this deployment.", code="unknown_route")
@@ -78,7 +85,7 @@ def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
             raise AuthenticationFailed("Incorrect API key provided.")  # keys are ASCII, as header values are
         owner = keys.authenticate(authorization)
         # Powertools' REST resolver matches `^<route>/*$`: a trailing slash reaches the same route.
-        if (str(event.get("httpMethod")).upper(), str(event.get("path")).rstrip("/")) in JSON_ROUTES:
+        if route in JSON_ROUTES:
             event = _json_event(event, headers.get("content-type"))
         app.append_context(owner=owner)
     except GatewayError as exc:
@@ -119,25 +126,65 @@ def create_images(request: Annotated[ImageRequest, Body(embed=False)],
                       description="Create the task once: a repeat within 24 h (same API key, same body) answers "
                                   "with the same task; a different body is a 422, a concurrent repeat a 409.",
                   )] = None):
+    if webhook and not request.webhook:
+        request = parse_request({**request.upstream_fields(), "webhook": webhook})
+    validate_routable(request)
+    return _create(request, async_=async_, idempotency_key=idempotency_key)
+
+
+@app.post(EDITS, summary="Edit images (multipart/form-data; sync by default, async on request)")
+def edit_images(async_: Annotated[str | None, Query(alias="async")] = None,
+                webhook: Annotated[str | None, Query()] = None,
+                idempotency_key: Annotated[str | None, Header(alias=idempotency.HEADER)] = None):
+    return _create_from_form(EDIT, async_=async_, webhook=webhook, idempotency_key=idempotency_key)
+
+
+@app.post(VARIATIONS, summary="Create variations of an image (multipart/form-data; dall-e-2)")
+def create_variations(async_: Annotated[str | None, Query(alias="async")] = None,
+                      webhook: Annotated[str | None, Query()] = None,
+                      idempotency_key: Annotated[str | None, Header(alias=idempotency.HEADER)] = None):
+    return _create_from_form(VARIATION, async_=async_, webhook=webhook, idempotency_key=idempotency_key)
+
+
+def _create_from_form(operation: str, **kwargs: Any) -> Response:
+    """An edit or a variation: its form read and checked (fields, then the model's input rules) before any
+    task, any upload or any upstream call."""
+    event = app.current_event
+    form = inputs.parse_form(inputs.body_bytes(event.body, base64_encoded=bool(event.is_base64_encoded)),
+                             event.headers.get("content-type") or event.headers.get("Content-Type"))
+    webhook = kwargs.pop("webhook")
+    fields = {**form.fields, **({"webhook": webhook} if webhook and "webhook" not in form.fields else {})}
+    if operation == VARIATION:
+        fields.setdefault("model", "dall-e-2")  # variations are dall-e-2's
+    request = parse_form_fields(fields, operation)
+    rules = validate_routable(request, operation)
+    inputs.check_files(form, rules or inputs.InputRules(), model=request.model, mask_allowed=operation == EDIT)
+    return _create(request, operation=operation, form=form, **kwargs)
+
+
+def _create(request: ImageRequest, *, async_: str | None, idempotency_key: str | None, operation: str = GENERATE,
+            form: inputs.Form | None = None) -> Response:
+    """A validated request (a generation, or an edit or variation with its files): the task, then the answer
+    its client asked for (the sync contract, a 202, or the wait of `Prefer: wait=N`)."""
     started = time.monotonic()
     owner = app.context["owner"]
     prefer = app.current_event.headers.get("prefer") or ""
     respond_async = _flag(async_, "async") or "respond-async" in prefer.lower()
     asked_for_a_task = respond_async or _WAIT.search(prefer) is not None  # else: plain sync (see `sync`)
     key = idempotency.validate_key(idempotency_key)
-    if webhook and not request.webhook:
-        request = parse_request({**request.upstream_fields(), "webhook": webhook})
-    validate_routable(request)
     if not asked_for_a_task and key is None:  # the fast path: this invocation runs the task
         task = sync.run(owner, request, request_context=app.current_event.raw_event.get("requestContext") or {},
-                        retried=sync.is_retry(app.current_event.headers), wait_until=started + _wait_bound(prefer))
+                        retried=sync.is_retry(app.current_event.headers), wait_until=started + _wait_bound(prefer),
+                        operation=operation, form=form)
         return _sync_answer(task, request)
     replayed = False
     if key is None:
-        task = _queue(owner, request)
+        task = _queue(owner, request, operation, form)
     else:
-        task_id, replayed = idempotency.once(owner, key, request.model_dump(mode="json"),
-                                             lambda: _queue(owner, request).id, app.lambda_context)
+        fingerprint = request.model_dump(mode="json") if operation == GENERATE else {
+            "request": request.model_dump(mode="json"), "operation": operation, "files": sync.file_digests(form)}
+        task_id, replayed = idempotency.once(owner, key, fingerprint,
+                                             lambda: _queue(owner, request, operation, form).id, app.lambda_context)
         task = tasks.get(task_id, owner)
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     if respond_async:
@@ -243,9 +290,14 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
                     body=json.dumps(body, ensure_ascii=False), headers=headers)
 
 
-def _queue(owner: str, request: ImageRequest) -> tasks.Task:
-    """Store the task and announce it (the step an Idempotency-Key makes happen once)."""
-    task = tasks.create(owner, request.model, request.upstream_fields(), webhook=request.webhook)
+def _queue(owner: str, request: ImageRequest, operation: str = GENERATE, form: inputs.Form | None = None
+           ) -> tasks.Task:
+    """Store the task (and an edit's or a variation's files first) and announce it (the step an
+    Idempotency-Key makes happen once)."""
+    task_id = tasks.new_task_id()
+    job = sync.job_fields(task_id, operation, form)
+    task = tasks.create(owner, request.model, request.upstream_fields(), webhook=request.webhook, task_id=task_id,
+                        **job)
     try:
         bus.publish(bus.TASK_QUEUED, task.id)
     except Exception:  # noqa: BLE001 - the task is stored: the sweep re-publishes it, nothing is lost

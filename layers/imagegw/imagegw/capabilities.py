@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from .errors import BadRequest
 from .request import ImageRequest, echo
-from .routing import routes_for
+from .inputs import InputRules
+from .routing import Route, routes_for
 from .webhooks import check_target
 
 _PIXELS = re.compile(r"^(\d{2,5})x(\d{2,5})$")
@@ -38,22 +39,28 @@ class Capability:
     max_side: int = 4096
     #: a pixel `size` outside `sizes` is mapped to the nearest one by aspect ratio instead of refused
     maps_pixel_sizes: bool = False
+    #: what the model takes as an edit's inputs (None: it does not edit), and as a variation's
+    edits: InputRules | None = InputRules()
+    variations: InputRules | None = None
 
 
+# dall-e-2: one square PNG under 4 MB (a mask of its size); gpt-image: up to 16 PNG/JPEG/WebP under 50 MB each.
+_DALLE2_INPUT = InputRules(max_images=1, max_bytes=4 * 1024 * 1024, types=frozenset({"image/png"}), square=True,
+                           mask_same_size=True)
 DALLE2 = Capability(sizes=frozenset({"256x256", "512x512", "1024x1024"}), prompt_max=1000,
-                    qualities=frozenset({"standard"}))
+                    qualities=frozenset({"standard"}), edits=_DALLE2_INPUT, variations=_DALLE2_INPUT)
 DALLE3 = Capability(sizes=frozenset({"1024x1024", "1792x1024", "1024x1792"}), prompt_max=4000,
-                    qualities=frozenset({"standard", "hd"}))
+                    qualities=frozenset({"standard", "hd"}), edits=None)
 GPT_IMAGE = Capability(sizes=frozenset({"1024x1024", "1536x1024", "1024x1536", "auto"}),
-                       qualities=frozenset({"low", "medium", "high", "auto"}))
+                       qualities=frozenset({"low", "medium", "high", "auto"}), edits=InputRules(max_images=16))
 # Seed 000: `size` is an aspect ratio; pixel sizes are translated to the nearest of these.
 JIMENG = Capability(ratios=frozenset({"1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9"}),
-                    prompt_max=1000, maps_pixel_sizes=True)
+                    prompt_max=1000, maps_pixel_sizes=True, edits=None)
 # Seed 003: five sizes (others map to the nearest by ratio), ratios, quality and resolution lists.
 GROK = Capability(sizes=frozenset({"960x960", "720x1280", "1280x720", "1168x784", "784x1168"}),
                   ratios=frozenset({"1:1", "3:4", "4:3", "9:16", "16:9", "2:3", "3:2", "9:19.5", "19.5:9", "9:20",
                                     "20:9", "1:2", "2:1", "auto"}),
-                  resolutions=frozenset({"1k", "2k"}), prompt_max=1000,
+                  resolutions=frozenset({"1k", "2k"}), prompt_max=1000, edits=None,
                   qualities=frozenset({"low", "medium", "high"}), maps_pixel_sizes=True)
 GENERIC = Capability()
 
@@ -106,22 +113,44 @@ def nearest_size(width: float, height: float, sizes: frozenset[str] | set[str]) 
                                                   abs(math.prod(parse_pixels(s)) - width * height)))
 
 
-def validate_routable(req: ImageRequest) -> None:
+def validate_routable(req: ImageRequest, operation: str = "generate") -> InputRules | None:
     """The one check every entry point (HTTP, bus event, batch line) makes before a task exists: the model is
-    routed, the request fits the first route's model, and its webhook is one delivery would make (400 naming
-    the param otherwise)."""
-    first = routes_for(req.model)[0]
+    routed (for an edit or a variation: to a route whose dialect and model can do it), the request fits that
+    route's model, and its webhook is one delivery would make (400 naming the param otherwise). For an edit or
+    a variation, the model's input rules (see `inputs.check_files`)."""
+    routes = routes_able_to(operation, routes_for(req.model))
+    if not routes:
+        raise BadRequest(f"The model '{req.model}' cannot take {_ARTICLE[operation]} here: none of its providers "
+                         f"has that endpoint.", param="model", code="unsupported_operation")
+    first = routes[0]
     validate_for_model(req, first.upstream_model, first.dialect)
     if req.webhook:
         check_target(req.webhook)
+    return rules_for(operation, first.upstream_model, first.dialect)
+
+
+_ARTICLE = {"generate": "a generation", "edit": "an edit", "variation": "a variation"}
+
+
+def routes_able_to(operation: str, routes: list[Route]) -> list[Route]:
+    """The routes whose dialect and upstream model can do `operation` (fallback skips the others)."""
+    from .dialects import get_dialect  # late: dialects use this module's tables
+
+    return [r for r in routes if operation in get_dialect(r.dialect).operations
+            and (operation == "generate" or rules_for(operation, r.upstream_model, r.dialect) is not None)]
+
+
+def rules_for(operation: str, model: str, dialect: str | None = None) -> InputRules | None:
+    cap = capability_for(model, dialect)
+    return {"edit": cap.edits, "variation": cap.variations}.get(operation)
 
 
 def validate_for_model(req: ImageRequest, model: str, dialect: str | None = None) -> None:
     """Raise BadRequest (naming the param) when `req` asks `model` for something it cannot do."""
     cap = capability_for(model, dialect)
-    if len(req.prompt) > cap.prompt_max:
+    if len(req.prompt or "") > cap.prompt_max:
         raise BadRequest(f"Invalid 'prompt': {model} accepts at most {cap.prompt_max} characters "
-                         f"(got {len(req.prompt)}).", param="prompt", code="invalid_value")
+                         f"(got {len(req.prompt or '')}).", param="prompt", code="invalid_value")
     if req.n > cap.n_max:
         raise BadRequest(f"Invalid 'n': {model} generates at most {cap.n_max} images per request.",
                          param="n", code="invalid_value")

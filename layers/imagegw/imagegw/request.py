@@ -86,6 +86,44 @@ def parse_request(raw: str | bytes | dict | None) -> ImageRequest:
         raise bad_request_from_errors(exc.errors()) from None
 
 
+#: the text fields of an edit (OpenAI's edit reference, plus the gateway's `webhook`) and of a variation
+EDIT_FIELDS = frozenset({"model", "prompt", "n", "size", "quality", "background", "input_fidelity", "output_format",
+                         "output_compression", "response_format", "user", "partial_images", "stream", "moderation",
+                         "webhook"})
+VARIATION_FIELDS = frozenset({"model", "n", "size", "response_format", "user", "webhook"})
+_FORM_INTEGERS = ("n", "output_compression", "partial_images")
+
+
+class VariationRequest(ImageRequest):
+    """A variation's fields: dall-e-2's, without a prompt."""
+
+    prompt: str | None = Field(default=None, max_length=32000)
+
+
+def parse_form_fields(fields: dict[str, str], operation: str) -> ImageRequest:
+    """An edit's or a variation's text fields as the request they make; 400 naming the field otherwise.
+
+    Form values are text: integers arrive as digits, `stream` as "true"/"false"."""
+    allowed = EDIT_FIELDS if operation == "edit" else VARIATION_FIELDS
+    for name in fields:
+        if name not in allowed:
+            raise BadRequest(f"Unknown parameter: '{printable(name, ECHO_CHARS)}'.", param=printable(name, 64),
+                             code="unknown_parameter")
+    raw: dict[str, Any] = dict(fields)
+    for name in _FORM_INTEGERS:
+        value = raw.get(name)
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() \
+                and len(value.strip()) <= MAX_INT_DIGITS:
+            raw[name] = int(value.strip())
+    if isinstance(raw.get("stream"), str):
+        raw["stream"] = {"false": False, "true": True}.get(raw["stream"].strip().lower(), raw["stream"])
+    _check_tree(raw)
+    try:
+        return (VariationRequest if operation == "variation" else ImageRequest).model_validate(raw)
+    except ValidationError as exc:
+        raise bad_request_from_errors(exc.errors()) from None
+
+
 class OverlongInteger:
     """An integer literal of more than MAX_INT_DIGITS digits, left unconverted: no field accepts it, so the
     model's validation refuses it naming the field (int() would fail inside the JSON parser instead)."""

@@ -29,7 +29,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import tasks, worker
+from . import inputs, tasks, worker
+from .dialects import GENERATE
 from .errors import GenerationInProgress
 from .request import ImageRequest
 from .tasks import Task, now_ms
@@ -39,10 +40,30 @@ REATTACH_WINDOW_S = 600  # a retry finds a task started (or finished) this recen
 WAIT_POLL_S = (0.1, 0.2, 0.4, 0.5)  # a waiting request reads its task after these pauses, then every 0.5 s
 
 
-def request_hash(request: ImageRequest) -> str:
-    """The request as the client set it, hashed: the same body gives the same hash, whatever its key order."""
-    canonical = json.dumps(request.model_dump(mode="json", exclude_unset=True), sort_keys=True, ensure_ascii=False)
+def request_hash(request: ImageRequest, operation: str = GENERATE, form: inputs.Form | None = None) -> str:
+    """The request as the client set it, hashed: the same body (fields in any order, the same files) gives the
+    same hash; a generation's is what it was before edits existed."""
+    fields: dict[str, Any] = request.model_dump(mode="json", exclude_unset=True)
+    if operation != GENERATE:
+        fields = {"fields": fields, "operation": operation, "files": file_digests(form)}
+    canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def file_digests(form: inputs.Form | None) -> list[str]:
+    """The input files, as digests in order (the mask last), for comparing requests."""
+    if form is None:
+        return []
+    files = [*form.images, *([form.mask] if form.mask else [])]
+    return [f"{file.field}:{hashlib.sha256(file.data).hexdigest()}" for file in files]
+
+
+def job_fields(task_id: str, operation: str, form: inputs.Form | None) -> dict[str, Any]:
+    """The task fields of an edit or a variation, its files put in the bucket first (before any upstream call,
+    so every attempt and every route sends the same bytes); nothing for a generation."""
+    if operation == GENERATE or form is None:
+        return {}
+    return {"operation": operation, "inputs": inputs.store(task_id, form)}
 
 
 def is_retry(headers: Mapping[str, str]) -> bool:
@@ -52,20 +73,23 @@ def is_retry(headers: Mapping[str, str]) -> bool:
 
 
 def run(owner: str, request: ImageRequest, *, request_context: Mapping[str, Any], retried: bool,
-        wait_until: float) -> Task:
+        wait_until: float, operation: str = GENERATE, form: inputs.Form | None = None) -> Task:
     """The task of a plain sync request, ended or (past `wait_until`, a time.monotonic() value) still live."""
-    digest = request_hash(request)
+    digest = request_hash(request, operation, form)
     if retried:
         found = tasks.find_recent(owner, digest, since_ms=now_ms() - REATTACH_WINDOW_S * 1000)
         if found is not None and (not found.terminal or
                                   (found.completed_at or 0) >= now_ms() - REATTACH_WINDOW_S * 1000):
             return wait_for(found.id, wait_until)
-    fields = {"webhook": request.webhook, "request_hash": digest}
+    task_id = tasks.sync_task_id(dict(request_context)) or tasks.new_task_id()
+    fields = {"webhook": request.webhook, "request_hash": digest, **job_fields(task_id, operation, form)}
     task = tasks.create_claimed(owner, request.model, request.upstream_fields(), lease_s=worker.LEASE_S,
-                                task_id=tasks.sync_task_id(dict(request_context)) or tasks.new_task_id(), **fields)
-    if task is None:  # that id is taken (a replayed event): a fresh one
+                                task_id=task_id, **fields)
+    if task is None:  # that id is taken (a replayed event): a fresh one, and its own copy of the files
+        task_id = tasks.new_task_id()
+        fields = {**fields, **job_fields(task_id, operation, form)}
         task = tasks.create_claimed(owner, request.model, request.upstream_fields(), lease_s=worker.LEASE_S,
-                                    task_id=tasks.new_task_id(), **fields)
+                                    task_id=task_id, **fields)
     ended = worker.run_claimed(task)
     if ended is not None and ended.terminal:
         return ended

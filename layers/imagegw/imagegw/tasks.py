@@ -110,6 +110,8 @@ class Task:
     line: int | None = None  # its line number in that file
     custom_id: str | None = None  # the line's custom_id
     request_hash: str | None = None  # a sync request's body, hashed: its SDK's retry finds the task by it
+    operation: str | None = None  # "edit" or "variation"; None: a generation
+    inputs: dict[str, Any] | None = None  # an edit's or a variation's files in the bucket: {images: [keys], mask?}
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> "Task":

@@ -140,7 +140,8 @@ def send(call: HttpCall) -> HttpReply:
     with Deadline(call.timeout_s, f"The provider did not answer within {call.timeout_s:g} s.") as deadline:
         try:
             resp = session().request(call.method, call.url, headers=call.headers, json=call.json,
-                                     params=call.params, allow_redirects=False, stream=True,
+                                     params=call.params, data=call.form, files=call.files, allow_redirects=False,
+                                     stream=True,
                                      timeout=(min(CONNECT_TIMEOUT_S, call.timeout_s), call.timeout_s))
             try:
                 body = _read_body(resp)

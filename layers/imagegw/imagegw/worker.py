@@ -34,10 +34,11 @@ from typing import Any, TypeVar
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from . import batches, bus, safe_fetch, storage, tasks, transport, views, webhooks
-from .dialects import Done, Failed, HttpCall, HttpReply, Outcome, Pending, get_dialect
+from . import batches, bus, inputs, safe_fetch, storage, tasks, transport, views, webhooks
+from .capabilities import routes_able_to
+from .dialects import GENERATE, VARIATION, Done, Failed, HttpCall, HttpReply, Job, Outcome, Pending, get_dialect
 from .errors import GatewayError, ProviderConfigInvalid, ServerError, UpstreamFailed, UpstreamTimeout
-from .request import ImageRequest
+from .request import ImageRequest, VariationRequest
 from .routing import Route, routes_for
 from .tasks import Task, now_ms
 
@@ -100,13 +101,26 @@ def run_claimed(task: Task) -> Task | None:
 
 
 def _submit(task: Task, *, fetch_now: bool = False) -> Task | None:
-    req = _step(task, ImageRequest.model_validate, task.request)
+    req = _step(task, _request_of, task)
     routes = _step(task, _routes, task)
-    outcome, index = _step(task, _call_upstream, task, req, routes)
+    job = _step(task, _job_of, task)
+    outcome, index = _step(task, _call_upstream, task, req, routes, job)
     return _step(task, _apply, task, outcome, routes[index], index, fetch_now=fetch_now)
 
 
-def _call_upstream(task: Task, req: ImageRequest, routes: list[Route]) -> tuple[Outcome, int]:
+def _request_of(task: Task) -> ImageRequest:
+    return (VariationRequest if task.operation == VARIATION else ImageRequest).model_validate(task.request)
+
+
+def _job_of(task: Task) -> Job:
+    """What the task asks of its upstream; an edit's or a variation's input files are read back from the bucket
+    (the same bytes for every route and every retry)."""
+    if not task.operation or task.operation == GENERATE:
+        return Job()
+    return Job(operation=task.operation, inputs=inputs.load(task.inputs or {}))
+
+
+def _call_upstream(task: Task, req: ImageRequest, routes: list[Route], job: Job) -> tuple[Outcome, int]:
     """Submit to the task's route, falling back to the next while failures are retriable: (outcome, route index).
 
     An unexpected exception once a request was handed to the transport ends the task rather than being retried:
@@ -121,9 +135,12 @@ def _call_upstream(task: Task, req: ImageRequest, routes: list[Route]) -> tuple[
     try:
         outcome: Outcome = Failed(UpstreamTimeout("No route was tried."))
         index = task.route_index
+        able = routes_able_to(job.operation, routes)
         for index in range(task.route_index, len(routes)):
             route = routes[index]
-            outcome = _refuse_unsafe_urls(get_dialect(route.dialect).submit(req, route, send))
+            if route not in able:  # a route that cannot edit (or vary) is skipped, as validation promised
+                continue
+            outcome = _refuse_unsafe_urls(get_dialect(route.dialect).submit(req, route, send, job))
             if isinstance(outcome, Failed) and outcome.error.retriable and index + 1 < len(routes):
                 metrics.add_metric(name="RouteFallbacks", unit=MetricUnit.Count, value=1)
                 logger.warning("route failed, falling back", extra={"task_id": task.id, "provider": route.provider,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..errors import ProviderConfigInvalid
-from .base import Dialect, Done, Failed, HttpCall, HttpReply, ImageOut, Outcome, Pending
+from .base import EDIT, GENERATE, VARIATION, Dialect, Done, Failed, HttpCall, HttpReply, ImageOut, Job, Outcome, \
+    Pending
 from .async_relay import AsyncRelayDialect
 from .envelope import EnvelopeDialect
 from .grok import GrokDialect
@@ -24,4 +25,5 @@ def get_dialect(name: str) -> Dialect:
         raise ProviderConfigInvalid(f"The provider configuration names an unknown dialect: {name!r}.") from None
 
 
-__all__ = ["Dialect", "Done", "Failed", "HttpCall", "HttpReply", "ImageOut", "Outcome", "Pending", "get_dialect"]
+__all__ = ["EDIT", "GENERATE", "VARIATION", "Dialect", "Done", "Failed", "HttpCall", "HttpReply", "ImageOut", "Job",
+           "Outcome", "Pending", "get_dialect"]

@@ -20,6 +20,9 @@ Submit: `POST {root}/v1/images/generations?async=true`, Bearer key, body `{model
   a content-policy refusal (400) when its message says so, else a retriable 502 (the relay did not take the
   job, so the next route may be tried).
 
+Edit: `POST {root}/v1/images/edits?async=true` (the relay's documented image-edit endpoint), multipart as the
+`openai` dialect sends an edit, answered and checked as a submit is. The relay documents no variations.
+
 Check: `GET {root}/v1/images/tasks/{id}`, Bearer key. The answer is new-api's task envelope
 `{code, message, data: {task_id, status, progress, fail_reason, data: {created, data: [{url | b64_json}]}}}`
 or the same task object flat at the top level. Statuses are read case- and separator-insensitively
@@ -52,7 +55,9 @@ from ..routing import Route
 from ..scrub import fragment
 from .base import Dialect, Done, Failed, HttpCall, HttpReply, ImageOut, Outcome, Pending, bearer, image_items, \
     translatable_fields
-from .openai import family
+from ..inputs import Inputs
+from .base import EDIT, GENERATE
+from .openai import EDIT_PATH, edit_form, family, multipart_call
 
 SUBMIT_PATH = "/v1/images/generations"
 CHECK_PATH = "/v1/images/tasks/"
@@ -195,6 +200,13 @@ def task_failure(reason: str) -> GatewayError:
 
 class AsyncRelayDialect(Dialect):
     name = "async-relay"
+    operations = frozenset({GENERATE, EDIT})
+
+    def build_edit(self, req: ImageRequest, route: Route, inputs: Inputs) -> list[HttpCall]:
+        """`POST {root}/v1/images/edits?async=true`, multipart as the openai dialect sends an edit; the answer
+        is a task id (or images) read as a submit's, and the task is checked at the same task query."""
+        return [multipart_call(route, EDIT_PATH, edit_form(req, route.upstream_model), inputs,
+                               params={"async": "true"})]
     supported_params = frozenset({"size", "n"} | set().union(*_PASSED_ON.values()))
 
     def build_submit(self, req: ImageRequest, route: Route) -> list[HttpCall]:

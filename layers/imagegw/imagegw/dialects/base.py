@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from ..errors import GatewayError, UpstreamFailed
+from ..inputs import InputFile, Inputs
 from ..request import ImageRequest
 from ..routing import Route
 from ..scrub import PROMPT_CHARS, scrub
@@ -30,6 +31,10 @@ class HttpCall:
     json: Any = None
     params: dict[str, str] | None = None
     timeout_s: float = 120
+    #: a multipart/form-data body instead of JSON (edits, variations): text fields, and files as
+    #: (field, (filename, bytes, content type)), in the order they are sent
+    form: dict[str, str] | None = None
+    files: tuple[tuple[str, tuple[str, bytes, str]], ...] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,17 @@ class ImageOut:
     url: str | None = None
     data: bytes | None = field(default=None, repr=False)
     revised_prompt: str | None = None
+
+
+GENERATE, EDIT, VARIATION = "generate", "edit", "variation"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a task asks of its upstream: a generation, or an edit or a variation of its input files."""
+
+    operation: str = GENERATE
+    inputs: Inputs | None = None
 
 
 @dataclass(frozen=True)
@@ -90,9 +106,27 @@ class Dialect:
     #: "base_url", and "key" (one of api_key, api_key_env, api_key_secret)
     needs: ClassVar[frozenset[str]] = frozenset({"base_url", "key"})
 
+    #: what this dialect can ask its upstream for: "generate", and "edit" / "variation" where it has those
+    #: endpoints (routes whose dialect cannot are skipped for that operation, see capabilities)
+    operations: ClassVar[frozenset[str]] = frozenset({GENERATE})
+
     # -- pure translation -------------------------------------------------------------------------------
     def build_submit(self, req: ImageRequest, route: Route) -> list[HttpCall]:
         raise NotImplementedError
+
+    def build_edit(self, req: ImageRequest, route: Route, inputs: Inputs) -> list[HttpCall]:
+        raise NotImplementedError(f"{self.name} has no edit endpoint")
+
+    def build_variation(self, req: ImageRequest, route: Route, inputs: Inputs) -> list[HttpCall]:
+        raise NotImplementedError(f"{self.name} has no variation endpoint")
+
+    def build_calls(self, req: ImageRequest, route: Route, job: Job) -> list[HttpCall]:
+        """The calls of `job`: every operation's answer has the generation's shape, so `parse_submit` reads it."""
+        if job.operation == EDIT:
+            return self.build_edit(req, route, job.inputs or Inputs(images=[]))
+        if job.operation == VARIATION:
+            return self.build_variation(req, route, job.inputs or Inputs(images=[]))
+        return self.build_submit(req, route)
 
     def parse_submit(self, req: ImageRequest, replies: list[HttpReply]) -> Outcome:
         raise NotImplementedError
@@ -104,16 +138,17 @@ class Dialect:
         raise NotImplementedError(f"{self.name} is a synchronous dialect")
 
     # -- running ----------------------------------------------------------------------------------------
-    def submit(self, req: ImageRequest, route: Route, send: Send) -> Outcome:
-        """Submit the request upstream. Not overridden: what leaves here is scrubbed with the route's key."""
-        return scrubbed(self.run_submit(req, route, send), route)
+    def submit(self, req: ImageRequest, route: Route, send: Send, job: Job | None = None) -> Outcome:
+        """Submit the request upstream (a generation, or the edit or variation `job` says). Not overridden: what
+        leaves here is scrubbed with the route's key."""
+        return scrubbed(self.run_submit(req, route, send, job or Job()), route)
 
     def check(self, upstream_id: str, route: Route, send: Send) -> Outcome:
         """Check an async upstream's task. Not overridden: what leaves here is scrubbed with the route's key."""
         return scrubbed(self.run_check(upstream_id, route, send), route)
 
-    def run_submit(self, req: ImageRequest, route: Route, send: Send) -> Outcome:
-        calls = self.build_submit(req, route)
+    def run_submit(self, req: ImageRequest, route: Route, send: Send, job: Job) -> Outcome:
+        calls = self.build_calls(req, route, job)
         try:
             if len(calls) == 1:
                 replies = [send(calls[0])]
@@ -171,6 +206,30 @@ def scrubbed(outcome: Outcome, route: Route) -> Outcome:
     images = [replace(image, revised_prompt=scrub(image.revised_prompt, secrets, limit=PROMPT_CHARS))
               if image.revised_prompt else image for image in outcome.images]
     return replace(outcome, images=images, meta=meta)
+
+
+def multipart_headers(route: Route) -> dict[str, str]:
+    """The bearer headers without a Content-Type: the transport sets multipart's, with its boundary."""
+    return {k: v for k, v in bearer(route).items() if k != "Content-Type"}
+
+
+def form_files(inputs: Inputs, *, many_as_array: bool = True) -> tuple[tuple[str, tuple[str, bytes, str]], ...]:
+    """The input files as OpenAI's API takes them: one image as `image`, several as `image[]` each (as the OpenAI
+    SDKs send a list), then `mask`."""
+    name = "image[]" if many_as_array and len(inputs.images) > 1 else "image"
+    files = [(name, _file(image)) for image in inputs.images]
+    if inputs.mask is not None:
+        files.append(("mask", _file(inputs.mask)))
+    return tuple(files)
+
+
+def _file(file: InputFile) -> tuple[str, bytes, str]:
+    return (file.filename, file.data, file.content_type)
+
+
+def form_fields(values: dict[str, Any]) -> dict[str, str]:
+    """Text fields of a multipart body: every value as the text an HTML form would send."""
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in values.items() if v is not None}
 
 
 def bearer(route: Route) -> dict[str, str]:

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from ..capabilities import parse_pixels, parse_ratio
 from ..request import ImageRequest
 from ..routing import Route
-from .base import Dialect, Done, ImageOut, Outcome, Send
+from .base import EDIT, GENERATE, VARIATION, Dialect, Done, ImageOut, Job, Outcome, Send
 
 DEFAULT_SIDE = 1024
 _RESOLUTION_SIDE = {"1k": 1024, "2k": 2048, "4k": 4096}
@@ -62,8 +62,26 @@ class LocalDialect(Dialect):
     name = "local"
     needs = frozenset()  # draws its images itself: no upstream, no key
 
-    def run_submit(self, req: ImageRequest, route: Route, send: Send) -> Outcome:
-        size = pixel_size(req)
+    operations = frozenset({GENERATE, EDIT, VARIATION})
+
+    def run_submit(self, req: ImageRequest, route: Route, send: Send, job: Job) -> Outcome:
         fmt = req.output_format or "png"
-        images = [ImageOut(data=render(req.prompt, req.seed, i, size, fmt)) for i in range(req.n)]
-        return Done(images=images, usage={"images": req.n})
+        inputs = job.inputs
+        if job.operation == GENERATE or inputs is None or not inputs.images:
+            size = pixel_size(req)
+            images = [render(req.prompt, req.seed, i, size, fmt) for i in range(req.n)]
+        else:
+            size = pixel_size(req) if req.size not in (None, "auto") else input_size(inputs.images[0].data)
+            if job.operation == EDIT:
+                mask = inputs.mask.data if inputs.mask else None
+                images = [render_edit([f.data for f in inputs.images], mask, req.prompt, req.seed, i, size, fmt)
+                          for i in range(req.n)]
+            else:
+                images = [render_variation(inputs.images[0].data, req.seed, i, size, fmt) for i in range(req.n)]
+        return Done(images=[ImageOut(data=data) for data in images], usage={"images": req.n})
+
+
+def input_size(data: bytes) -> tuple[int, int]:
+    """An input image's own size (an edit or variation at `size: auto`, or none, keeps it)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size

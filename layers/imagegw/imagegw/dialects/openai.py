@@ -12,6 +12,14 @@ Never sent, whatever the family: `partial_images` and `stream` (streaming option
 `input_fidelity` (it only means something for edits), and the gateway's own `aspect_ratio`, `resolution`, `seed`
 and `webhook`.
 `revised_prompt` and `usage` pass through.
+
+Edits (`POST /v1/images/edits`) and variations (`POST /v1/images/variations`) go as multipart/form-data,
+exactly as OpenAI's API takes them: one image as `image`, several as `image[]`, then `mask`; the text fields
+`model`, `prompt` (edits) and, per family:
+- edits, dall-e-2: n, size, response_format, user. gpt-image-*: n, size, quality, background, input_fidelity,
+  output_format, output_compression, user (never response_format). Other names: n, size, response_format, user.
+  dall-e-3 has no edit endpoint (the capability table refuses it first).
+- variations (dall-e-2's only): n, size, response_format, user.
 """
 
 from __future__ import annotations
@@ -21,9 +29,13 @@ from typing import Any
 from ..errors import UpstreamFailed
 from ..request import ImageRequest
 from ..routing import Route
-from .base import Dialect, Done, HttpCall, HttpReply, ImageOut, bearer, image_items, translatable_fields
+from ..inputs import Inputs
+from .base import EDIT, GENERATE, VARIATION, Dialect, Done, HttpCall, HttpReply, ImageOut, bearer, form_fields, \
+    form_files, image_items, multipart_headers, translatable_fields
 
 PATH = "/v1/images/generations"
+EDIT_PATH = "/v1/images/edits"
+VARIATION_PATH = "/v1/images/variations"
 
 _COMMON = frozenset({"size", "user"})
 _PARAMS_BY_FAMILY = {
@@ -32,6 +44,14 @@ _PARAMS_BY_FAMILY = {
     "gpt-image": _COMMON | {"n", "quality", "background", "output_format", "output_compression", "moderation"},
     "other": _COMMON | {"n", "quality", "style", "response_format"},
 }
+
+
+_EDIT_PARAMS_BY_FAMILY = {
+    "dall-e-2": _COMMON | {"n", "response_format"},
+    "gpt-image": _COMMON | {"n", "quality", "background", "input_fidelity", "output_format", "output_compression"},
+    "other": _COMMON | {"n", "response_format"},
+}
+_VARIATION_PARAMS = _COMMON | {"n", "response_format"}
 
 
 def family(model: str) -> str:
@@ -57,8 +77,30 @@ def normalise_usage(usage: dict[str, Any] | None, images: int) -> dict[str, int]
     return out
 
 
+def edit_form(req: ImageRequest, upstream_model: str) -> dict[str, str]:
+    """The text fields of an edit (the files go beside them)."""
+    params = _EDIT_PARAMS_BY_FAMILY.get(family(upstream_model), _EDIT_PARAMS_BY_FAMILY["other"])
+    return form_fields({"model": upstream_model, "prompt": req.prompt, **translatable_fields(req, params)})
+
+
+def variation_form(req: ImageRequest, upstream_model: str) -> dict[str, str]:
+    return form_fields({"model": upstream_model, **translatable_fields(req, _VARIATION_PARAMS)})
+
+
+def multipart_call(route: Route, path: str, form: dict[str, str], inputs: Inputs, **kwargs: Any) -> HttpCall:
+    return HttpCall("POST", route.config.root_url + path, headers=multipart_headers(route), form=form,
+                    files=form_files(inputs), timeout_s=route.config.timeout_s, **kwargs)
+
+
 class OpenAIDialect(Dialect):
     name = "openai"
+    operations = frozenset({GENERATE, EDIT, VARIATION})
+
+    def build_edit(self, req: ImageRequest, route: Route, inputs: Inputs) -> list[HttpCall]:
+        return [multipart_call(route, EDIT_PATH, edit_form(req, route.upstream_model), inputs)]
+
+    def build_variation(self, req: ImageRequest, route: Route, inputs: Inputs) -> list[HttpCall]:
+        return [multipart_call(route, VARIATION_PATH, variation_form(req, route.upstream_model), inputs)]
 
     def build_submit(self, req: ImageRequest, route: Route) -> list[HttpCall]:
         body = request_body(req, route.upstream_model)
