@@ -10,6 +10,7 @@ where the next request would start is unknown.
 
 from __future__ import annotations
 
+import email.errors
 import json
 import logging
 import re
@@ -56,6 +57,9 @@ class Server(ThreadingHTTPServer):
             log.exception("the local API Gateway failed on a connection")
 
 
+_HEADER_DEFECTS = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.HeaderDefect)
+
+
 class RequestHandler(BaseHTTPRequestHandler):
     """BaseHTTPRequestHandler that answers in JSON, rejects malformed framing and reads bodies strictly."""
 
@@ -77,7 +81,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         if not super().parse_request():
             return False
         # A line without a colon, or a folded continuation line (obsolete: RFC 9112 section 5.2 says reject it).
-        if self.headers.defects or any("\n" in value for value in self.headers.values()):
+        # (Only the header defects: a multipart Content-Type makes the parser miss its body's boundaries too.)
+        if any(isinstance(defect, _HEADER_DEFECTS) for defect in self.headers.defects) \
+                or any("\n" in value for value in self.headers.values()):
             self.send_error(400, "Bad request header (a line that is not a `Name: value` header)")
             return False
         return True

@@ -148,6 +148,9 @@ def check_files(form: Form, rules: InputRules, *, model: str, mask_allowed: bool
     if rules.square and first[0] != first[1]:
         raise BadRequest(f"{model} takes a square image (got {first[0]}x{first[1]}).", param="image",
                          code="invalid_image")
+    if form.mask is not None and not _has_alpha(form.mask.data):
+        raise BadRequest("The mask must have an alpha channel: its fully transparent pixels mark where to edit.",
+                         param="mask", code="invalid_image")
     if form.mask is not None and rules.mask_same_size and _size(form.mask) != first:
         width, height = _size(form.mask)
         raise BadRequest(f"The mask must be the image's size, {first[0]}x{first[1]} (got {width}x{height}).",
@@ -164,6 +167,14 @@ def _size(file: InputFile) -> tuple[int, int]:
         raise BadRequest(f"The {file.field} could not be read as an image, or it has more pixels than the gateway "
                          f"takes.", param=file.field, code="invalid_image")
     return header.width, header.height
+
+
+def _has_alpha(png: bytes) -> bool:
+    """Whether a PNG carries transparency: a colour type with alpha (4, 6), or a tRNS chunk before its data."""
+    if len(png) > 25 and png[25] in (4, 6):
+        return True
+    head = png[:png.find(b"IDAT")] if b"IDAT" in png else png
+    return b"tRNS" in head
 
 
 def store(task_id: str, form: Form) -> dict[str, Any]:
