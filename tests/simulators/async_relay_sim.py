@@ -10,6 +10,12 @@
   are new-api's envelope `{code, message, data: {task...}}` or the task flat,
   with the status in upper or lower case and the progress as "NN%", NN or "NN", as configured. An unknown
   id is a 404 `task_not_exist`.
+- `POST /v1/images/edits` (the relay's "图像编辑"): `multipart/form-data` as OpenAI takes it (recorded as a
+  `Form`, see `edits`): `model` and `prompt` required, the image(s) under `image` or `image[]` (1 to 16, each a
+  PNG, JPEG or WebP by its bytes), `mask` optional (a PNG); `n` 1..10 (default 1), `size` `WxH` or `auto`
+  (default auto: the first image's size); only OpenAI's edit fields. A JSON or malformed body is a 400. With
+  `?async=true` it answers a task id like generations, the task checked at the same
+  `GET /v1/images/tasks/{id}` (action "edit") and finishing with images the same way; without it, synchronously.
 Every request is recorded.
 """
 
@@ -22,9 +28,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .loopback import Answer, Captured, LoopbackSimulator, field_problem, png_bytes
+from .loopback import (Answer, Captured, Form, LoopbackSimulator, field_problem, image_kind, image_size, png_bytes,
+                       png_header)
 
 GEN = "/v1/images/generations"
+EDITS = "/v1/images/edits"
+EDIT_FIELDS = {"model", "prompt", "n", "size", "quality", "response_format", "user", "background", "input_fidelity",
+               "output_format", "output_compression"}
+EDIT_FILES = ("image", "image[]", "mask")
 TASKS = "/v1/images/tasks/"
 REQUIRED = ("model", "size", "n", "prompt")
 FIELDS = {"model", "prompt", "n", "size", "quality", "style", "response_format", "user", "background",
@@ -53,6 +64,7 @@ class SimTask:
     body: dict[str, Any]
     submitted_at: int
     checks: int = 0
+    action: str = "generate"  # or "edit"
     submitted_monotonic: float = field(default_factory=time.monotonic)
 
     def finished_at(self, after_s: float) -> float:
@@ -82,6 +94,8 @@ class AsyncRelaySimulator(LoopbackSimulator):
                                           "code": "invalid_api_key"}})
         if request.path == GEN and request.method == "POST":
             return self.submit(request)
+        if request.path == EDITS and request.method == "POST":
+            return self.submit_edit(request)
         if request.path.startswith(TASKS) and request.method == "GET":
             return self.check(request.path[len(TASKS):])
         return Answer(404, {"error": {"message": "Invalid URL", "type": "invalid_request_error"}})
@@ -93,11 +107,15 @@ class AsyncRelaySimulator(LoopbackSimulator):
         if problem:
             return Answer(400, {"error": {"message": problem, "type": "invalid_request_error",
                                           "code": "invalid_request"}})
+        return self.accept(request, body)
+
+    def accept(self, request: Captured, body: dict[str, Any], action: str = "generate") -> Answer:
+        """A checked request answered: synchronously, or (`?async=true`) as a task id in the configured shape."""
         if request.query.get("async") != "true" or self.behaviour.sync_anyway:
             return Answer(200, self.result(body))
         with self.lock:
             task_id = f"img_task_{next(self._ids):04d}"
-            self.tasks[task_id] = SimTask(task_id, body, int(time.time()))
+            self.tasks[task_id] = SimTask(task_id, body, int(time.time()), action=action)
         shape = self.behaviour.id_shape
         if shape == "task_id":
             return Answer(200, {"task_id": task_id})
@@ -117,6 +135,52 @@ class AsyncRelaySimulator(LoopbackSimulator):
             return f"Invalid size '{body['size']}'."
         n = body["n"]
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 10:
+            return "'n' must be an integer from 1 to 10."
+        return None
+
+    def submit_edit(self, request: Captured) -> Answer:
+        form = request.body
+        problem = self.edit_problem(form) if isinstance(form, Form) else (
+            "Could not parse multipart form." if isinstance(form, str) and form
+            else "Content-Type must be multipart/form-data.")
+        if problem:
+            return Answer(400, {"error": {"message": problem, "type": "invalid_request_error",
+                                          "code": "invalid_request"}})
+        size = form.value("size") or "auto"
+        if size == "auto":
+            width, height = image_size(form.files_named("image", "image[]")[0]) or (1024, 1024)
+            size = f"{width}x{height}"
+        body = {"model": form.value("model"), "prompt": form.value("prompt"), "n": int(form.value("n") or 1),
+                "size": size}
+        return self.accept(request, body, action="edit")
+
+    @staticmethod
+    def edit_problem(form: Form) -> str | None:
+        for name in form.fields:
+            if name in EDIT_FILES:
+                return f"'{name}' must be a file."
+            if name not in EDIT_FIELDS:
+                return f"Unknown parameter: '{name}'."
+        for upload in form.files:
+            if upload.field not in EDIT_FILES:
+                return f"Unknown parameter: '{upload.field}'."
+        for name in ("model", "prompt"):
+            if not form.value(name):
+                return f"Missing required parameter: '{name}'."
+        images = form.files_named("image", "image[]")
+        if not 1 <= len(images) <= 16:
+            return f"Between 1 and 16 images are required, got {len(images)}."
+        for upload in images:
+            if image_kind(upload.data) is None or image_size(upload) is None:
+                return f"Invalid image file '{upload.filename}': PNG, JPEG or WebP expected."
+        masks = form.files_named("mask")
+        if len(masks) > 1 or (masks and png_header(masks[0].data) is None):
+            return "'mask' must be one PNG file."
+        size = form.value("size")
+        if size is not None and not (size == "auto" or _PIXELS.match(size)):
+            return f"Invalid size '{size}'."
+        n = form.value("n")
+        if n is not None and not (n.isdigit() and 1 <= int(n) <= 10):
             return "'n' must be an integer from 1 to 10."
         return None
 
@@ -141,7 +205,7 @@ class AsyncRelaySimulator(LoopbackSimulator):
             task.checks += 1
             number = task.checks
         b = self.behaviour
-        obj: dict[str, Any] = {"task_id": task_id, "action": "generate", "status": "", "progress": "0%",
+        obj: dict[str, Any] = {"task_id": task_id, "action": task.action, "status": "", "progress": "0%",
                                "fail_reason": "", "submit_time": task.submitted_at, "start_time": 0,
                                "finish_time": 0, "data": None}
         if b.finish_after_s is not None:
