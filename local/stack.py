@@ -118,8 +118,8 @@ def start(port: int = 3000, aws_port: int = 4566, *, api_keys: str | None = None
     if max_concurrency < concurrency:
         raise ValueError(f"API_MAX_CONCURRENCY ({max_concurrency}) must be at least API_CONCURRENCY ({concurrency})")
     root_path = Path(root) if root else REPO_ROOT
-    providers = _valid_providers(providers_file or os.environ.get("PROVIDERS_FILE")
-                                 or root_path / "config" / "providers.local.json")
+    providers = _existing_file(providers_file or os.environ.get("PROVIDERS_FILE")
+                               or root_path / "config" / "providers.local.json")
     with _active_lock:
         if _active:
             raise RuntimeError("a local stack is already running in this process (environment is process-wide)")
@@ -159,6 +159,7 @@ def start(port: int = 3000, aws_port: int = 4566, *, api_keys: str | None = None
         clients = aws.clients()
         aws.create_resources(tpl, clients)
         functions.load()
+        _check_providers(providers)  # with the template's own layer on sys.path now, as the functions see it
         functions.cold_start()
 
         pool = WorkerPool(event_workers, stopping)
@@ -233,18 +234,22 @@ def _max_concurrency_from_env(concurrency: int) -> int:
         raise ValueError(f"API_MAX_CONCURRENCY must be a whole number of execution environments, not {raw!r}") from None
 
 
-def _valid_providers(path: str | os.PathLike[str]) -> str:
-    """The provider configuration's absolute path, once the gateway's own checks found nothing wrong with it
-    (a stack that started would answer every request 503): ValueError listing every problem otherwise."""
+def _existing_file(path: str | os.PathLike[str]) -> str:
     if not Path(path).is_file():
         raise FileNotFoundError(f"PROVIDERS_FILE {path} does not exist")
-    from imagegw.provider_config import check_file  # the layer, importable here as in the functions
+    return str(Path(path).resolve())
+
+
+def _check_providers(path: str) -> None:
+    """The gateway's own checks of the provider configuration (a stack that started would answer every request
+    503): ValueError listing every problem. Imported only once the functions put the template's layer on
+    sys.path, so this process runs the layer the template names, not another copy."""
+    from imagegw.provider_config import check_file
 
     found = check_file(path)
     if found:
         raise ValueError(f"PROVIDERS_FILE {path} is invalid ({len(found)} problem{'s' if len(found) > 1 else ''}):\n"
                          + "\n".join(f"  - {problem}" for problem in found))
-    return str(Path(path).resolve())
 
 
 def _base_env(*, endpoint: str, region: str, api_keys: str, providers_file: str) -> dict[str, str | None]:

@@ -118,8 +118,8 @@ def test_sdk_edits_reach_openai_as_the_same_bytes(simulated, mode):
         assert task["status"] == "succeeded"
     else:
         assert raw.status_code == 200 and len(raw.parse().data) == 1
-    [received] = sim.edits[before:]
-    form = received.body
+    assert len(sim.edits) == before + 1, [(r.method, r.path) for r in sim.requests]
+    form = sim.edits[-1].body
     assert form.fields["model"] == ["gpt-image-1"] and form.fields["prompt"] == ["two herons"]
     assert form.fields["quality"] == ["high"] and form.fields["input_fidelity"] == ["high"]
     assert [f.data for f in form.files if f.field == "image[]"] == images  # byte for byte, in order

@@ -28,7 +28,8 @@ def _printing(name: str, sim: LoopbackSimulator) -> None:
 
     def answer_and_print(request: Captured):
         query = "?" + "&".join(f"{k}={v}" for k, v in request.query.items()) if request.query else ""
-        print(f"[{name}] {request.method} {request.path}{query} {json.dumps(request.body, ensure_ascii=False)}",
+        print(f"[{name}] {request.method} {request.path}{query} "
+              f"{json.dumps(request.body, ensure_ascii=False, default=lambda form: form.as_json())}",
               flush=True)
         return answer(request)
 

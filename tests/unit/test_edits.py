@@ -165,3 +165,40 @@ def test_a_multipart_body_may_reach_10_mb_and_no_more(inline_bus):
     reply = send(EDITS, GPT, [("image", ("big.png", big, "image/png"))])
     assert reply.status == 413
     json.loads(reply.body)
+
+
+def test_an_edit_skips_a_route_that_cannot_edit_and_sends_the_stored_bytes(inline_bus, providers_file,
+                                                                           loopback_fetch):
+    from tests.simulators.jimeng_sim import JimengSimulator
+    from tests.simulators.openai_sim import OpenAISimulator
+
+    with JimengSimulator() as jimeng, OpenAISimulator() as oai:
+        providers_file({"providers": {
+            "j": {"dialect": "jimeng", "base_url": jimeng.base_url, "api_key": jimeng.api_key},
+            "o": {"dialect": "openai", "base_url": oai.base_url, "api_key": oai.api_key}},
+            "models": {"gpt-image-1": [{"provider": "j"}, {"provider": "o"}]}})
+        source = png(48, 48)
+        reply = send(EDITS, {"model": "gpt-image-1", "prompt": "a heron", "input_fidelity": "high"},
+                     [("image", ("in.png", source, "image/png"))])
+        assert reply.status == 200, reply.body
+        assert jimeng.requests == [] and len(oai.edits) == 1
+        form = oai.edits[0].body
+        assert form.value("input_fidelity") == "high" and [f.data for f in form.files] == [source]
+
+
+def test_an_async_relay_edit_is_submitted_as_a_task_and_checked_until_done(inline_bus, providers_file,
+                                                                          loopback_fetch, monkeypatch):
+    from imagegw import worker
+    from tests.simulators.async_relay_sim import AsyncRelaySimulator, Behaviour
+
+    monkeypatch.setattr(worker, "_check_delay_ms", lambda task: 0)
+    monkeypatch.setattr(worker, "CHECK_GAP_MS", 0)
+    with AsyncRelaySimulator(behaviour=Behaviour(checks_to_finish=2)) as relay:
+        providers_file({"providers": {"r": {"dialect": "async-relay", "base_url": relay.base_url,
+                                            "api_key": relay.api_key}}, "models": {"gpt-image-1": [{"provider": "r"}]}})
+        source = png(40, 40)
+        reply = send(EDITS, {"model": "gpt-image-1", "prompt": "a heron"}, [("image", ("in.png", source, "image/png"))])
+        assert reply.status == 200, reply.body
+        [edit] = relay.edits
+        assert edit.query == {"async": "true"} and [f.data for f in edit.body.files] == [source]
+        assert len(relay.checks) == 2
