@@ -76,6 +76,8 @@ def test_each_route_declares_what_it_answers_and_no_validation_422(aws):
     assert not {"HTTPValidationError", "ValidationError"} & set(doc["components"]["schemas"])
     assert "Validation Error" not in json.dumps(doc)
     assert {t["name"] for t in doc["tags"]} == {"images", "tasks", "models"}
+    swagger = call(submit_handler.lambda_handler, "GET", "/docs", query={"format": "json"})  # the Swagger page's copy
+    assert swagger.status == 200 and swagger.body.count('"422"') == 1 and "Validation Error" not in swagger.body
 
 
 def test_bodies_and_headers_the_document_promises(aws):

@@ -131,16 +131,17 @@ def _header(description: str) -> dict[str, Any]:
 
 ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     400: ("Bad input (never a 422): `param` names the field", _examples(
-        invalid_value=_error("Invalid 'n': 0. Input should be greater than or equal to 1", "invalid_request_error",
-                             "invalid_value", "n"),
+        invalid_value=_error("Invalid value for 'n': 0. Input should be greater than or equal to 1.",
+                             "invalid_request_error", "invalid_value", "n"),
         unknown_parameter=_error("Unknown parameter: 'colour'.", "invalid_request_error", "unknown_parameter",
                                  "colour"))),
     401: ("Missing or wrong API key", _examples(
         invalid_api_key=_error("Incorrect API key provided.", "authentication_error", "invalid_api_key"))),
     404: ("No such task (or another key's)", _examples(
         not_found=_error(f"No task found with id '{TASK_ID}'.", "not_found_error", "not_found", "id"))),
-    409: ("The task is in the wrong state", _examples(
-        conflict=_error(f"Task '{TASK_ID}' is already succeeded.", "invalid_request_error", "conflict"))),
+    409: ("The task is in the wrong state (or an Idempotency-Key repeat arrived while the first is in progress)",
+          _examples(task_not_cancellable=_error(f"Task '{TASK_ID}' is already succeeded and cannot be cancelled.",
+                                                "invalid_request_error", "task_not_cancellable"))),
     413: ("The request body is larger than 64 KiB", _examples(
         payload_too_large=_error("The request body is larger than 64 KiB.", "invalid_request_error",
                                  "payload_too_large"))),
