@@ -22,13 +22,13 @@ from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer, Tag
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 
 from . import bus, idempotency, keys, storage, sync, tasks, views, worker
-from .schemas import RESPONSES
 from .capabilities import validate_routable
 from .errors import (AuthenticationFailed, BadRequest, Conflict, GatewayError, NotFound, PayloadTooLarge,
                      ServerError, from_task_error)
 from .request import (MAX_BODY_BYTES, ImageRequest, bad_request_from_errors, echo, json_text, load_json_object,
                       parse_request, printable)
 from .routing import public_models
+from .schemas import RESPONSES
 
 logger = Logger(child=True)
 
@@ -42,7 +42,6 @@ GENERATIONS = "/v1/images/generations"
 JSON_ROUTES = frozenset({("POST", GENERATIONS)})
 # Task ids are `imgtask_<hex>`; anything else cannot name a task (and a DynamoDB key has a size limit).
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-
 
 
 class _Resolver(APIGatewayRestResolver):
