@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
+from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer, RequestBody, Tag
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 
 from . import bus, idempotency, inputs, keys, storage, sync, tasks, views, worker
@@ -29,6 +29,7 @@ from .dialects import EDIT, GENERATE, VARIATION
 from .request import (MAX_BODY_BYTES, ImageRequest, bad_request_from_errors, echo, json_text, load_json_object,
                       parse_form_fields, parse_request, printable)
 from .routing import public_models
+from .schemas import MULTIPART_BODIES, RESPONSES
 
 logger = Logger(child=True)
 
@@ -46,7 +47,41 @@ MULTIPART_ROUTES = frozenset({("POST", EDITS), ("POST", VARIATIONS)})
 # Task ids are `imgtask_<hex>`; anything else cannot name a task (and a DynamoDB key has a size limit).
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
-app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=load_json_object)
+
+class _Resolver(APIGatewayRestResolver):
+    """Powertools' REST resolver whose OpenAPI document declares only what the API answers: Powertools adds a
+    422 "Validation Error" to every route, but this API answers bad input with a 400 (`_validation_error`)."""
+
+    _POWERTOOLS_SCHEMAS = ("HTTPValidationError", "ResponseValidationError", "ValidationError")
+
+    def get_openapi_schema(self, **kwargs: Any) -> Any:
+        schema = super().get_openapi_schema(**kwargs)
+        declared = {(route.openapi_path, route.method.lower()): route.responses or {}
+                    for route in self._static_routes + self._dynamic_routes}
+        for path, item in (schema.paths or {}).items():
+            for method in ("get", "put", "post", "delete", "patch"):
+                operation = getattr(item, method)
+                if operation is None or not operation.responses:
+                    continue
+                responses = declared.get((path, method), {})
+                if 422 not in responses:
+                    operation.responses.pop(422, None)
+                for status, response in responses.items():  # no body (a redirect): Powertools adds one
+                    if "content" not in response:
+                        operation.responses[status].content = None
+        for path, body in MULTIPART_BODIES.items():  # file uploads, which Powertools does not describe
+            item = (schema.paths or {}).get(path)
+            if item is not None and item.post is not None:
+                item.post.requestBody = RequestBody.model_validate(body)
+        schemas = schema.components.schemas if schema.components else {}
+        for name in self._POWERTOOLS_SCHEMAS:  # the last is what the others refer to
+            definition = (schemas or {}).pop(name, None)
+            if definition is not None and f'schemas/{name}"' in schema.model_dump_json(by_alias=True):
+                schemas[name] = definition  # still referred to
+        return schema
+
+
+app = _Resolver(enable_validation=True, json_body_deserializer=load_json_object)
 
 DOCS_PATHS = ("/docs", "/openapi.json")
 OPENAPI_INFO: dict[str, Any] = {
@@ -56,6 +91,9 @@ OPENAPI_INFO: dict[str, Any] = {
                    "your S3 bucket. Errors are OpenAI-shaped: {error: {message, type, param, code}}.",
     "security_schemes": {"bearer": HTTPBearer(description="Authorization: Bearer <API key>")},
     "security": [{"bearer": []}],
+    "tags": [Tag(name="images", description="Create images (sync, or as a task)"),
+             Tag(name="tasks", description="Read, list and cancel image tasks, and fetch their images"),
+             Tag(name="models", description="The model names this gateway routes")],
 }
 app.enable_swagger(path="/docs", **OPENAPI_INFO)
 
@@ -115,7 +153,8 @@ def _flag(value: str | None, name: str) -> bool:
 
 # -- routes -------------------------------------------------------------------------------------------------
 
-@app.post(GENERATIONS, summary="Create images (sync by default, async on request)")
+@app.post(GENERATIONS, summary="Create images (sync by default, async on request)", tags=["images"],
+          responses=RESPONSES["create_images"])
 def create_images(request: Annotated[ImageRequest, Body(embed=False)],
                   async_: Annotated[str | None, Query(alias="async", description="true or false (also 1/0, yes/no, "
                                                       "on/off); anything else is a 400")] = None,
@@ -132,14 +171,16 @@ def create_images(request: Annotated[ImageRequest, Body(embed=False)],
     return _create(request, async_=async_, idempotency_key=idempotency_key)
 
 
-@app.post(EDITS, summary="Edit images (multipart/form-data; sync by default, async on request)")
+@app.post(EDITS, summary="Edit images (multipart/form-data; sync by default, async on request)", tags=["images"],
+          responses=RESPONSES["edit_images"])
 def edit_images(async_: Annotated[str | None, Query(alias="async")] = None,
                 webhook: Annotated[str | None, Query()] = None,
                 idempotency_key: Annotated[str | None, Header(alias=idempotency.HEADER)] = None):
     return _create_from_form(EDIT, async_=async_, webhook=webhook, idempotency_key=idempotency_key)
 
 
-@app.post(VARIATIONS, summary="Create variations of an image (multipart/form-data; dall-e-2)")
+@app.post(VARIATIONS, summary="Create variations of an image (multipart/form-data; dall-e-2)", tags=["images"],
+          responses=RESPONSES["create_variations"])
 def create_variations(async_: Annotated[str | None, Query(alias="async")] = None,
                       webhook: Annotated[str | None, Query()] = None,
                       idempotency_key: Annotated[str | None, Header(alias=idempotency.HEADER)] = None):
@@ -207,7 +248,8 @@ def _sync_answer(task: tasks.Task, request: ImageRequest, headers: dict[str, str
     raise sync.still_running(task)
 
 
-@app.get("/v1/images/tasks", summary="List your tasks, newest first")
+@app.get("/v1/images/tasks", summary="List your tasks, newest first", tags=["tasks"],
+         responses=RESPONSES["list_tasks"])
 def list_tasks(limit: Annotated[int, Query(ge=1, le=100)] = 20,
                after: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = None):
     found, has_more = tasks.list_for(app.context["owner"], limit=limit, after=after)
@@ -215,20 +257,23 @@ def list_tasks(limit: Annotated[int, Query(ge=1, le=100)] = 20,
                        "last_id": found[-1].id if found else None})
 
 
-@app.get("/v1/images/tasks/<task_id>", summary="Get a task (checks an async upstream when a check is due)")
+@app.get("/v1/images/tasks/<task_id>", summary="Get a task (checks an async upstream when a check is due)",
+         tags=["tasks"], responses=RESPONSES["get_task"])
 def get_task(task_id: TaskId):
     task = worker.poll_through(tasks.get(task_id, app.context["owner"]))
     return _json(200, views.task_object(task))
 
 
-@app.post("/v1/images/tasks/<task_id>/cancel", summary="Cancel a task that is not finished")
+@app.post("/v1/images/tasks/<task_id>/cancel", summary="Cancel a task that is not finished", tags=["tasks"],
+          responses=RESPONSES["cancel_task"])
 def cancel_task(task_id: TaskId):
     task = tasks.cancel(task_id, app.context["owner"])
     worker.announce(task)  # a batch counts its cancelled tasks too
     return _json(200, views.task_object(task))
 
 
-@app.get("/v1/images/tasks/<task_id>/images/<index>", summary="Redirect to a fresh URL of one stored image")
+@app.get("/v1/images/tasks/<task_id>/images/<index>", summary="Redirect to a fresh URL of one stored image",
+         tags=["tasks"], responses=RESPONSES["get_image"])
 def get_image(task_id: TaskId, index: Annotated[str, Path(pattern=r"^(0|[1-9][0-9]{0,3})$")]):
     task = tasks.get(task_id, app.context["owner"])
     if task.status != "succeeded":
@@ -246,7 +291,8 @@ def openapi_document():
                     body=app.get_openapi_json_schema(**OPENAPI_INFO))
 
 
-@app.get("/v1/models", summary="List the public model names this gateway routes")
+@app.get("/v1/models", summary="List the public model names this gateway routes", tags=["models"],
+         responses=RESPONSES["list_models"])
 def list_models():
     data = [{"id": name, "object": "model", "created": 0, "owned_by": provider}
             for name, provider in public_models()]
