@@ -33,7 +33,8 @@ def test_every_answer_conforms_to_the_document(stack):
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.label for op in operations} == {
         "POST /v1/images/generations", "GET /v1/images/tasks", "GET /v1/images/tasks/{task_id}",
-        "POST /v1/images/tasks/{task_id}/cancel", "GET /v1/images/tasks/{task_id}/images/{index}", "GET /v1/models"}
+        "POST /v1/images/tasks/{task_id}/cancel", "GET /v1/images/tasks/{task_id}/images/{index}", "GET /v1/models",
+        "POST /v1/images/edits", "POST /v1/images/variations"}
     failures: list[str] = []
     statuses: dict[str, set[int]] = {}
     counts: dict[str, int] = {}

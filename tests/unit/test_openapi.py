@@ -37,6 +37,8 @@ def test_swagger_page_and_the_switch(aws, monkeypatch):
 
 DECLARED = {
     ("post", "/v1/images/generations"): ({200, 202, 400, 401, 409, 413, 422, 429, 500, 502, 503, 504}, "images"),
+    ("post", "/v1/images/edits"): ({200, 202, 400, 401, 409, 413, 422, 429, 500, 502, 503, 504}, "images"),
+    ("post", "/v1/images/variations"): ({200, 202, 400, 401, 409, 413, 422, 429, 500, 502, 503, 504}, "images"),
     ("get", "/v1/images/tasks"): ({200, 400, 401, 500}, "tasks"),
     ("get", "/v1/images/tasks/{task_id}"): ({200, 400, 401, 404, 500}, "tasks"),
     ("post", "/v1/images/tasks/{task_id}/cancel"): ({200, 400, 401, 404, 409, 413, 500}, "tasks"),
@@ -77,7 +79,8 @@ def test_each_route_declares_what_it_answers_and_no_validation_422(aws):
     assert "Validation Error" not in json.dumps(doc)
     assert {t["name"] for t in doc["tags"]} == {"images", "tasks", "models"}
     swagger = call(submit_handler.lambda_handler, "GET", "/docs", query={"format": "json"})  # the Swagger page's copy
-    assert swagger.status == 200 and swagger.body.count('"422"') == 1 and "Validation Error" not in swagger.body
+    # one 422 (idempotency_key_reused) for each route that takes an Idempotency-Key: generations, edits, variations
+    assert swagger.status == 200 and swagger.body.count('"422"') == 3 and "Validation Error" not in swagger.body
 
 
 def test_bodies_and_headers_the_document_promises(aws):
@@ -153,3 +156,10 @@ def test_real_answers_validate_against_the_documented_models(inline_bus, monkeyp
         _valid(schemas.ErrorResponse, reply, status)
     in_progress = GenerationInProgress("imgtask_x")
     schemas.ErrorResponse.model_validate(in_progress.body())
+
+
+def test_the_file_routes_describe_their_multipart_bodies():
+    paths = _document()["paths"]
+    for path, required in (("/v1/images/edits", ["image", "prompt"]), ("/v1/images/variations", ["image"])):
+        schema = paths[path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert schema["required"] == required and schema["properties"]["image"]["format"] == "binary"
