@@ -388,3 +388,24 @@ def test_the_default_maximum_respects_available_memory(monkeypatch: pytest.Monke
     assert environments.default_max_concurrency(2) == environments.DEFAULT_MAX_CONCURRENCY
     with pytest.raises(ValueError, match="API_MAX_CONCURRENCY"):
         EnvironmentPool({}, "us-east-1", size=4, max_size=2)
+
+
+def test_a_binary_media_type_reaches_the_function_base64_encoded_as_api_gateway_hands_it():
+    """The template declares multipart/form-data binary: even a body that happens to be UTF-8 arrives base64."""
+    import base64
+
+    from local import template
+    from local.apigateway import Match, proxy_event
+
+    tpl = template.load(Path(__file__).resolve().parents[2])
+    assert "multipart/form-data" in tpl.binary_media_types["GatewayApi"]
+    route = next(r for r in tpl.api_routes if r.path == "/v1/images/edits")
+    body = b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n--b--\r\n'
+    event = proxy_event(Match(route, {}), method="POST", raw_path="/v1/images/edits", body=body,
+                        headers=[("Content-Type", "multipart/form-data; boundary=b")], source_ip="127.0.0.1",
+                        host="localhost", binary_media_types=tpl.binary_media_types["GatewayApi"])
+    assert event["isBase64Encoded"] is True and base64.b64decode(event["body"]) == body
+    json_event = proxy_event(Match(route, {}), method="POST", raw_path="/v1/images/edits", body=b'{"a": 1}',
+                             headers=[("Content-Type", "application/json")], source_ip="127.0.0.1",
+                             host="localhost", binary_media_types=tpl.binary_media_types["GatewayApi"])
+    assert json_event["isBase64Encoded"] is False and json_event["body"] == '{"a": 1}'

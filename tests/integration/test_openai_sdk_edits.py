@@ -96,42 +96,53 @@ def simulated(tmp_path_factory):
             running.stop()
 
 
+def wait_for_task(stack, location: str) -> dict:
+    for _ in range(100):
+        task = requests.get(stack.url + location, headers={"Authorization": "Bearer sk-local"}, timeout=10).json()
+        if task["status"] not in ("queued", "in_progress"):
+            return task
+        time.sleep(0.1)
+    return task
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_sdk_edits_reach_openai_as_the_same_bytes(simulated, mode):
+@pytest.mark.parametrize("count", [1, 2])
+def test_sdk_edits_reach_openai_as_the_same_bytes(simulated, mode, count):
     stack, sim = simulated
-    images = [png(32, 32, (10 * i, 90, 200, 255)) for i in range(2)]
+    images = [png(32, 32, (10 * i, 90, 200, 255)) for i in range(count)]
     mask = png(32, 32, (0, 0, 0, 0))
     before = len(sim.edits)
     extra = {"extra_query": {"async": "true"}} if mode == "async" else {}
     raw = client(stack).images.with_raw_response.edit(
         model="gpt-image-1", prompt="two herons", quality="high", input_fidelity="high",
-        image=[(f"in{i}.png", data, "image/png") for i, data in enumerate(images)],
+        image=[(f"in{i}.png", data, "image/png") for i, data in enumerate(images)] if count > 1 else
+        ("in0.png", images[0], "image/png"),
         mask=("mask.png", mask, "image/png"), **extra)
     if mode == "async":
-        assert raw.status_code == 202
-        task_url = stack.url + raw.headers["Location"]
-        for _ in range(100):
-            task = requests.get(task_url, headers={"Authorization": "Bearer sk-local"}, timeout=10).json()
-            if task["status"] == "succeeded":
-                break
-            time.sleep(0.1)
-        assert task["status"] == "succeeded"
+        assert raw.status_code == 202 and wait_for_task(stack, raw.headers["Location"])["status"] == "succeeded"
     else:
         assert raw.status_code == 200 and len(raw.parse().data) == 1
     assert len(sim.edits) == before + 1, [(r.method, r.path) for r in sim.requests]
     form = sim.edits[-1].body
     assert form.fields["model"] == ["gpt-image-1"] and form.fields["prompt"] == ["two herons"]
     assert form.fields["quality"] == ["high"] and form.fields["input_fidelity"] == ["high"]
-    assert [f.data for f in form.files if f.field == "image[]"] == images  # byte for byte, in order
+    field = "image[]" if count > 1 else "image"  # as the SDK sends a list, or one file
+    assert [f.data for f in form.files if f.field == field] == images  # byte for byte, in order
     assert [f.data for f in form.files if f.field == "mask"] == [mask]
 
 
-def test_sdk_variation_reaches_openai_as_the_same_bytes(simulated):
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_sdk_variation_reaches_openai_as_the_same_bytes(simulated, mode):
     stack, sim = simulated
     image = png(256, 256, (220, 20, 20, 255))
     before = len(sim.variations)
-    result = client(stack).images.create_variation(image=("red.png", image, "image/png"), n=2, size="256x256")
-    assert len(result.data) == 2
+    extra = {"extra_query": {"async": "true"}} if mode == "async" else {}
+    raw = client(stack).images.with_raw_response.create_variation(image=("red.png", image, "image/png"), n=2,
+                                                                  size="256x256", **extra)
+    if mode == "async":
+        assert raw.status_code == 202 and len(wait_for_task(stack, raw.headers["Location"])["data"]) == 2
+    else:
+        assert raw.status_code == 200 and len(raw.parse().data) == 2
     [received] = sim.variations[before:]
     assert received.body.fields["model"] == ["dall-e-2"] and received.body.fields["n"] == ["2"]
     assert [f.data for f in received.body.files] == [image]

@@ -140,12 +140,19 @@ REFUSED = [  # (path, fields, files, param, code)
 
 @pytest.mark.parametrize("path, fields, files, param, code", REFUSED,
                          ids=[f"{p.rsplit('/', 1)[1]}-{param}-{i}" for i, (p, _, _, param, _) in enumerate(REFUSED)])
-def test_a_bad_edit_is_a_400_naming_the_field_and_nothing_is_stored(inline_bus, path, fields, files, param, code):
-    reply = send(path, fields, files)
-    assert reply.status == 400, reply.body
-    error = reply.json()["error"]
-    assert error["param"] == param and (code is None or error["code"] == code), error
-    assert inline_bus.published == [] and s3_objects("inputs/") == [] and s3_objects("images/") == []
+def test_a_bad_edit_is_a_400_naming_the_field_and_nothing_is_stored(inline_bus, providers_file, path, fields, files,
+                                                                      param, code):
+    from tests.simulators.openai_sim import OpenAISimulator
+
+    with OpenAISimulator() as oai:  # every model on an upstream that would record any call
+        providers_file({"providers": {"o": {"dialect": "openai", "base_url": oai.base_url, "api_key": oai.api_key}},
+                        "models": {"*": [{"provider": "o"}]}})
+        reply = send(path, fields, files)
+        assert reply.status == 400, reply.body
+        error = reply.json()["error"]
+        assert error["param"] == param and (code is None or error["code"] == code), error
+        assert oai.requests == []  # no upstream call
+        assert inline_bus.published == [] and s3_objects("inputs/") == [] and s3_objects("images/") == []
 
 
 def test_a_json_body_on_an_edit_route_is_a_400(inline_bus):
