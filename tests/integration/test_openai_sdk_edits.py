@@ -17,6 +17,7 @@ from openai import OpenAI
 from PIL import Image
 
 from tests.integration.conftest import start_stack
+from tests.simulators.loopback import half_mask_png, png_bytes
 from tests.simulators.openai_sim import OpenAISimulator
 
 
@@ -24,18 +25,12 @@ def client(stack):
     return OpenAI(base_url=stack.base_url, api_key="sk-local", max_retries=0, timeout=60)
 
 
-def png(width=64, height=64, colour=(200, 40, 90, 255)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGBA", (width, height), colour).save(out, "PNG")
-    return out.getvalue()
+def png(width=64, height=64, colour=(200, 40, 90, 255), mode="RGBA") -> bytes:
+    return png_bytes(width, height, colour if mode == "RGBA" else colour[:3])
 
 
 def half_mask(width=64, height=64) -> bytes:
-    image = Image.new("RGBA", (width, height), (0, 0, 0, 255))
-    image.paste((0, 0, 0, 0), (width // 2, 0, width, height))
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return out.getvalue()
+    return half_mask_png(width, height)
 
 
 def decoded(entry) -> Image.Image:

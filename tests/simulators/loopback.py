@@ -30,6 +30,15 @@ def png_bytes(width: int, height: int, colour: tuple[int, ...] = (200, 40, 90)) 
     return out.getvalue()
 
 
+def half_mask_png(width: int = 64, height: int = 64) -> bytes:
+    """An edit mask: opaque on the left half (kept), fully transparent on the right half (to be edited)."""
+    image = Image.new("RGBA", (width, height), (0, 0, 0, 255))
+    image.paste((0, 0, 0, 0), (width // 2, 0, width, height))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -15,23 +15,17 @@ import poll_handler
 import submit_handler
 from tests.apiclient import call
 from tests.conftest import API_KEY, s3_objects
+from tests.simulators.loopback import half_mask_png, png_bytes
 
 EDITS, VARIATIONS = "/v1/images/edits", "/v1/images/variations"
 
 
 def png(width=64, height=64, colour=(200, 40, 90, 255), mode="RGBA") -> bytes:
-    out = io.BytesIO()
-    Image.new(mode, (width, height), colour if mode == "RGBA" else colour[:3]).save(out, "PNG")
-    return out.getvalue()
+    return png_bytes(width, height, colour if mode == "RGBA" else colour[:3])
 
 
 def half_mask(width=64, height=64) -> bytes:
-    """Opaque on the left half (kept), transparent on the right half (edited)."""
-    image = Image.new("RGBA", (width, height), (0, 0, 0, 255))
-    image.paste((0, 0, 0, 0), (width // 2, 0, width, height))
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return out.getvalue()
+    return half_mask_png(width, height)
 
 
 def multipart(fields: dict, files: list[tuple[str, tuple[str, bytes, str]]]) -> tuple[bytes, str]:
