@@ -23,7 +23,7 @@ import time
 import poll_handler
 import submit_handler
 from imagegw import tasks, worker
-from tests.apiclient import call
+from tests.apiclient import call as _call
 from tests.conftest import API_KEY, aws, inline_bus, loopback_fetch, providers_file  # noqa: F401 - fixtures
 from tests.simulators.async_relay_sim import AsyncRelaySimulator, Behaviour
 
@@ -31,6 +31,16 @@ FINISH_AFTER_S = 3.0
 CLIENTS = 10
 POLL_S = 1.0
 MAX_POLLS = 30  # a client gives up after this many reads (the bench then fails)
+
+
+_INVOCATION = threading.Lock()
+
+
+def call(*args, **kwargs):
+    """One API invocation at a time, as in a Lambda execution environment: Powertools keeps the current
+    request and its context on the shared resolver, so two handler calls in threads would read each other's."""
+    with _INVOCATION:
+        return _call(*args, **kwargs)
 
 
 def _earlier_poll_through(task: tasks.Task) -> tasks.Task:
