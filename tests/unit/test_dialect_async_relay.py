@@ -17,7 +17,8 @@ from imagegw.dialects import Done, Failed, HttpReply, Pending
 from imagegw.dialects.async_relay import AsyncRelayDialect, parse_progress, request_body
 from imagegw.errors import ContentPolicyViolation, UpstreamFailed
 from imagegw.request import parse_request
-from imagegw.routing import ProviderConfig, Route
+from imagegw.provider_config import ProviderConfig
+from imagegw.routing import Route
 from tests.apiclient import FakeContext, call
 from tests.conftest import API_KEY, NEWER_FIELDS, s3_objects
 from tests.simulators.async_relay_sim import ID_SHAPES, AsyncRelaySimulator, Behaviour

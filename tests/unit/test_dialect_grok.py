@@ -13,7 +13,8 @@ from imagegw.dialects import Done, Failed, HttpReply
 from imagegw.dialects.grok import GrokDialect, request_body
 from imagegw.errors import ContentPolicyViolation, UpstreamFailed
 from imagegw.request import parse_request
-from imagegw.routing import ProviderConfig, Route
+from imagegw.provider_config import ProviderConfig
+from imagegw.routing import Route
 from tests.apiclient import call
 from tests.conftest import API_KEY, NEWER_FIELDS, s3_objects
 from tests.simulators.grok_sim import Behaviour, GrokSimulator

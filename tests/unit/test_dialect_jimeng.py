@@ -16,7 +16,8 @@ from imagegw.dialects import Done, Failed, HttpReply, get_dialect
 from imagegw.dialects.jimeng import jimeng_ratio
 from imagegw.errors import ContentPolicyViolation, UpstreamFailed
 from imagegw.request import parse_request
-from imagegw.routing import load_config_text, routes_for
+from imagegw.provider_config import load_config_text
+from imagegw.routing import routes_for
 from tests.apiclient import call
 from tests.conftest import API_KEY, NEWER_FIELDS, s3_objects
 from tests.simulators.jimeng_sim import PIXELS, Behaviour, JimengSimulator

@@ -11,7 +11,8 @@ from imagegw.dialects.local import pixel_size, render
 from imagegw.dialects.openai import OpenAIDialect
 from imagegw.errors import BadRequest, NoProvider
 from imagegw.request import parse_request
-from imagegw.routing import load_config_text, routes_for
+from imagegw.provider_config import load_config_text
+from imagegw.routing import routes_for
 from tests.conftest import NEWER_FIELDS
 
 CONFIG = load_config_text("""

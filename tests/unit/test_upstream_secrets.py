@@ -13,7 +13,8 @@ import submit_handler
 from imagegw import transport
 from imagegw.dialects import Done, Failed, get_dialect
 from imagegw.request import parse_request
-from imagegw.routing import ProviderConfig, Route
+from imagegw.provider_config import ProviderConfig
+from imagegw.routing import Route
 from imagegw.scrub import MESSAGE_CHARS, PROMPT_CHARS
 from tests.apiclient import call
 from tests.conftest import API_KEY

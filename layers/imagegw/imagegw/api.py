@@ -23,8 +23,8 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Pat
 
 from . import bus, idempotency, inputs, keys, storage, sync, tasks, views, worker
 from .capabilities import validate_routable
-from .errors import (AuthenticationFailed, BadRequest, Conflict, GatewayError, NotFound, PayloadTooLarge,
-                     ServerError, from_task_error)
+from .errors import (AuthenticationFailed, BadRequest, Conflict, GatewayError, GenerationInProgress, NotFound,
+                     PayloadTooLarge, ServerError, from_task_error)
 from .dialects import EDIT, GENERATE, VARIATION
 from .request import (MAX_BODY_BYTES, ImageRequest, bad_request_from_errors, echo, json_text, load_json_object,
                       parse_form_fields, parse_request, printable)
@@ -192,7 +192,7 @@ def _create_from_form(operation: str, **kwargs: Any) -> Response:
     task, any upload or any upstream call."""
     event = app.current_event
     form = inputs.parse_form(inputs.body_bytes(event.body, base64_encoded=bool(event.is_base64_encoded)),
-                             event.headers.get("content-type") or event.headers.get("Content-Type"))
+                             event.headers.get("content-type"))  # Powertools' headers ignore case
     webhook = kwargs.pop("webhook")
     fields = {**form.fields, **({"webhook": webhook} if webhook and "webhook" not in form.fields else {})}
     if operation == VARIATION:
@@ -245,7 +245,7 @@ def _sync_answer(task: tasks.Task, request: ImageRequest, headers: dict[str, str
         raise from_task_error(task.error or {})
     if task.status == "cancelled":
         raise Conflict(f"Task '{task.id}' was cancelled.", code="task_cancelled")
-    raise sync.still_running(task)
+    raise GenerationInProgress(task.id)
 
 
 @app.get("/v1/images/tasks", summary="List your tasks, newest first", tags=["tasks"],

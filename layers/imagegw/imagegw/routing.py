@@ -10,10 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from .errors import BadRequest
-from .provider_config import WILDCARD, GatewayConfig, ProviderConfig, current_config, load_config_text
-
-__all__ = ["Route", "routes_for", "public_models", "resolve_api_key", "current_config", "load_config_text",
-           "GatewayConfig", "ProviderConfig"]
+from .provider_config import WILDCARD, GatewayConfig, ProviderConfig, current_config
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,7 @@ def store_from_url(
     object remains. The header is checked on the head of the body, before the upload starts; GIF and WebP
     frames are counted on as the body streams, and the upload is aborted once they are over the budget.
     """
-    allow_loopback = os.environ.get("ALLOW_LOOPBACK_FETCH") == "1"  # set only by the local stack
+    allow_loopback = safe_fetch.loopback_allowed()
     cap = max_bytes if max_bytes is not None else _max_image_bytes()
     budget_s = max_seconds if max_seconds is not None else _max_download_s()
     target_bucket = bucket()

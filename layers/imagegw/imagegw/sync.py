@@ -31,7 +31,6 @@ from typing import Any
 
 from . import inputs, tasks, worker
 from .dialects import GENERATE
-from .errors import GenerationInProgress
 from .request import ImageRequest
 from .tasks import Task, now_ms
 
@@ -110,6 +109,3 @@ def wait_bound_s() -> float:
     """How long a sync request waits on a task it does not run itself (`SYNC_WAIT_S`, template SyncWaitSeconds)."""
     return float(os.environ.get("SYNC_WAIT_S") or 25)
 
-
-def still_running(task: Task) -> GenerationInProgress:
-    return GenerationInProgress(task.id)
