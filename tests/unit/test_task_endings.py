@@ -107,7 +107,7 @@ def test_an_unsafe_result_url_on_the_only_route_fails_as_an_upstream_error(inlin
 
 @pytest.fixture
 def never_finishing_relay(inline_bus, providers_file, loopback_fetch, monkeypatch):
-    monkeypatch.setattr(worker, "TASK_DEADLINE_S", 2)
+    monkeypatch.setenv("TASK_DEADLINE_S", "2")
     with AsyncRelaySimulator(behaviour=RelayBehaviour(checks_to_finish=10**9)) as sim:
         providers_file({"providers": route("relay", sim, "async-relay"),
                         "models": {"dall-e-3": [{"provider": "relay"}]}})
@@ -143,7 +143,7 @@ def test_a_task_queued_event_after_the_deadline_fails_without_calling_upstream(a
     with OpenAISimulator() as sim:
         providers_file({"providers": route("p", sim), "models": {"dall-e-3": [{"provider": "p"}]}})
         task = tasks.create("owner", "dall-e-3", {"model": "dall-e-3", "prompt": "a fox"})
-        monkeypatch.setattr(worker, "TASK_DEADLINE_S", 0)
+        monkeypatch.setenv("TASK_DEADLINE_S", "0")
         time.sleep(0.01)
         ended = worker.submit_queued(task.id)
         assert ended.status == "failed" and ended.error["code"] == "upstream_timeout"

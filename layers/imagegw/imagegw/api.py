@@ -10,7 +10,6 @@ matching status: bad input is always a 4xx.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from typing import Annotated, Any
@@ -21,7 +20,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer, RequestBody, Tag
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 
-from . import bus, idempotency, inputs, keys, storage, sync, tasks, views, worker
+from . import bus, idempotency, inputs, keys, settings, storage, sync, tasks, views, worker
 from .capabilities import validate_routable
 from .errors import (AuthenticationFailed, BadRequest, Conflict, GatewayError, GenerationInProgress, NotFound,
                      PayloadTooLarge, ServerError, from_task_error)
@@ -100,7 +99,7 @@ app.enable_swagger(path="/docs", **OPENAPI_INFO)
 
 def docs_enabled() -> bool:
     """`GET /openapi.json` and `/docs` can be switched off by the template's EnableApiDocs parameter."""
-    return os.environ.get("API_DOCS", "true").lower() == "true"
+    return settings.current().api_docs
 
 
 def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:

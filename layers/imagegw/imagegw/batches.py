@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -45,7 +44,7 @@ from urllib.parse import unquote_plus
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
-from . import bus, storage, tasks
+from . import bus, settings, storage, tasks
 from .capabilities import validate_routable
 from .errors import BadRequest, GatewayError
 from .request import load_json_object, parse_request
@@ -68,16 +67,16 @@ RESULTS_TRANSFER = storage.transfer_config(part_mib=5, in_memory_parts=2)
 
 
 def lines_per_run() -> int:
-    return int(os.environ.get("BATCH_LINES_PER_RUN", "2000"))
+    return settings.current().batch_lines_per_run
 
 
 def _check_after_ms() -> int:
     """How long an unfinished batch waits before the sweep looks at it."""
-    return int(os.environ.get("BATCH_CHECK_S", "300")) * 1000
+    return settings.current().batch_check_s * 1000
 
 
 def _tenant() -> str:
-    return os.environ.get("EVENT_TENANT", "events")
+    return settings.current().event_tenant
 
 
 def record_id(bucket: str, key: str, etag: str) -> str:

@@ -15,10 +15,11 @@ without HTTP.
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 
 import boto3
+
+from . import settings
 
 SOURCE = "imagegw"
 TASK_QUEUED = "Task Queued"
@@ -52,7 +53,7 @@ def publish_detail(detail_type: str, detail: dict) -> None:
 
 def _entry(detail_type: str, detail: dict) -> dict:
     return {"Source": SOURCE, "DetailType": detail_type, "Detail": json.dumps(detail, ensure_ascii=False),
-            "EventBusName": os.environ["EVENT_BUS"]}
+            "EventBusName": settings.current().event_bus}
 
 
 def _put_events(entries: list[dict]) -> None:

@@ -11,7 +11,6 @@ The Powertools objects are built on first use, from `IDEMPOTENCY_TABLE` as it is
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyValidationError,
 )
 
+from . import settings
 from .errors import BadRequest, Conflict, GatewayError, ServerError
 
 HEADER = "Idempotency-Key"
@@ -92,7 +92,7 @@ def once(owner: str, key: str, body: dict[str, Any], create: Callable[[], str],
 
     `body` is the validated request: a repeat whose body differs is a 422. `context` is the Lambda context:
     a record left in progress by an invocation that died frees itself when that invocation's time is up."""
-    table_name = os.environ.get("IDEMPOTENCY_TABLE")
+    table_name = settings.current().idempotency_table
     if not table_name:
         raise ServerError(f"This deployment cannot honour '{HEADER}': IDEMPOTENCY_TABLE is not set.",
                           code="idempotency_unavailable")

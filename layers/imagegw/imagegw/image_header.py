@@ -15,16 +15,15 @@ A GIF frame larger than its logical screen grows the image (as Pillow does), so 
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from dataclasses import dataclass
 
+from . import settings
 from .errors import UpstreamFailed
 
 # 8192 x 8192 (64 Mi pixels): four times the largest output of any current provider (4096x4096 = 16.7 MP),
 # still an 8K square; decoded at 4 bytes a pixel that is 256 MiB, what a client can reasonably hold.
-DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
 HEADER_LIMIT = 1024 * 1024  # a header not found in the first MiB is refused (JPEG SOF after EXIF/ICC, PNG acTL)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +52,7 @@ def invalid_image(message: str) -> UpstreamFailed:
 
 
 def max_image_pixels() -> int:
-    return int(os.environ.get("MAX_IMAGE_PIXELS") or DEFAULT_MAX_IMAGE_PIXELS)
+    return settings.current().max_image_pixels
 
 
 def checked(data: bytes, content_type: str, *, complete: bool, max_pixels: int | None = None) -> ImageHeader | None:

@@ -9,13 +9,12 @@ event), never a silent drop. The task id derives from the event id, so a redeliv
 from __future__ import annotations
 
 import hashlib
-import os
 from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from . import tasks, worker
+from . import settings, tasks, worker
 from .capabilities import validate_routable
 from .errors import BadRequest, GatewayError
 from .request import parse_request
@@ -25,7 +24,7 @@ MAX_REFERENCE = 512
 
 
 def event_tenant() -> str:
-    return os.environ.get("EVENT_TENANT", "events")
+    return settings.current().event_tenant
 
 
 def task_id_for_event(event_id: str, event_time: str | None) -> str:

@@ -8,13 +8,13 @@ the caller's identity is an opaque `owner` derived from the hash, never the key 
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import time
 from functools import lru_cache
 
 import boto3
 
+from . import settings
 from .errors import AuthenticationFailed
 
 KEY_PREFIX = "sk-imagegw-"
@@ -30,7 +30,7 @@ def owner_of_hash(digest: str) -> str:
 
 @lru_cache(maxsize=1)
 def _keys_table():
-    return boto3.resource("dynamodb").Table(os.environ["KEYS_TABLE"])
+    return boto3.resource("dynamodb").Table(settings.current().keys_table)
 
 
 def authenticate(authorization: str | None) -> str:
@@ -43,11 +43,11 @@ def authenticate(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not key:
         raise AuthenticationFailed("Send the API key as `Authorization: Bearer <key>`.")
     digest = key_hash(key)
-    local_keys = os.environ.get("API_KEYS")
+    local_keys = settings.current().api_keys
     if local_keys is not None:
         if any(secrets.compare_digest(digest, key_hash(k.strip())) for k in local_keys.split(",") if k.strip()):
             return owner_of_hash(digest)
-    elif os.environ.get("KEYS_TABLE"):
+    elif settings.current().keys_table:
         item = _keys_table().get_item(Key={"key_hash": digest}).get("Item")
         if item and not item.get("disabled"):
             return str(item.get("owner") or owner_of_hash(digest))

@@ -31,6 +31,7 @@ import yaml
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import settings
 from .errors import NoProvider, ProviderConfigInvalid
 
 logger = Logger(child=True)
@@ -237,7 +238,7 @@ def _load(text: str, source: str) -> Loaded:
 def _count_invalid(source: str) -> None:
     from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
-    namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ImageGateway")
+    namespace = settings.current().metrics_namespace
     with single_metric(name="ProviderConfigInvalid", unit=MetricUnit.Count, value=1, namespace=namespace) as metric:
         metric.add_dimension(name="source", value="ssm" if source.startswith("ssm:") else "file")
 
@@ -245,7 +246,7 @@ def _count_invalid(source: str) -> None:
 def current_config() -> GatewayConfig:
     """The provider configuration in force: read from PROVIDERS_FILE (again when it changes) or the SSM
     parameter (cached for CACHE_SECONDS); ProviderConfigInvalid when it cannot be used."""
-    path = os.environ.get("PROVIDERS_FILE")
+    path = settings.current().providers_file
     if path:
         try:
             text = _file_text(path, Path(path).stat().st_mtime)
@@ -253,7 +254,7 @@ def current_config() -> GatewayConfig:
             raise ProviderConfigInvalid(f"The gateway's provider configuration cannot be read "
                                         f"({type(exc).__name__}). An operator must correct it.") from None
         return _load(text, f"file:{path}").usable()
-    param = os.environ.get("PROVIDERS_PARAM")
+    param = settings.current().providers_param
     if not param:
         raise NoProvider("No provider configuration: set PROVIDERS_FILE or PROVIDERS_PARAM.")
     from aws_lambda_powertools.utilities import parameters

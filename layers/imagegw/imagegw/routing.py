@@ -6,9 +6,9 @@ The document itself (its model, its checks, how it is loaded) is `provider_confi
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
+from . import settings
 from .errors import BadRequest
 from .provider_config import WILDCARD, GatewayConfig, ProviderConfig, current_config
 
@@ -52,7 +52,7 @@ def resolve_api_key(provider: ProviderConfig) -> str | None:
     if provider.api_key:
         return provider.api_key
     if provider.api_key_env:
-        return os.environ.get(provider.api_key_env)
+        return settings.named_secret(provider.api_key_env)
     if provider.api_key_secret:
         from aws_lambda_powertools.utilities import parameters
 

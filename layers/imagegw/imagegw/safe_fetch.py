@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import socket
 import sys
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
+from . import settings
 from .deadline import Deadline
 from .errors import BadRequest, UpstreamFailed, UpstreamTimeout
 
@@ -286,7 +286,7 @@ def guarded_session(
 
 def loopback_allowed() -> bool:
     """Whether this process may fetch from loopback: only the local stack and tests set ALLOW_LOOPBACK_FETCH."""
-    return os.environ.get("ALLOW_LOOPBACK_FETCH") == "1"
+    return settings.current().allow_loopback_fetch
 
 
 def check_url(url: str, *, allow_loopback: bool = False) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +18,9 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from . import image_header, safe_fetch
+from . import image_header, safe_fetch, settings
 from .errors import ServerError, UpstreamFailed
 
-DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
-DEFAULT_PRESIGN_EXPIRES_S = 3600
 _MIB = 1024 * 1024
 
 
@@ -91,13 +88,13 @@ def s3() -> Any:
     is kept. SigV4 always, so presigned URLs work in every region.
     """
     s3_options: dict[str, Any] = {}
-    if os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
+    if settings.current().s3_is_local:
         s3_options["addressing_style"] = "path"
     return boto3.client("s3", config=Config(signature_version="s3v4", s3=s3_options))
 
 
 def bucket() -> str:
-    name = os.environ.get("IMAGE_BUCKET")
+    name = settings.current().image_bucket
     if not name:
         raise ServerError("IMAGE_BUCKET is not configured.")
     return name
@@ -142,11 +139,11 @@ def _watch_frames(image: safe_fetch.FetchedImage, header: image_header.ImageHead
 
 
 def _max_image_bytes() -> int:
-    return int(os.environ.get("MAX_IMAGE_BYTES") or DEFAULT_MAX_IMAGE_BYTES)
+    return settings.current().max_image_bytes
 
 
 def _max_download_s() -> float:
-    return float(os.environ.get("MAX_DOWNLOAD_S") or safe_fetch.DEFAULT_MAX_DOWNLOAD_S)
+    return settings.current().max_download_s
 
 
 def store_from_url(
@@ -187,7 +184,7 @@ def store_from_url(
 
 def presigned_url(key: str, expires_s: int | None = None) -> str:
     if expires_s is None:
-        expires_s = int(os.environ.get("PRESIGN_EXPIRES_S") or DEFAULT_PRESIGN_EXPIRES_S)
+        expires_s = settings.current().presign_expires_s
     return s3().generate_presigned_url(
         "get_object", Params={"Bucket": bucket(), "Key": key}, ExpiresIn=expires_s
     )

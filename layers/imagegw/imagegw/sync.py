@@ -24,12 +24,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import inputs, tasks, worker
+from . import inputs, settings, tasks, worker
 from .dialects import GENERATE
 from .request import ImageRequest
 from .tasks import Task, now_ms
@@ -82,12 +81,12 @@ def run(owner: str, request: ImageRequest, *, request_context: Mapping[str, Any]
             return wait_for(found.id, wait_until)
     task_id = tasks.sync_task_id(dict(request_context)) or tasks.new_task_id()
     fields = {"webhook": request.webhook, "request_hash": digest, **job_fields(task_id, operation, form)}
-    task = tasks.create_claimed(owner, request.model, request.upstream_fields(), lease_s=worker.LEASE_S,
+    task = tasks.create_claimed(owner, request.model, request.upstream_fields(), lease_s=settings.current().worker_lease_s,
                                 task_id=task_id, **fields)
     if task is None:  # that id is taken (a replayed event): a fresh one, and its own copy of the files
         task_id = tasks.new_task_id()
         fields = {**fields, **job_fields(task_id, operation, form)}
-        task = tasks.create_claimed(owner, request.model, request.upstream_fields(), lease_s=worker.LEASE_S,
+        task = tasks.create_claimed(owner, request.model, request.upstream_fields(), lease_s=settings.current().worker_lease_s,
                                     task_id=task_id, **fields)
     ended = worker.run_claimed(task)
     if ended is not None and ended.terminal:
@@ -107,5 +106,5 @@ def wait_for(task_id: str, wait_until: float) -> Task:
 
 def wait_bound_s() -> float:
     """How long a sync request waits on a task it does not run itself (`SYNC_WAIT_S`, template SyncWaitSeconds)."""
-    return float(os.environ.get("SYNC_WAIT_S") or 25)
+    return settings.current().sync_wait_s
 

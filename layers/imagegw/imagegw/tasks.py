@@ -16,7 +16,6 @@ whose event was lost or whose worker died (lease expired) as well as async upstr
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import boto3
 from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
+from . import settings
 from .errors import BadRequest, Conflict, NotFound
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -63,7 +63,7 @@ def sync_task_id(request_context: dict[str, Any]) -> str | None:
 
 @lru_cache(maxsize=1)
 def table():
-    return boto3.resource("dynamodb").Table(os.environ["TASK_TABLE"])
+    return boto3.resource("dynamodb").Table(settings.current().task_table)
 
 
 def _plain(value: Any) -> Any:
@@ -125,7 +125,7 @@ class Task:
 
 
 def _retention_expiry() -> int:
-    days = int(os.environ.get("TASK_RETENTION_DAYS", "30"))
+    days = settings.current().task_retention_days
     return int(time.time()) + days * 86400
 
 

@@ -14,7 +14,6 @@ Upstream messages are scrubbed (see `scrub`), with the call's own credentials, b
 
 from __future__ import annotations
 
-import os
 import socket
 from functools import lru_cache
 from typing import Any
@@ -28,6 +27,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
+from . import settings
 from .deadline import Deadline
 from .dialects.base import HttpCall, HttpReply
 from .errors import GatewayError, RateLimited, UpstreamFailed, UpstreamTimeout, refusal
@@ -113,12 +113,12 @@ class CappedRetry(Retry):
 
 def _retry_policy() -> Retry:
     return CappedRetry(
-        total=int(os.environ.get("UPSTREAM_RETRIES", "2")),
+        total=settings.current().upstream_retries,
         connect=2,
         read=False,  # re-raise read timeouts: the image may be in the works, do not pay twice
         status_forcelist=RETRY_STATUSES,
         allowed_methods=None,  # POST too: a 429/503 means the upstream did not take the job
-        backoff_factor=float(os.environ.get("UPSTREAM_BACKOFF_S", "0.5")),
+        backoff_factor=settings.current().upstream_backoff_s,
         backoff_max=10,
         respect_retry_after_header=True,
         raise_on_status=False,

@@ -7,7 +7,8 @@ HMAC-SHA256 of "{id}.{timestamp}.{body}">`, keyed by the bytes of a `whsec_`-pre
 
 Delivery never sleeps in a Lambda. The first attempt and the first retry are "Webhook Due" events on the
 bus (so the first retry comes within seconds); later retries wait in the task table's sweep index and the
-schedule re-publishes them when due, with growing delays (`RETRY_DELAYS_S`, over an hour in all). A 2xx
+schedule re-publishes them when due, with growing delays
+(`WEBHOOK_RETRY_DELAYS_S`, over an hour in all). A 2xx
 ends it; so does running out of delays (the task records why). URLs pass the SSRF guard twice: at submit
 (`check_target`: a refusal is a 400 naming `webhook`, so nothing is accepted that would never be delivered)
 and at every delivery (a name may resolve elsewhere by then: that refusal ends the delivery at once).
@@ -22,7 +23,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import time
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -30,20 +30,12 @@ from urllib.parse import urlsplit
 import requests
 from aws_lambda_powertools import Logger
 
-from . import safe_fetch, tasks, views
+from . import safe_fetch, settings, tasks, views
 from .errors import BadRequest, GatewayError
 from .tasks import Task, now_ms
 
 logger = Logger(child=True)
 
-#: after attempt k fails, wait RETRY_DELAYS_S[k - 1] (the first: at once, via the bus); 96 min in all.
-#: `WEBHOOK_RETRY_DELAYS_S` ("0,1,2") overrides it, for development and tests.
-RETRY_DELAYS_S = (0, 60, 120, 300, 600, 900, 1800, 1800)
-
-
-def retry_delays() -> tuple[int, ...]:
-    override = os.environ.get("WEBHOOK_RETRY_DELAYS_S")
-    return tuple(int(part) for part in override.split(",")) if override else RETRY_DELAYS_S
 TIMEOUT_S = (5, 15)
 EVENT_TYPES = {"succeeded": "image.task.succeeded", "failed": "image.task.failed"}
 
@@ -78,7 +70,7 @@ def check_target(url: str) -> None:
 
 
 def secret_bytes() -> bytes:
-    raw = os.environ.get("WEBHOOK_SECRET") or _secret_from_manager()
+    raw = settings.current().webhook_secret or _secret_from_manager()
     if not raw:
         raise GatewayError("No webhook secret: set WEBHOOK_SECRET or WEBHOOK_SECRET_ID.")
     return base64.b64decode(raw.removeprefix("whsec_"))
@@ -86,7 +78,7 @@ def secret_bytes() -> bytes:
 
 @lru_cache(maxsize=1)
 def _secret_from_manager() -> str | None:
-    secret_id = os.environ.get("WEBHOOK_SECRET_ID")
+    secret_id = settings.current().webhook_secret_id
     if not secret_id:
         return None
     from aws_lambda_powertools.utilities import parameters
@@ -134,7 +126,7 @@ def deliver_due(task_id: str) -> str | None:
         tasks.webhook_done(task, attempts=attempt, status="delivered")
         logger.info("webhook delivered", extra={"task_id": task.id, "attempt": attempt})
         return "delivered"
-    delays = retry_delays()
+    delays = settings.current().webhook_retry_delays_s
     if final or attempt > len(delays):
         reason = outcome if final else f"gave up after {attempt} attempts: {outcome}"
         tasks.webhook_done(task, attempts=attempt, status="failed", last_error=reason)

@@ -24,7 +24,6 @@ code; anything else is retried after a short backoff, STAGE_ATTEMPTS times in al
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +33,7 @@ from typing import Any, TypeVar
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from . import batches, bus, inputs, safe_fetch, storage, tasks, transport, views, webhooks
+from . import batches, bus, inputs, safe_fetch, settings, storage, tasks, transport, views, webhooks
 from .capabilities import routes_able_to
 from .dialects import GENERATE, VARIATION, Done, Failed, HttpCall, HttpReply, Job, Outcome, Pending, get_dialect
 from .errors import GatewayError, ProviderConfigInvalid, ServerError, UpstreamFailed, UpstreamTimeout
@@ -44,13 +43,11 @@ from .tasks import Task, now_ms
 
 logger = Logger(child=True)
 # One metrics sink for the layer; each handler flushes it with @worker.metrics.log_metrics.
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ImageGateway"))
+metrics = Metrics(namespace=settings.current().metrics_namespace)
 
-LEASE_S = int(os.environ.get("WORKER_LEASE_S", "900"))  # >= the function timeout: a live worker keeps it
 CHECK_LEASE_S = 120
 REPUBLISH_AFTER_S = 60
 MAX_CLAIMS = 3  # a stage whose worker died this many times fails rather than loop forever
-TASK_DEADLINE_S = int(os.environ.get("TASK_DEADLINE_S", "3600"))
 CHECK_GAP_MS = 1000  # an async upstream is asked about a task at most this often
 DOWNLOAD_PARALLELISM = 4
 STAGE_ATTEMPTS = 3  # a step of a stage that raised something unexpected runs this many times in all
@@ -83,7 +80,7 @@ def _stage(run: Callable[..., Task | None]) -> Callable[..., Task | None]:
 
 @_stage
 def submit_queued(task_id: str) -> Task | None:
-    task = tasks.claim(task_id, "queued", lease_s=LEASE_S)
+    task = tasks.claim(task_id, "queued", lease_s=settings.current().worker_lease_s)
     if task is None:
         logger.info("task not claimable (done, cancelled or taken)", extra={"task_id": task_id})
         return None
@@ -185,7 +182,7 @@ def _apply_check(task: Task, outcome: Outcome, route: Route, fetch_now: bool) ->
 
 @_stage
 def store_generated(task_id: str) -> Task | None:
-    task = tasks.claim(task_id, "generated", lease_s=LEASE_S)
+    task = tasks.claim(task_id, "generated", lease_s=settings.current().worker_lease_s)
     if task is None:
         return None
     # A retry downloads every image again (to the same keys): the provider is not asked for anything new.
@@ -501,7 +498,7 @@ def _time_for(seconds: float) -> bool:
 
 
 def _deadline_ms(task: Task) -> int:
-    return task.created_at + TASK_DEADLINE_S * 1000
+    return task.created_at + settings.current().task_deadline_s * 1000
 
 
 def _past_deadline(task: Task) -> bool:
@@ -509,7 +506,7 @@ def _past_deadline(task: Task) -> bool:
 
 
 def _deadline_error() -> UpstreamTimeout:
-    return UpstreamTimeout(f"The task did not finish within its deadline ({TASK_DEADLINE_S} s).")
+    return UpstreamTimeout(f"The task did not finish within its deadline ({settings.current().task_deadline_s} s).")
 
 
 def _next_check_at(task: Task, delay_ms: int | None = None) -> int:
