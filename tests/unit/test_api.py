@@ -1,4 +1,4 @@
-"""The HTTP API of A1, driven through the real handlers with API Gateway proxy events."""
+"""The HTTP API, driven through the real handlers with API Gateway proxy events."""
 
 import base64
 import io

@@ -1,4 +1,4 @@
-"""The HTTP API of A1 on Powertools' REST resolver (validation and OpenAPI generated from these signatures).
+"""The gateway's HTTP API (README "The API") on Powertools' REST resolver (validation and OpenAPI generated from these signatures).
 
 Every function serves its own routes from this one resolver (template.yaml decides which routes reach
 which function). Before routing, `handle` enforces the body cap and authenticates, so a bad key is a 401

@@ -28,12 +28,12 @@ class GatewayError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def task_error(self) -> dict[str, Any]:
-        """The error as stored on a task (A1: `error: {code, message, type}`)."""
+        """The error as stored on a task (the task object's `error: {code, message, type}`)."""
         return {"code": self.code or self.type, "message": self.message, "type": self.type}
 
     @property
     def retriable(self) -> bool:
-        """Whether another route may succeed where this one failed (A2: 429, 5xx, timeouts, connection)."""
+        """Whether another route may succeed where this one failed (429, 5xx, timeouts, connection failures)."""
         return False
 
     def scrubbed(self, secrets: Iterable[str | None] = ()) -> "GatewayError":

@@ -50,7 +50,7 @@ class ImageRequest(BaseModel):
     partial_images: int | None = Field(default=None, ge=0, le=3, strict=True)
     input_fidelity: Literal["high", "low"] | None = None
     stream: Literal[False] | None = None
-    # Gateway extensions (A1).
+    # The gateway's own extensions, mapped by each dialect (README "Dialects").
     aspect_ratio: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?:\d+(\.\d+)?$")
     resolution: Literal["1k", "2k", "4k"] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, strict=True)

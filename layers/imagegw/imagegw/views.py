@@ -1,4 +1,4 @@
-"""The public shapes of A1: the task object and the OpenAI Images response, built from a task."""
+"""The public shapes of the API: the task object and the OpenAI Images response, built from a task."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def _seconds(ms: int | None) -> int | None:
 
 
 def task_object(task: Task) -> dict[str, Any]:
-    """The A1 task object, with presigned URLs of the stored images."""
+    """The task object (README "The API"), with presigned URLs of the stored images."""
     obj = task_object_base(task)
     if task.status == "succeeded":
         obj["data"] = [_image_entry(image) for image in task.images]
