@@ -200,10 +200,10 @@ class EnvironmentPool:
             raise InvocationFailed(f"{logical_id}: the event could not be passed on", traceback.format_exc()) from None
         try:
             env.conn.send_bytes(payload)
-        except OSError:
+        except OSError as exc:
             self._replace(env)
-            raise InvocationFailed(f"{logical_id}: its execution environment is gone",
-                                   f"{env.name} could not be sent the invocation (exit code {env.process.exitcode})")
+            detail = f"{env.name} could not be sent the invocation (exit code {env.process.exitcode})"
+            raise InvocationFailed(f"{logical_id}: its execution environment is gone", detail) from exc
         answered = env.conn.poll(max(0.0, min(deadline, fn_deadline) - time.monotonic()))
         if not answered:
             if fn_deadline <= deadline:  # Lambda stops the function at its Timeout: API Gateway answers 502
