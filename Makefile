@@ -54,7 +54,11 @@ BENCH ?= bench
 bench: $(STAMP) ## benchmarks (BENCH=bench/<file> for one): a 10,000-line batch job (about 30 min), async poll lag
 	$(BIN)/python -m pytest $(BENCH) -q -s -p no:cacheprovider
 
-lint: $(STAMP) ## cfn-lint and sam validate --lint on template.yaml
+# The Python that ships or runs: the layer package, the handlers, the local stack, the CLI, the scripts.
+LINT_PATHS := layers/imagegw/imagegw functions local cli/imagegw_cli scripts
+lint: $(STAMP) ## ruff and mypy on the Python code, then cfn-lint and sam validate --lint on template.yaml
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy $(LINT_PATHS)
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/sam validate --lint --template template.yaml
 
@@ -74,7 +78,7 @@ key: $(STAMP) ## create an API key in the deployed stack (printed once)
 	$(BIN)/python -m scripts.make_key --stack $(STACK_NAME) --name "$(or $(NAME),default)"
 
 clean: ## remove build outputs
-	rm -rf $(VENV) .aws-sam .pytest_cache
+	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
 
 events: $(STAMP) ## regenerate events/ (API and schedule samples via sam local generate-event)
 	$(BIN)/python -m scripts.generate_events

@@ -90,7 +90,7 @@ class Router:
                 continue
             path_matched = True
             if route.method in (method, "ANY"):
-                return Match(route, {name: unquote(value) for name, value in zip(names, found.groups())})
+                return Match(route, {name: unquote(value) for name, value in zip(names, found.groups(), strict=True)})
         return "method_not_allowed" if path_matched else "not_found"
 
 

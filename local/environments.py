@@ -45,7 +45,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from .template import Function
 
@@ -61,7 +61,8 @@ START_BACKOFF_S = 5  # after an environment failed to start, before another is t
 WARM_TIMEOUT_S = 90  # one environment's init phase (imports), generous for a loaded laptop
 STOP_TIMEOUT_S = 5
 KILL_GRACE_S = 1  # after a function's Timeout, before its environment is stopped
-WARM_SERVICES = ("dynamodb", "s3", "events")  # what the functions call (local/aws.py creates these too)
+# Final: the names stay literals, which boto3.client()'s typed overloads need.
+WARM_SERVICES: Final = ("dynamodb", "s3", "events")  # what the functions call (local/aws.py creates these too)
 
 
 class IntegrationTimeout(TimeoutError):
@@ -200,10 +201,10 @@ class EnvironmentPool:
             raise InvocationFailed(f"{logical_id}: the event could not be passed on", traceback.format_exc()) from None
         try:
             env.conn.send_bytes(payload)
-        except OSError:
+        except OSError as exc:
             self._replace(env)
-            raise InvocationFailed(f"{logical_id}: its execution environment is gone",
-                                   f"{env.name} could not be sent the invocation (exit code {env.process.exitcode})")
+            detail = f"{env.name} could not be sent the invocation (exit code {env.process.exitcode})"
+            raise InvocationFailed(f"{logical_id}: its execution environment is gone", detail) from exc
         answered = env.conn.poll(max(0.0, min(deadline, fn_deadline) - time.monotonic()))
         if not answered:
             if fn_deadline <= deadline:  # Lambda stops the function at its Timeout: API Gateway answers 502

@@ -67,6 +67,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     default_request_version = "HTTP/1.0"  # the stdlib's HTTP/0.9 default answers a bad request line without a status
     server_version = "imagegw-local"
     timeout = READ_TIMEOUT_S  # without one, a client that stops mid-body holds its thread forever
+    raw_requestline: bytes  # set by handle_one_request; typeshed's BaseHTTPRequestHandler does not declare it
 
     # Reason phrases -> the error `code` of the stdlib's own answers (request line, headers, method).
     _CODES = {400: "bad_request", 408: "request_timeout", 414: "uri_too_long", 431: "headers_too_large",

@@ -9,6 +9,7 @@ third receive, after which it is dropped (like an async invocation's retries run
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -130,7 +131,7 @@ class QueueDelivery:
                     self._stopping.wait(1)
                 continue
             for message in messages:
-                if not self._pool.submit(lambda m=message: self._deliver(m)):
+                if not self._pool.submit(functools.partial(self._deliver, message)):
                     return  # stopping: the message comes back when its visibility ends (moto stops too)
 
     def _deliver(self, message: dict[str, Any]) -> None:

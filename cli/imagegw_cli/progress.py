@@ -53,9 +53,9 @@ def intervals(first: float = 0.5, ceiling: float = 2.0, factor: float = 1.5) -> 
         wait = min(ceiling, wait * factor)
 
 
-def poll(read: Callable[[], object], done: Callable[[object], bool], timeout_s: float, *,
-         sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-         ceiling: float = 2.0) -> tuple[object, bool]:
+def poll[T](read: Callable[[], T], done: Callable[[T], bool], timeout_s: float, *,
+            sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+            ceiling: float = 2.0) -> tuple[T, bool]:
     """Call `read` until `done(value)` or `timeout_s` passes: (the last value, whether it is done)."""
     deadline = clock() + timeout_s
     for wait in intervals(ceiling=ceiling):
