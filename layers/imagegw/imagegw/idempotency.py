@@ -59,7 +59,7 @@ def _run(create: Callable[[], str], *, payload: dict[str, Any]) -> dict[str, Any
     return {"task_id": create()}
 
 
-def _mark_replayed(response: dict[str, Any], _record: Any) -> dict[str, Any]:
+def _mark_replayed(response: Any, idempotent_data: Any) -> Any:
     return {**response, "replayed": True}
 
 

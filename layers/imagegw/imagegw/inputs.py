@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
@@ -38,7 +39,7 @@ class InputFile:
     field: str  # "image" or "mask"
     filename: str
     content_type: str  # from the magic bytes
-    data: bytes = field(repr=False)
+    data: bytes = dataclasses.field(repr=False)
 
     @property
     def extension(self) -> str:
@@ -81,7 +82,8 @@ def parse_form(raw: bytes, content_type: str | None) -> Form:
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str) or not name:
             raise BadRequest("A part of the multipart body has no field name.", code="invalid_multipart")
-        data = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)  # bytes for a leaf part (the body is never nested)
+        data = payload if isinstance(payload, bytes) else b""
         filename = part.get_filename()
         if name in IMAGE_FIELDS or name == MASK_FIELD:
             if filename is None and not data:

@@ -11,7 +11,7 @@ import binascii
 import json
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -97,7 +97,8 @@ _FORM_INTEGERS = ("n", "output_compression", "partial_images")
 class VariationRequest(ImageRequest):
     """A variation's fields: dall-e-2's, without a prompt."""
 
-    prompt: str | None = Field(default=None, max_length=32000)
+    # A variation takes no prompt: pydantic lets a subclass widen the field, mypy does not.
+    prompt: str | None = Field(default=None, max_length=32000)  # type: ignore[assignment]
 
 
 def parse_form_fields(fields: dict[str, str], operation: str) -> ImageRequest:
@@ -260,7 +261,7 @@ def echo(value: Any) -> str:
     return printable(text)
 
 
-def bad_request_from_errors(errors: Sequence[dict[str, Any]], strip: tuple[str, ...] = ()) -> BadRequest:
+def bad_request_from_errors(errors: Sequence[Mapping[str, Any]], strip: tuple[str, ...] = ()) -> BadRequest:
     """The first pydantic error as a 400 naming its field (`strip` drops Powertools' "body"/"query" prefix)."""
     first = errors[0]
     loc = [str(part) for part in first["loc"]]

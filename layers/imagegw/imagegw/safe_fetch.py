@@ -185,7 +185,7 @@ def resolve_checked(host: str, port: int, resolver: Resolver, allow_loopback: bo
 class _PinnedMixin:
     """Replaces urllib3's connect step: resolve, validate all addresses, connect to a validated IP."""
 
-    resolver: Resolver = staticmethod(default_resolver)  # type: ignore[assignment]
+    resolver: Resolver = staticmethod(default_resolver)
     allow_loopback: bool = False
     deadline: Deadline | None = None
 
@@ -417,11 +417,11 @@ class CappedReader:
             raise ValueError("read from closed image stream")
         if n is None or n < 0:
             # Still bounded by the cap: at most max_bytes + 1 bytes are ever pulled.
-            parts = [self._head]
+            everything = [self._head]
             self._head = b""
             while chunk := self._upstream(HEAD_BYTES):
-                parts.append(chunk)
-            return b"".join(parts)
+                everything.append(chunk)
+            return b"".join(everything)
         # Full reads like a regular file: s3transfer takes a short read for end-of-stream (it would then
         # put the object in one go, or upload undersized parts).
         parts: list[bytes] = []
