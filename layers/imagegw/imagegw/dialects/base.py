@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -21,34 +20,7 @@ from ..inputs import InputFile, Inputs
 from ..request import ImageRequest
 from ..routing import Route
 from ..scrub import PROMPT_CHARS, scrub
-
-
-@dataclass(frozen=True)
-class HttpCall:
-    method: str
-    url: str
-    headers: dict[str, str] = field(default_factory=dict, repr=False)  # may hold the key: never repr'd
-    json: Any = None
-    params: dict[str, str] | None = None
-    timeout_s: float = 120
-    #: a multipart/form-data body instead of JSON (edits, variations): text fields, and files as
-    #: (field, (filename, bytes, content type)), in the order they are sent
-    form: dict[str, str] | None = None
-    files: tuple[tuple[str, tuple[str, bytes, str]], ...] | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class HttpReply:
-    status: int
-    headers: dict[str, str]
-    body: bytes = field(repr=False)
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            raise UpstreamFailed("The provider answered with something that is not JSON.",
-                                 code="bad_upstream_response") from None
+from ..transport import HttpCall, HttpReply, Send
 
 
 @dataclass(frozen=True)
@@ -92,7 +64,6 @@ class Failed:
 
 
 Outcome = Done | Pending | Failed
-Send = Callable[[HttpCall], HttpReply]
 
 
 class Dialect:
