@@ -13,14 +13,16 @@ import binascii
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import GatewayError, UpstreamFailed
 from ..inputs import InputFile, Inputs
 from ..request import ImageRequest
-from ..routing import Route
 from ..scrub import PROMPT_CHARS, scrub
 from ..transport import HttpCall, HttpReply, Send
+
+if TYPE_CHECKING:  # at run time a cycle: routing -> provider_config -> the dialect registry -> here
+    from ..routing import Route
 
 
 @dataclass(frozen=True)
