@@ -7,7 +7,7 @@ against a loopback upstream that finishes after a few checks.
 import pytest
 
 from imagegw import bus, tasks, worker
-from imagegw.dialects import DIALECTS, Done, HttpCall, ImageOut, Pending
+from imagegw.dialects import REGISTRY, Done, HttpCall, ImageOut, Pending
 from imagegw.dialects.base import Dialect
 from tests.simulators.loopback import Answer, LoopbackSimulator
 
@@ -48,7 +48,7 @@ class TicketUpstream(LoopbackSimulator):
 @pytest.fixture
 def ticket_upstream(providers_file, loopback_fetch, monkeypatch):
     with TicketUpstream() as upstream:
-        monkeypatch.setitem(DIALECTS, "ticket-test", TicketDialect())
+        monkeypatch.setitem(REGISTRY, "ticket-test", f"{__name__}:TicketDialect")
         providers_file({"providers": {"t": {"dialect": "ticket-test", "base_url": upstream.base_url,
                                             "api_key": "sk-ticket"}},
                         "models": {"slowpoke": [{"provider": "t"}]}})

@@ -1,4 +1,5 @@
-"""The `async-relay` dialect (seed 004): pure translation, then the contract through the real handlers."""
+"""The `async-relay` dialect (the async task relay): pure translation, then the contract through the real
+handlers."""
 
 import base64
 import io

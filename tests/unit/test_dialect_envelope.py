@@ -1,5 +1,6 @@
-"""The `envelope` dialect (seed 001): pure translation, parsing of seed-shaped envelopes (success only when
-code == 0), and the contract through the real handlers against the loopback simulator, sync and async."""
+"""The `envelope` dialect (the envelope-style API platform): pure translation, parsing of envelopes shaped as its
+reference documents them (success only when code == 0), and the contract through the real handlers against the
+loopback simulator, sync and async."""
 
 import base64
 import io

@@ -1,4 +1,5 @@
-"""The `grok` dialect (seed 003): pure translation, then the contract through the real handlers."""
+"""The `grok` dialect (xAI's Grok images API via a relay): pure translation, then the contract through the real
+handlers."""
 
 import base64
 import io

@@ -1,5 +1,5 @@
-"""The `jimeng` dialect (seed 000): pure translation, parsing of seed-shaped answers, and the contract through
-the real handlers against the loopback simulator, sync and async."""
+"""The `jimeng` dialect (the jimeng relay): pure translation, parsing of answers shaped as its reference's
+example, and the contract through the real handlers against the loopback simulator, sync and async."""
 
 import io
 import json

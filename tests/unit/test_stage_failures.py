@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 import poll_handler
 import submit_handler
 from imagegw import bus, safe_fetch, storage, tasks, worker
-from imagegw.dialects import DIALECTS
+from imagegw.dialects import REGISTRY, get_dialect
 from tests.apiclient import FakeContext, bus_event
 from tests.simulators.async_relay_sim import AsyncRelaySimulator, Behaviour as RelayBehaviour
 from tests.simulators.openai_sim import Behaviour, OpenAISimulator
@@ -91,7 +91,7 @@ def _unknown_dialect_in_the_file(reconfigure, monkeypatch, sim):
 
 
 def _dialect_no_module_speaks(reconfigure, monkeypatch, sim):
-    monkeypatch.delitem(DIALECTS, "openai")
+    monkeypatch.delitem(REGISTRY, "openai")
 
 
 @pytest.mark.parametrize("break_config", [_unknown_dialect_in_the_file, _dialect_no_module_speaks],
@@ -173,7 +173,7 @@ FAIL_ONCE = {
     "storing a b64 image (S3 throttled)": ("gpt-image-1", storage, "store_bytes", throttled("PutObject")),
     "finishing after the downloads (DynamoDB throttled)": ("dall-e-3", tasks, "finish", throttled()),
     "building the upstream request (a bug, before anything went out)":
-        ("dall-e-3", DIALECTS["openai"], "build_submit", KeyError("size")),
+        ("dall-e-3", get_dialect("openai"), "build_submit", KeyError("size")),
 }
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from imagegw import transport
-from imagegw.dialects import HttpCall
+from imagegw.transport import HttpCall
 from imagegw.errors import BadRequest, RateLimited, UpstreamFailed, UpstreamTimeout
 from tests.simulators.openai_sim import Behaviour, OpenAISimulator
 

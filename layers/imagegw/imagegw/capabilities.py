@@ -11,9 +11,10 @@ import math
 import re
 from dataclasses import dataclass
 
+from .dialects import get_dialect
 from .errors import BadRequest
-from .request import ImageRequest, echo
 from .inputs import InputRules
+from .request import ImageRequest, echo
 from .routing import Route, routes_for
 from .webhooks import check_target
 
@@ -53,10 +54,10 @@ DALLE3 = Capability(sizes=frozenset({"1024x1024", "1792x1024", "1024x1792"}), pr
                     qualities=frozenset({"standard", "hd"}), edits=None)
 GPT_IMAGE = Capability(sizes=frozenset({"1024x1024", "1536x1024", "1024x1536", "auto"}),
                        qualities=frozenset({"low", "medium", "high", "auto"}), edits=InputRules(max_images=16))
-# Seed 000: `size` is an aspect ratio; pixel sizes are translated to the nearest of these.
+# The jimeng relay: `size` is an aspect ratio; pixel sizes are translated to the nearest of these.
 JIMENG = Capability(ratios=frozenset({"1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9"}),
                     prompt_max=1000, maps_pixel_sizes=True, edits=None)
-# Seed 003: five sizes (others map to the nearest by ratio), ratios, quality and resolution lists.
+# Grok's image API: five sizes (others map to the nearest by ratio), ratios, quality and resolution lists.
 GROK = Capability(sizes=frozenset({"960x960", "720x1280", "1280x720", "1168x784", "784x1168"}),
                   ratios=frozenset({"1:1", "3:4", "4:3", "9:16", "16:9", "2:3", "3:2", "9:19.5", "19.5:9", "9:20",
                                     "20:9", "1:2", "2:1", "auto"}),
@@ -134,8 +135,6 @@ _ARTICLE = {"generate": "a generation", "edit": "an edit", "variation": "a varia
 
 def routes_able_to(operation: str, routes: list[Route]) -> list[Route]:
     """The routes whose dialect and upstream model can do `operation` (fallback skips the others)."""
-    from .dialects import get_dialect  # late: dialects use this module's tables
-
     return [r for r in routes if operation in get_dialect(r.dialect).operations
             and (operation == "generate" or rules_for(operation, r.upstream_model, r.dialect) is not None)]
 

@@ -32,6 +32,7 @@ from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import settings
+from .dialects import REGISTRY, get_dialect
 from .errors import NoProvider, ProviderConfigInvalid
 
 logger = Logger(child=True)
@@ -136,20 +137,18 @@ def _pydantic_problem(error: dict[str, Any]) -> str:
 
 
 def _provider_problems(providers: Any) -> list[str]:
-    from .dialects import DIALECTS  # late: dialects import routing, which imports this module
-
     found = []
     for name, provider in providers.items() if isinstance(providers, dict) else ():
         if not isinstance(provider, dict):
             continue  # its shape is reported by pydantic
         where = f"providers.{name}"
         dialect = provider.get("dialect")
-        if isinstance(dialect, str) and dialect not in DIALECTS:
-            found.append(f"{where}.dialect: unknown dialect {dialect!r}{_did_you_mean(dialect, DIALECTS)}; "
-                         f"known: {', '.join(sorted(DIALECTS))}")
+        if isinstance(dialect, str) and dialect not in REGISTRY:
+            found.append(f"{where}.dialect: unknown dialect {dialect!r}{_did_you_mean(dialect, REGISTRY)}; "
+                         f"known: {', '.join(sorted(REGISTRY))}")
             needs: frozenset[str] = frozenset()
-        else:
-            needs = DIALECTS[dialect].needs if isinstance(dialect, str) else frozenset()
+        else:  # imports that one dialect's module: the configuration is about to use it
+            needs = get_dialect(dialect).needs if isinstance(dialect, str) else frozenset()
         base_url = provider.get("base_url")
         if "base_url" in needs and not base_url:
             found.append(f"{where}.base_url: required by dialect {dialect}")

@@ -1,5 +1,5 @@
-"""The one transport for upstream API calls: a total deadline, retries with backoff honouring Retry-After, and
-the mapping of upstream failures to the gateway's errors (A1/A2).
+"""The one HTTP client for upstream APIs, and the values it carries: a dialect describes a call as an `HttpCall`
+and reads the `HttpReply`; only this module touches the network.
 
 - `timeout_s` bounds the WHOLE call: connect, headers, body and retries. A per-read timeout never fires on
   an upstream that drips a byte at a time, so a timer shuts the call's socket down at the deadline (see
@@ -10,11 +10,15 @@ the mapping of upstream failures to the gateway's errors (A1/A2).
 - any other 4xx is the request's fault: a 400 carrying the upstream message, with no fallback.
 - an answer larger than MAX_BODY_BYTES is refused (b64 images make big answers, so the cap is generous).
 Upstream messages are scrubbed (see `scrub`), with the call's own credentials, before they become errors.
+The README's "Provider configuration" section states what clients see of these rules.
 """
 
 from __future__ import annotations
 
+import json
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -29,7 +33,6 @@ from urllib3.util.retry import Retry
 
 from . import settings
 from .deadline import Deadline
-from .dialects.base import HttpCall, HttpReply
 from .errors import GatewayError, RateLimited, UpstreamFailed, UpstreamTimeout, refusal
 from .scrub import SCAN_CHARS, fragment, header_secrets, scrub_url
 
@@ -40,6 +43,44 @@ MAX_RETRY_AFTER_S = 20.0
 CONNECT_TIMEOUT_S = 10.0  # at most; never more than the call's own timeout_s
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a JSON answer with several b64 images fits; anything bigger is refused
 _CHUNK_BYTES = 64 * 1024
+#: where relays put their message when it is not OpenAI's `{"error": {"message"}}`, most common first
+MESSAGE_KEYS = ("message", "msg", "error")
+
+
+@dataclass(frozen=True)
+class HttpCall:
+    """One upstream request, as a dialect builds it."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # may hold the key: never repr'd
+    json: Any = None
+    params: dict[str, str] | None = None
+    timeout_s: float = 120
+    #: a multipart/form-data body instead of JSON (edits, variations): text fields, and files as
+    #: (field, (filename, bytes, content type)), in the order they are sent
+    form: dict[str, str] | None = None
+    files: tuple[tuple[str, tuple[str, bytes, str]], ...] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class HttpReply:
+    """An upstream's answer, as a dialect reads it."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = field(repr=False)
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise UpstreamFailed("The provider answered with something that is not JSON.",
+                                 code="bad_upstream_response") from None
+
+
+#: what runs a call: `send` here, a stub in tests
+Send = Callable[[HttpCall], HttpReply]
 
 
 class _Watched:
@@ -194,13 +235,22 @@ def _raw_message(reply: HttpReply) -> str:
         payload = reply.json()
     except GatewayError:  # not JSON: enough of the text that scrub cuts it (and drops a token cut in half)
         return reply.body[: 4 * (SCAN_CHARS + 1)].decode("utf-8", "replace")
-    if isinstance(payload, dict):
-        err = payload.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        for key in ("message", "msg", "error", "detail", "fail_reason"):
-            if isinstance(payload.get(key), str) and payload[key]:
-                return payload[key]
+    return error_message(payload, MESSAGE_KEYS + ("detail", "fail_reason"))
+
+
+def error_message(payload: Any, keys: tuple[str, ...] = MESSAGE_KEYS) -> str:
+    """The provider's own message in a parsed answer: OpenAI's `error.message`, else the first non-blank text
+    under one of `keys`; "" when there is none. Upstream text, NOT scrubbed: quote it through `fragment`.
+    Dialects read the failures that arrive in a 2xx answer with it too."""
+    if not isinstance(payload, dict):
+        return ""
+    error = payload.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    for key in keys:
+        value = payload.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
     return ""
 
 

@@ -1,54 +1,27 @@
 """The one dialect interface: every upstream is a module of pure functions behind it.
 
-In the spirit of LiteLLM's image_generation transformations (map params with an explicit drop rule, build
-the request, parse the response) and new-api's task adaptors (submit returns an upstream id; check returns a
-normalised status, progress and images). A dialect never performs I/O itself: it builds `HttpCall`s and
-parses `HttpReply`s; the transport runs the calls.
+A dialect never performs I/O: it builds `HttpCall`s and parses `HttpReply`s (the transport's values), so its
+translation is tested without a network, and retries, deadlines and error mapping live in one place
+(`transport`). In the spirit of LiteLLM's image transformations (map the parameters with an explicit drop rule,
+build the request, parse the answer) and new-api's task adaptors (submit returns an upstream id; check returns
+a normalised status, progress and images).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import GatewayError, UpstreamFailed
-from ..inputs import InputFile, Inputs
+from ..inputs import Inputs
 from ..request import ImageRequest
-from ..routing import Route
 from ..scrub import PROMPT_CHARS, scrub
+from ..transport import HttpCall, HttpReply, Send
 
-
-@dataclass(frozen=True)
-class HttpCall:
-    method: str
-    url: str
-    headers: dict[str, str] = field(default_factory=dict, repr=False)  # may hold the key: never repr'd
-    json: Any = None
-    params: dict[str, str] | None = None
-    timeout_s: float = 120
-    #: a multipart/form-data body instead of JSON (edits, variations): text fields, and files as
-    #: (field, (filename, bytes, content type)), in the order they are sent
-    form: dict[str, str] | None = None
-    files: tuple[tuple[str, tuple[str, bytes, str]], ...] | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class HttpReply:
-    status: int
-    headers: dict[str, str]
-    body: bytes = field(repr=False)
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            raise UpstreamFailed("The provider answered with something that is not JSON.",
-                                 code="bad_upstream_response") from None
+if TYPE_CHECKING:  # at run time a cycle: routing -> provider_config -> the dialect registry -> here
+    from ..routing import Route
 
 
 @dataclass(frozen=True)
@@ -92,23 +65,26 @@ class Failed:
 
 
 Outcome = Done | Pending | Failed
-Send = Callable[[HttpCall], HttpReply]
 
 
 class Dialect:
     """Base of every dialect. HTTP dialects implement the four pure functions; `submit`/`check` run them."""
 
     name: ClassVar[str]
-    #: the optional request fields this dialect can carry upstream; any other set field is dropped by
-    #: `translatable_fields` (documented per dialect in the README), never mangled.
-    supported_params: ClassVar[frozenset[str]] = frozenset()
-    #: what a provider of this dialect must configure (checked when the configuration is loaded, see routing):
-    #: "base_url", and "key" (one of api_key, api_key_env, api_key_secret)
+    #: what a provider of this dialect must configure (checked when the configuration is loaded, see
+    #: provider_config): "base_url", and "key" (one of api_key, api_key_env, api_key_secret)
     needs: ClassVar[frozenset[str]] = frozenset({"base_url", "key"})
 
     #: what this dialect can ask its upstream for: "generate", and "edit" / "variation" where it has those
     #: endpoints (routes whose dialect cannot are skipped for that operation, see capabilities)
     operations: ClassVar[frozenset[str]] = frozenset({GENERATE})
+
+    def carries(self, model: str, operation: str = GENERATE) -> frozenset[str]:
+        """The optional request fields this dialect puts into its upstream request for `model` and `operation`,
+        as given or translated by its rules; every other field a client sets is dropped, never mangled. What a
+        dialect declares here is what it sends: tests/unit/test_dialect_fields.py checks that these fields, and
+        only these, change what goes upstream. A dialect without an upstream carries nothing."""
+        return frozenset()
 
     # -- pure translation -------------------------------------------------------------------------------
     def build_submit(self, req: ImageRequest, route: Route) -> list[HttpCall]:
@@ -179,21 +155,6 @@ def read_answer(parse: Callable[..., Outcome], *args: Any) -> Outcome:
                                      code="bad_upstream_response"))
 
 
-def image_items(items: Any) -> list[ImageOut]:
-    """The images in an OpenAI-style `data` list, `[{url | b64_json, revised_prompt?}]`. Entries that are not
-    such objects (a string, a URL that is not a string) are skipped: what is left is what can be stored."""
-    images = []
-    for item in items if isinstance(items, list) else []:
-        if not isinstance(item, dict):
-            continue
-        revised = item.get("revised_prompt") if isinstance(item.get("revised_prompt"), str) else None
-        if isinstance(item.get("b64_json"), str) and item["b64_json"].strip():
-            images.append(ImageOut(data=decode_b64(item["b64_json"]), revised_prompt=revised))
-        elif isinstance(item.get("url"), str) and item["url"].strip():
-            images.append(ImageOut(url=item["url"].strip(), revised_prompt=revised))
-    return images
-
-
 def scrubbed(outcome: Outcome, route: Route) -> Outcome:
     """The outcome with every upstream text in it (error message, meta, revised prompts) scrubbed of the route's
     key and of credential-shaped tokens, and capped: upstreams echo what they were sent (see `scrub`)."""
@@ -208,46 +169,17 @@ def scrubbed(outcome: Outcome, route: Route) -> Outcome:
     return replace(outcome, images=images, meta=meta)
 
 
-def multipart_headers(route: Route) -> dict[str, str]:
-    """The bearer headers without a Content-Type: the transport sets multipart's, with its boundary."""
-    return {k: v for k, v in bearer(route).items() if k != "Content-Type"}
-
-
-def form_files(inputs: Inputs, *, many_as_array: bool = True) -> tuple[tuple[str, tuple[str, bytes, str]], ...]:
-    """The input files as OpenAI's API takes them: one image as `image`, several as `image[]` each (as the OpenAI
-    SDKs send a list), then `mask`."""
-    name = "image[]" if many_as_array and len(inputs.images) > 1 else "image"
-    files = [(name, _file(image)) for image in inputs.images]
-    if inputs.mask is not None:
-        files.append(("mask", _file(inputs.mask)))
-    return tuple(files)
-
-
-def _file(file: InputFile) -> tuple[str, bytes, str]:
-    return (file.filename, file.data, file.content_type)
-
-
-def form_fields(values: dict[str, Any]) -> dict[str, str]:
-    """Text fields of a multipart body: every value as the text an HTML form would send."""
-    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in values.items() if v is not None}
-
-
-def bearer(route: Route) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+def bearer(route: Route, *, json_body: bool = True) -> dict[str, str]:
+    """The route's key as a Bearer token, and JSON's headers; without a JSON body (a multipart body, whose
+    Content-Type and boundary the transport sets, or a GET), no Content-Type."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json"} if json_body else \
+        {"Accept": "application/json"}
     key = route.api_key
     if key:
         headers["Authorization"] = f"Bearer {key}"
     return headers
 
 
-def decode_b64(value: str) -> bytes:
-    try:
-        return base64.b64decode(value, validate=False)
-    except (binascii.Error, ValueError):
-        raise UpstreamFailed("The provider sent an image that is not valid base64.",
-                             code="bad_upstream_response", retriable=False) from None
-
-
-def translatable_fields(req: ImageRequest, supported: frozenset[str]) -> dict[str, Any]:
-    """The optional fields the client set that this dialect can carry; the rest are dropped by rule."""
-    return {k: v for k, v in req.upstream_fields().items() if k in supported}
+def translatable_fields(req: ImageRequest, fields: frozenset[str]) -> dict[str, Any]:
+    """The optional fields the client set that are among `fields`, as given; the rest are dropped by rule."""
+    return {k: v for k, v in req.upstream_fields().items() if k in fields}

@@ -1,45 +1,14 @@
-"""`envelope` (seed 001): `POST {root}/api/v1/image/generation`, Bearer key, an OpenAI Images body, and an
-answer wrapped in an envelope `{code, data: {urls, usage, expired, task_id, task_status}, message,
-request_id}` that is a success ONLY when `code` is 0: an HTTP 200 may carry a failure.
+"""`envelope`: an API platform that serves OpenAI's image models behind its own path and wraps every answer in
+an envelope, `{code, data: {urls, usage, expired, task_id, task_status}, message, request_id}`.
 
-Request body (the seed documents `model` as the fixed value `gpt-image-1.5`; its field texts are OpenAI's,
-covering dall-e-2/dall-e-3 too, so the rules follow the upstream model's family as in the `openai` dialect):
-- always: `model` (the route's upstream model), `prompt`, `n`, `size`, `"stream": false`. The seed marks
-  n, size and stream required, so they are sent even at their defaults. `stream` is never true (we do not
-  stream; the request model refuses `stream: true` with a 400).
-- `n`: as asked (1..10). dall-e-3 accepts only n=1, so a dall-e-3 request for n>1 fans out into n parallel
-  calls with n=1, whose images are joined in order.
-- `size`: the client's `size` when the family lists it; else the nearest listed size by aspect ratio for a
-  pixel size, a ratio in `size`, or `aspect_ratio` (size wins over aspect_ratio); else the family default:
-  `auto` for gpt-image models, `1024x1024` for the others (`auto` asked of a dall-e model is that default
-  too). For a model of another family, whose sizes the seed does not list, the client's `size` passes as is.
-- gpt-image models: `quality`, `background`, `moderation`, `output_format` when the client set them.
-  `output_compression` (marked required, yet documented as "only for webp or jpeg, defaults to 100") is sent
-  only when `output_format` is jpeg or webp: the client's value, else the documented default 100. With png
-  or no output format it has no meaning and is dropped, as the field's own text says.
-- `quality` is sent under its real name: the seed lists no `quality` row, but its `partial_images` row carries
-  quality's description and values ("standard", "hd", "low", ...), a mis-labelled copy of OpenAI's table.
-  `partial_images` itself (a streaming option) is never sent. dall-e-3: `quality` (standard|hd) and
-  `style`; dall-e-2: neither.
-- `user`: sent when set (every family).
-- never sent: `response_format` (refused for gpt-image models; for any model the envelope answers `urls`,
-  and the gateway fills `b64_json` from its stored copy), `partial_images` (the gateway does not stream),
-  `input_fidelity` (it only means something for edits), `resolution`, `seed` and
-  `aspect_ratio` as such (none documented; aspect_ratio only chooses `size`), `webhook` (gateway-side).
-
-Answer:
-- `code == 0` with `data.urls`: done. Each entry is a URL the worker downloads at once (they expire, see
-  `data.expired`); a `data:image/...;base64,` entry is decoded. Only the first n images are kept.
-  `request_id` and `data.task_status` are kept on the task (`upstream`), `data.task_id` as the upstream id.
-  Usage: `images` (usage.images, else the number of images) and input/output/total tokens when given.
-- `code == 0` without urls: `UpstreamFailed(code="no_image")` naming task_status. No check endpoint is
-  documented, so an unfinished task_status is not polled.
-- `code != 0` in an HTTP 200 (a non-2xx answer is mapped by the transport, which reads the same `message`):
-  content-policy wording in `message` -> 400 content_policy_violation; a rate-limit code (429) or wording
-  -> 429 (retriable, next route); an auth code (401/403) or wording -> 502 provider_auth_failed; a 5xx code,
-  busy/timeout wording or an exhausted balance or quota -> 502 (retriable: another route may serve); another
-  4xx code or invalid-parameter wording -> 400 upstream_rejected; anything else -> 502 carrying the message,
-  not retried on another route (the upstream may have done the work). The message names the request_id.
+Why it is its own dialect: the envelope is a success only when `code` is 0, so an HTTP 200 may carry a
+failure, and that failure must become the gateway error a client would have met talking to OpenAI directly
+(`envelope_error`). The body is OpenAI's for the model's family, with `n`, `size` and `"stream": false` always
+sent (the platform requires them), and without `response_format` (the answer is always URLs, which expire: the
+worker copies them at once). Its reference lists no `quality` row but labels quality's values as
+`partial_images`, a mis-labelled copy of OpenAI's table, so `quality` goes under its real name. No task check
+is documented, so an unfinished `task_status` is named in the failure, never polled. The README's "Dialects"
+table lists the fields.
 """
 
 from __future__ import annotations
@@ -52,20 +21,18 @@ from ..errors import GatewayError, RateLimited, UpstreamFailed, policy_violation
 from ..request import ImageRequest
 from ..routing import Route
 from ..scrub import fragment
-from .base import Dialect, Done, HttpCall, HttpReply, ImageOut, bearer, decode_b64
-from .openai import family
+from .base import GENERATE, Dialect, Done, HttpCall, HttpReply, ImageOut, bearer, translatable_fields
+from .openai_shaped import decode_b64, error_message, family, fields, summed_usage, usage
 
 PATH = "/api/v1/image/generation"
+#: `output_compression` is marked required, yet documented as "only for webp or jpeg, defaults to 100"
 DEFAULT_COMPRESSION = 100
 
 _SIZES = {"gpt-image": GPT_IMAGE.sizes, "dall-e-2": DALLE2.sizes, "dall-e-3": DALLE3.sizes}
 _DEFAULT_SIZE = {"gpt-image": "auto"}
-_OPTIONAL_BY_FAMILY = {
-    "gpt-image": ("quality", "background", "moderation", "output_format", "user"),
-    "dall-e-3": ("quality", "style", "user"),
-    "dall-e-2": ("user",),
-    "other": ("quality", "style", "user"),
-}
+#: sent by this dialect's own rules: `n` and `size` always, `output_compression` only with jpeg or webp, and
+#: never `response_format`
+_OWN_RULES = frozenset({"n", "size", "output_compression", "response_format"})
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,(.*)$", re.S)
 
 _RATE_WORDS = ("rate limit", "too many", "频繁", "限流", "速率")
@@ -75,10 +42,22 @@ _ACCOUNT_WORDS = ("insufficient", "quota", "balance", "余额", "额度")
 _INVALID_WORDS = ("invalid", "not supported", "unsupported", "must be", "required", "参数", "不支持")
 
 
+def carried(upstream_model: str) -> frozenset[str]:
+    """The family's OpenAI fields as given, `size` always (a ratio in it or in `aspect_ratio` chooses among a
+    family's listed sizes), `n` unless the family makes one image per call, and `output_compression` where the
+    family takes it (see `request_body`)."""
+    fam, openai_fields = family(upstream_model), fields(upstream_model)
+    own = {"size"} | (set() if fam.one_image_per_call else {"n"}) | ({"aspect_ratio"} if fam.name in _SIZES else set())
+    return (openai_fields - _OWN_RULES) | own | (openai_fields & {"output_compression"})
+
+
 def _size(req: ImageRequest, fam: str) -> str:
+    """The client's `size` when the family lists it; else the listed size nearest a pixel size or a ratio (in
+    `size`, else `aspect_ratio`); else the family default (`auto` for gpt-image, 1024x1024 for the others).
+    A family whose sizes are not listed gets the client's `size` as is."""
     sizes = _SIZES.get(fam)
     default = _DEFAULT_SIZE.get(fam, "1024x1024")
-    if sizes is None:  # a family the seed does not describe: the client's size as is
+    if sizes is None:
         return req.size or default
     if req.size in sizes:
         return req.size
@@ -89,13 +68,16 @@ def _size(req: ImageRequest, fam: str) -> str:
 
 
 def request_body(req: ImageRequest, upstream_model: str) -> dict[str, Any]:
+    """`stream` is always false (the gateway does not stream; the request model refuses `stream: true`).
+    `output_compression` goes only with a jpeg or webp `output_format`: the client's value, else the documented
+    default; with png or no format it means nothing and is dropped, as the field's own text says."""
     fam = family(upstream_model)
     body: dict[str, Any] = {"model": upstream_model, "prompt": req.prompt,
-                            "n": 1 if fam == "dall-e-3" else req.n, "size": _size(req, fam), "stream": False}
-    asked = req.upstream_fields()
-    body.update({key: asked[key] for key in _OPTIONAL_BY_FAMILY[fam] if key in asked})
-    if fam == "gpt-image" and req.output_format in ("jpeg", "webp"):
-        body["output_compression"] = asked.get("output_compression", DEFAULT_COMPRESSION)
+                            "n": 1 if fam.one_image_per_call else req.n, "size": _size(req, fam.name),
+                            "stream": False}
+    body.update(translatable_fields(req, fields(upstream_model) - _OWN_RULES))
+    if "output_compression" in fields(upstream_model) and req.output_format in ("jpeg", "webp"):
+        body["output_compression"] = req.upstream_fields().get("output_compression", DEFAULT_COMPRESSION)
     return body
 
 
@@ -107,7 +89,12 @@ def _code(payload: dict[str, Any]) -> int | str | None:
 
 
 def envelope_error(code: Any, message: str, request_id: str | None) -> GatewayError:
-    """The gateway error for an envelope whose `code` is not 0 (mapping in the module docstring)."""
+    """The gateway error for an envelope whose `code` is not 0, as a client of OpenAI would have met it:
+    content-policy wording -> 400 content_policy_violation; a rate-limit code (429) or wording -> 429 (next
+    route); an auth code (401/403) or wording -> 502 provider_auth_failed; a 5xx code, busy or timeout wording,
+    or an exhausted balance or quota -> 502 (retriable: another route may serve); another 4xx code or
+    invalid-parameter wording -> 400 upstream_rejected; anything else -> 502 carrying the message, not retried
+    on another route (the upstream may have done the work). The message names the code and request_id."""
     code = code if isinstance(code, int) else fragment(code) if code is not None else None  # upstream text
     text = fragment(message) or f"code {code}"
     details = ([f"code {code}"] if code is not None else []) + ([f"request_id {request_id}"] if request_id else [])
@@ -131,6 +118,7 @@ def envelope_error(code: Any, message: str, request_id: str | None) -> GatewayEr
 
 
 def _image(entry: Any) -> ImageOut | None:
+    """An entry of `data.urls`: a URL, or a `data:image/...;base64,` URL decoded at once."""
     if isinstance(entry, dict):  # tolerated: [{"url": ...}]
         entry = entry.get("url")
     if not isinstance(entry, str) or not entry:
@@ -143,17 +131,21 @@ def _image(entry: Any) -> ImageOut | None:
 
 class EnvelopeDialect(Dialect):
     name = "envelope"
-    supported_params = frozenset({"size", "aspect_ratio", "quality", "style", "background", "moderation",
-                                  "output_format", "output_compression", "user"})
+
+    def carries(self, model: str, operation: str = GENERATE) -> frozenset[str]:
+        return carried(model)
 
     def build_submit(self, req: ImageRequest, route: Route) -> list[HttpCall]:
         call = HttpCall("POST", route.config.root_url + PATH, headers=bearer(route),
                         json=request_body(req, route.upstream_model), timeout_s=route.config.timeout_s)
-        return [call] * (req.n if family(route.upstream_model) == "dall-e-3" else 1)
+        return [call] * (req.n if family(route.upstream_model).one_image_per_call else 1)
 
     def parse_submit(self, req: ImageRequest, replies: list[HttpReply]) -> Done:
+        """The images of every answer (each URL downloaded at once: they expire), cut to n; `request_id` and
+        `task_status` kept on the task, `task_id` as the upstream id. A code 0 without images names its
+        task_status."""
         images: list[ImageOut] = []
-        usage: dict[str, int] = {}
+        reported = []
         request_ids: list[str] = []
         task_ids: list[str] = []
         statuses: list[str] = []
@@ -178,32 +170,24 @@ class EnvelopeDialect(Dialect):
                                      f"{status or 'not given'}{', request_id ' + request_id if request_id else ''}).",
                                      code="no_image")
             images.extend(found)
-            for key, value in (data.get("usage") or {}).items():
-                if isinstance(value, int) and not isinstance(value, bool):
-                    usage[key] = usage.get(key, 0) + value
+            reported.append(data.get("usage"))
             request_ids += [request_id] if request_id else []
             task_ids += [task_id] if task_id else []
             statuses += [status] if status else []
         kept = images[: req.n]
-        normalised = {"images": usage["images"] if usage.get("images") else len(kept)}
-        normalised.update({k: usage[k] for k in ("input_tokens", "output_tokens", "total_tokens") if k in usage})
+        total = summed_usage(reported)
         meta = {}
         if request_ids:
             meta["request_id"] = ",".join(request_ids)
         if statuses:
             meta["task_status"] = ",".join(dict.fromkeys(statuses))
-        return Done(images=kept, usage=normalised, upstream_id=",".join(task_ids) or None, meta=meta)
+        return Done(images=kept, usage=usage(total.get("images") or len(kept), total),
+                    upstream_id=",".join(task_ids) or None, meta=meta)
 
 
 def _message(payload: dict[str, Any]) -> str:
     """The envelope's message (scrubbed: upstream text), or ""."""
-    error = payload.get("error")
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return fragment(error["message"])
-    for key in ("message", "msg", "error"):
-        if isinstance(payload.get(key), str) and payload[key]:
-            return fragment(payload[key])
-    return ""
+    return fragment(error_message(payload))
 
 
 def _text(value: Any) -> str | None:

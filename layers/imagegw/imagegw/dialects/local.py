@@ -1,10 +1,9 @@
 """`local`: a built-in generator with no network, for development, tests and demos.
 
-It draws real images of the requested size with Pillow, deterministic for (prompt, seed, index): the same
-request gives the same pixels, so tests can compare bytes. `n`, the size (`size`, or a ratio in `size` or
-`aspect_ratio` at `resolution`) and `output_format` (png, jpeg, webp) are honoured; every other field
-(quality, style, background, moderation, output_compression, partial_images, input_fidelity, user, ...) is
-ignored.
+It draws real images with Pillow, deterministic for (prompt, seed, index): the same request gives the same
+pixels, so tests can compare bytes, and the whole gateway runs without a provider or a key. Pillow is loaded
+only where this dialect is used (the registry imports a dialect on first use). The README's "Dialects" table
+lists the fields it honours.
 
 Edits and variations (`render_edit`, `render_variation`) work on the caller's images, decoded only as large as
 the output needs: the first frame, upright (EXIF orientation), transparency flattened onto white, stretched to
@@ -21,7 +20,8 @@ from PIL import Image, ImageDraw, ImageOps
 from ..capabilities import parse_pixels, parse_ratio
 from ..request import ImageRequest
 from ..routing import Route
-from .base import EDIT, GENERATE, VARIATION, Dialect, Done, ImageOut, Job, Outcome, Send
+from ..transport import Send
+from .base import EDIT, GENERATE, VARIATION, Dialect, Done, ImageOut, Job, Outcome
 
 DEFAULT_SIDE = 1024
 _RESOLUTION_SIDE = {"1k": 1024, "2k": 2048, "4k": 4096}
