@@ -1,7 +1,7 @@
-"""A loopback simulator of the `async-relay` dialect (seed 004): an OpenAI-compatible relay with an async mode.
+"""A loopback simulator of the `async-relay` dialect: an OpenAI-compatible, new-api style relay with an async mode.
 
-- `POST /v1/images/generations`: Bearer key (401 otherwise); `model`, `size`, `n`, `prompt` required (the
-  seed marks all four required); `size` a `WxH` or `auto`; `n` 1..10; only OpenAI Images fields. With
+- `POST /v1/images/generations`: Bearer key (401 otherwise); `model`, `size`, `n`, `prompt` required (its API
+  page marks all four required); `size` a `WxH` or `auto`; `n` 1..10; only OpenAI Images fields. With
   `?async=true` it answers a task id in the configured shape (`task_id`, `id`, `code_data`, `data_task_id`);
   without it (or with `sync_anyway`) it answers synchronously `{created, data: [...]}`.
 - `GET /v1/images/tasks/{id}`: Bearer key; each check moves the task on: QUEUED "0%", then IN_PROGRESS with

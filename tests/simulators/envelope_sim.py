@@ -1,14 +1,15 @@
-"""A loopback simulator of the `envelope` upstream (seed 001): `POST /api/v1/image/generation`.
+"""A loopback simulator of the `envelope` upstream: a relay that takes OpenAI's Images body at
+`POST /api/v1/image/generation` and answers in a `{code, data, message}` envelope.
 
-It checks what the seed documents: `Authorization: Bearer <key>` (HTTP 401 otherwise); the required fields
+It checks what the relay's API page documents: `Authorization: Bearer <key>` (HTTP 401 otherwise); the fields
 `model` (the documented fixed value `gpt-image-1.5`, or the models it is told to serve), `prompt`, `n`
 (1..10; 1 for dall-e-3), `size` (per model family) and `stream`, which must be false; the enums of
 `background`, `moderation`, `output_format`, `quality` and `style` and the families they belong to;
 `output_compression` in 0..100 for gpt-image models only (its own text gives it a default, so it is not
-required despite the seed's asterisk); no `response_format` for gpt-image models; no `partial_images` (a
+required despite its asterisk there); no `response_format` for gpt-image models; no `partial_images` (a
 streaming option, and we never stream).
 
-It answers the way the seed shows, quirks included: HTTP 200 with `{code, data, message, request_id}`, where
+It answers the way that page shows, quirks included: HTTP 200 with `{code, data, message, request_id}`, where
 only `code == 0` is a success and a refusal is an HTTP 200 too: invalid input is `code 400` with a message,
 and a prompt containing "forbidden" is `code 400`, "prompt violates content policy". `Behaviour` scripts
 in-band errors answered first (e.g. `(429, "rate limit exceeded")`), data URLs instead of URLs, or a

@@ -1,11 +1,11 @@
-"""A loopback simulator of the `grok` dialect (seed 003): `POST /v1/images/generations`.
+"""A loopback simulator of the `grok` dialect (xAI's Grok images API behind a relay): `POST /v1/images/generations`.
 
-It checks what the seed documents: the Bearer key (401 otherwise); the required fields (prompt, model,
-aspect_ratio, n, quality, resolution, response_format); no field the seed does not list; `size`, when sent,
+It checks what the relay's API page documents: the Bearer key (401 otherwise); the required fields (prompt, model,
+aspect_ratio, n, quality, resolution, response_format); no field the relay's API page does not list; `size`, when sent,
 one of the five sizes; `n` 1..10; `aspect_ratio`, `quality` and `resolution` lists of exactly n entries, each
-null or one of the seed's values; `response_format` url or b64_json once stripped (the seed's own example
+null or one of the listed values; `response_format` url or b64_json once stripped (the API page's own example
 sends "b64_json ", so stray whitespace is tolerated); prompt at most 1000 characters. It answers the way the
-seed shows: `{created, data: [{url} | {b64_json}], usage: {generated_images, output_tokens, total_tokens}}`,
+API page shows: `{created, data: [{url} | {b64_json}], usage: {generated_images, output_tokens, total_tokens}}`,
 with images of the requested size (real PNGs it serves itself). Every request is recorded.
 """
 

@@ -1,6 +1,6 @@
-"""A loopback simulator of the `jimeng` upstream (seed 000).
+"""A loopback simulator of the `jimeng` upstream (a relay in front of ByteDance's Jimeng image models).
 
-It checks what the seed says the service takes: `POST /v1/images/generations`, `Authorization: Bearer <key>`
+It checks what the relay's API page says the service takes: `POST /v1/images/generations`, `Authorization: Bearer <key>`
 (401 otherwise), a JSON body with `prompt` (at most 1000 characters) and `size`, both required, where `size`
 is an ASPECT RATIO from the supported list: a pixel size such as `1024x1024` is refused with a 400, as the
 real service would. Whatever is asked, it answers FOUR images, `{created, data: [{url}]}`, with signed,

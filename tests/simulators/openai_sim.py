@@ -1,4 +1,4 @@
-"""A loopback simulator of the `openai` dialect (seed 002, gpt-image parameters of seed 001).
+"""A loopback simulator of the `openai` dialect (OpenAI's Images API as relays serve it, with the gpt-image parameters).
 
 It checks what the real service checks (path, bearer key, no field outside the Images reference's generation
 fields, model-specific sizes and n, no response_format for gpt-image models), can be slow, can fail a scripted

@@ -59,7 +59,7 @@ def parse(reply, **body):
     # n, size and stream are marked required: always sent; size defaults to auto for gpt-image models
     ({}, BASE),
     ({"n": 3, "size": "1536x1024"}, {**BASE, "n": 3, "size": "1536x1024"}),
-    # the gpt-image parameters pass when set; quality under its real name (the seed's partial_images row)
+    # the gpt-image parameters pass when set; quality under its real name (the API page's partial_images row)
     ({"quality": "high", "background": "transparent", "moderation": "low", "output_format": "png", "user": "u"},
      {**BASE, "quality": "high", "background": "transparent", "moderation": "low", "output_format": "png",
       "user": "u"}),
@@ -184,7 +184,7 @@ def test_submit_fans_out_dall_e_3_and_keeps_every_id():
     assert isinstance(failed, Failed) and failed.error.code == "content_policy_violation"
 
 
-# -- the simulator checks what the seed says ------------------------------------------------------------------
+# -- the simulator checks what the relay's API page says ----------------------------------------------------
 
 def test_simulator_checks_the_documented_fields():
     with EnvelopeSimulator() as sim:

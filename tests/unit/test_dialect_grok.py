@@ -49,7 +49,7 @@ def test_the_seed_example_request_is_what_we_send_minus_the_stray_whitespace():
                           "aspect_ratio": ["1:1", "1:1"], "n": 2, "quality": ["low", "low"],
                           "resolution": ["1k", "1k"], "response_format": "b64_json"}
     assert list(call_.json) == ["model", "prompt", "size", "aspect_ratio", "n", "quality", "resolution",
-                                "response_format"]  # the seed's field order
+                                "response_format"]  # field order as the relay's API page lists them
 
 
 def test_required_lists_are_sent_as_n_nulls_when_the_client_set_nothing():

@@ -55,7 +55,7 @@ def build(body, model="jimeng-4.0"):
 @pytest.mark.parametrize("body, size", [
     ({}, "1:1"),                                               # no size: 1:1
     ({"size": "auto"}, "1:1"),
-    ({"size": "2:3"}, "2:3"),                                   # a ratio passes as is (the seed's example)
+    ({"size": "2:3"}, "2:3"),                                   # a ratio passes as is (as in the relay's API page)
     ({"size": "21:9"}, "21:9"),
     ({"size": "1024x1024"}, "1:1"),                             # pixels: the nearest supported ratio
     ({"size": "1792x1024"}, "16:9"),
@@ -153,7 +153,7 @@ def test_submit_runs_the_calls_and_fails_on_an_empty_answer():
     assert isinstance(failed, Failed) and failed.error.code == "no_image"
 
 
-# -- the simulator checks what the seed says ------------------------------------------------------------------
+# -- the simulator checks what the relay's API page says ----------------------------------------------------
 
 def test_simulator_refuses_pixel_sizes_bad_keys_and_missing_fields():
     with JimengSimulator() as sim:
