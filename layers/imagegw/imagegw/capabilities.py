@@ -102,16 +102,16 @@ def _log_ratio(w: float, h: float) -> float:
 def nearest_ratio(width: float, height: float, ratios: frozenset[str] | set[str]) -> str:
     """The listed ratio closest to width:height (compared on a log scale, so 2:1 and 1:2 are equally far)."""
     target = _log_ratio(width, height)
-    candidates = [r for r in ratios if parse_ratio(r)]
-    return min(sorted(candidates), key=lambda r: abs(_log_ratio(*parse_ratio(r)) - target))
+    shapes = {r: shape for r in ratios if (shape := parse_ratio(r))}
+    return min(sorted(shapes), key=lambda r: abs(_log_ratio(*shapes[r]) - target))
 
 
 def nearest_size(width: float, height: float, sizes: frozenset[str] | set[str]) -> str:
     """The listed WxH size closest in aspect ratio to width:height (then in area)."""
     target = _log_ratio(width, height)
-    candidates = [s for s in sizes if parse_pixels(s)]
-    return min(sorted(candidates), key=lambda s: (round(abs(_log_ratio(*parse_pixels(s)) - target), 6),
-                                                  abs(math.prod(parse_pixels(s)) - width * height)))
+    shapes = {s: shape for s in sizes if (shape := parse_pixels(s))}
+    return min(sorted(shapes), key=lambda s: (round(abs(_log_ratio(*shapes[s]) - target), 6),
+                                              abs(math.prod(shapes[s]) - width * height)))
 
 
 def validate_routable(req: ImageRequest, operation: str = "generate") -> InputRules | None:

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -125,10 +126,11 @@ def _path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc if part != "[key]") or "(document)"
 
 
-def _pydantic_problem(error: dict[str, Any]) -> str:
+def _pydantic_problem(error: Mapping[str, Any]) -> str:
     loc = tuple(error["loc"])
     if error["type"] == "extra_forbidden":
-        known = {1: GatewayConfig, 3: ProviderConfig}.get(len(loc))
+        models: dict[int, type[BaseModel]] = {1: GatewayConfig, 3: ProviderConfig}
+        known = models.get(len(loc))
         fields = list((known or RouteConfig).model_fields)
         return f"{_path(loc)}: unknown field{_did_you_mean(str(loc[-1]), fields)}"
     if error["type"] == "missing":

@@ -140,7 +140,7 @@ class CappedRetry(Retry):
         deadline = Deadline.current()
         if deadline is not None and new.wait_s(response) >= deadline.remaining():
             reason = error or ResponseError("no time left to retry within the call's timeout")
-            raise MaxRetryError(_pool, url, reason)  # type: ignore[arg-type]
+            raise MaxRetryError(_pool, url, reason)
         return new
 
     def wait_s(self, response: Any) -> float:

@@ -226,7 +226,8 @@ class AsyncRelayDialect(Dialect):
             if not images:
                 return Failed(UpstreamFailed("The provider's task succeeded without any image.", code="no_image",
                                              retriable=False))
-            result = task.get("data") if isinstance(task.get("data"), dict) else {}
+            raw = task.get("data")
+            result: dict[str, Any] = raw if isinstance(raw, dict) else {}
             return Done(images=images, usage=usage(len(images), result.get("usage")))
         if status in _FAILURE:
             return Failed(task_failure(_message(task)))

@@ -61,7 +61,8 @@ def _size(req: ImageRequest, fam: str) -> str:
         return req.size or default
     if req.size in sizes:
         return req.size
-    shape = parse_pixels(req.size or "") or parse_ratio(req.size or "") or parse_ratio(req.aspect_ratio or "")
+    shape: tuple[float, float] | None = \
+        parse_pixels(req.size or "") or parse_ratio(req.size or "") or parse_ratio(req.aspect_ratio or "")
     if shape:
         return nearest_size(*shape, {s for s in sizes if s != "auto"})
     return default
@@ -162,7 +163,8 @@ class EnvelopeDialect(Dialect):
                     raise UpstreamFailed("The provider answered without an envelope code.",
                                          code="bad_upstream_response")
                 raise envelope_error(code, message, request_id)
-            data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+            raw = payload.get("data")
+            data: dict[str, Any] = raw if isinstance(raw, dict) else {}
             status, task_id = _text(data.get("task_status")), _text(data.get("task_id"))
             found = [image for image in map(_image, data.get("urls") or []) if image is not None]
             if not found:

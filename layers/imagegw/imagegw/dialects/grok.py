@@ -49,7 +49,8 @@ def size_and_ratio(req: ImageRequest) -> tuple[str | None, str | None]:
     if size is None:
         if explicit_ratio is None:
             return None, None
-        return nearest_size(*parse_ratio(explicit_ratio), SIZES), explicit_ratio
+        shape = parse_ratio(explicit_ratio)  # a listed ratio: always parses
+        return (nearest_size(*shape, SIZES) if shape else None), explicit_ratio
     if size in SIZES:
         return size, explicit_ratio
     if pixels := parse_pixels(size):

@@ -36,7 +36,7 @@ def jimeng_ratio(req: ImageRequest) -> str:
             continue
         if value in RATIOS:
             return value
-        ratio = parse_ratio(value) or parse_pixels(value)
+        ratio: tuple[float, float] | None = parse_ratio(value) or parse_pixels(value)
         if ratio:
             return nearest_ratio(*ratio, RATIOS)
     return DEFAULT_RATIO

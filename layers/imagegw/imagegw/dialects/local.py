@@ -61,7 +61,7 @@ def render_edit(images: list[bytes], mask: bytes | None, prompt: str, seed: int 
     pattern = _pattern(_digest(prompt, seed, index), size)
     if others := images[1:]:
         means = [_load(data, (1, 1), Image.Resampling.BOX).getpixel((0, 0)) for data in others]
-        tint = tuple(round(sum(c) / len(means)) for c in zip(*means))
+        tint = tuple(round(sum(c) / len(means)) for c in zip(*means, strict=True))
         pattern = Image.blend(pattern, Image.new("RGB", size, tint), 0.35)
     edited = Image.blend(base, pattern, 0.6)
     if mask is not None:
