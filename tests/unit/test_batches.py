@@ -11,7 +11,7 @@ import pytest
 
 import poll_handler
 import submit_handler
-from imagegw import batches, bus, tasks
+from imagegw import batches, bus, clock, tasks
 from imagegw.intake import event_tenant
 from tests.apiclient import FakeContext, bus_event
 from tests.conftest import ROOT
@@ -20,22 +20,26 @@ SAMPLE = json.loads((ROOT / "events" / "s3-batch-created.json").read_text())
 
 
 class Bus:
-    """EventBridge and the submit function's rules, run in order in this thread until nothing is left."""
+    """EventBridge and the submit function's rules (a `bus.use` sink), run in order in this thread until
+    nothing is left. Lifecycle events are kept in `lifecycle`; `drop` loses the events it is given."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self):
         self.queue: deque = deque()
         self.lifecycle: list[tuple[str, dict]] = []
         self.continues = 0
-        monkeypatch.setattr(bus, "publish", lambda kind, task_id: self.queue.append(bus_event(kind, task_id)))
-        monkeypatch.setattr(bus, "publish_all", lambda kind, ids: self.queue.extend(bus_event(kind, i) for i in ids))
-        monkeypatch.setattr(bus, "publish_detail", self._publish_detail)
+        self.drop = lambda kind, detail: False
 
-    def _publish_detail(self, kind, detail):
-        if kind == batches.BATCH_CONTINUE:
-            self.continues += 1
-            self.queue.append({**bus_event(kind, ""), "detail": detail})
-        else:
-            self.lifecycle.append((kind, detail))
+    def send(self, kind, details):
+        for detail in details:
+            if self.drop(kind, detail):
+                continue
+            if kind == batches.BATCH_CONTINUE:
+                self.continues += 1
+                self.queue.append({**bus_event(kind, ""), "detail": detail})
+            elif kind in (bus.TASK_SUCCEEDED, bus.TASK_FAILED):
+                self.lifecycle.append((kind, detail))
+            else:
+                self.queue.append(bus_event(kind, detail["task_id"]))
 
     def drain(self, context=None):
         while self.queue:
@@ -43,8 +47,9 @@ class Bus:
 
 
 @pytest.fixture
-def inline(aws, monkeypatch):
-    return Bus(monkeypatch)
+def inline(aws):
+    with bus.use(Bus()) as inline_bus:
+        yield inline_bus
 
 
 def put_batch(key: str, lines: list, *, raw: bytes | None = None) -> dict:
@@ -105,7 +110,7 @@ def test_a_batch_gets_one_result_line_per_input_line_in_order(inline):
 def test_the_batch_record_stays_out_of_listings_and_leaves_the_sweep_when_written(inline):
     submit_handler.lambda_handler(put_batch("batches/one.jsonl", [line("x", "one")]), FakeContext())
     assert len(tasks.list_for(event_tenant())[0]) == 1  # the task, not the batch record
-    later = tasks.now_ms() + 10**9
+    later = clock.now_ms() + 10**9
     assert all(not i.startswith("batch#") for i in tasks.due(now=later))  # not among the tasks
     assert len(tasks.due(now=later, partition=batches.SWEEP_PARTITION)) == 1  # watched until written
     inline.drain()
@@ -141,10 +146,15 @@ def test_a_count_that_fell_behind_is_recounted_by_the_sweep(inline, monkeypatch)
 def test_a_lost_hand_over_is_picked_up_by_the_sweep(inline, monkeypatch):
     monkeypatch.setenv("BATCH_LINES_PER_RUN", "2")
     monkeypatch.setenv("BATCH_CHECK_S", "0")
-    forward = inline._publish_detail
     dropped = []
-    monkeypatch.setattr(bus, "publish_detail", lambda kind, detail: dropped.append(detail) if (
-        kind == batches.BATCH_CONTINUE and not dropped) else forward(kind, detail))
+
+    def lose_the_first_hand_over(kind, detail):
+        if kind == batches.BATCH_CONTINUE and not dropped:
+            dropped.append(detail)
+            return True
+        return False
+
+    inline.drop = lose_the_first_hand_over
     submit_handler.lambda_handler(put_batch("batches/handover.jsonl", [line(str(i), f"p{i}") for i in range(5)]),
                                   FakeContext())
     inline.drain()
@@ -318,11 +328,11 @@ class RecordingEvents:
         return {"FailedEntryCount": min(self.refuse, len(Entries)), "Entries": answers}
 
 
-def test_a_batch_hands_its_lines_to_eventbridge_ten_per_call(aws, monkeypatch):
+def test_a_batch_hands_its_lines_to_eventbridge_ten_per_call(aws):
     events = RecordingEvents()
-    monkeypatch.setattr(bus._events(), "put_events", events.put_events)
     lines = [line(f"id-{i}", f"poster {i}") for i in range(23)] + ["{not json"]
-    submit_handler.lambda_handler(put_batch("batches/tens.jsonl", lines), FakeContext())
+    with bus.use(bus.EventBridge(events)):
+        submit_handler.lambda_handler(put_batch("batches/tens.jsonl", lines), FakeContext())
     queued = [call for call in events.calls if call[0]["DetailType"] == "Task Queued"]
     assert [len(call) for call in queued] == [10, 10, 3]
     ids = [json.loads(entry["Detail"])["task_id"] for call in queued for entry in call]
@@ -331,9 +341,9 @@ def test_a_batch_hands_its_lines_to_eventbridge_ten_per_call(aws, monkeypatch):
     assert [call[0]["DetailType"] for call in events.calls if call not in queued] == ["Image Task Failed"]
 
 
-def test_a_refused_hand_over_is_an_error_that_names_it(aws, monkeypatch):
-    monkeypatch.setattr(bus._events(), "put_events", RecordingEvents(refuse=2).put_events)
-    with pytest.raises(RuntimeError, match="refused 2 of 10 Task Queued events: ThrottlingException"):
+def test_a_refused_hand_over_is_an_error_that_names_it(aws):
+    with bus.use(bus.EventBridge(RecordingEvents(refuse=2))), \
+            pytest.raises(RuntimeError, match="refused 2 of 10 Task Queued events: ThrottlingException"):
         bus.publish_all(bus.TASK_QUEUED, [f"t{i}" for i in range(12)])
 
 

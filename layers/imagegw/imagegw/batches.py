@@ -46,9 +46,10 @@ from botocore.exceptions import ClientError
 
 from . import bus, settings, storage, tasks
 from .capabilities import validate_routable
+from .clock import now_ms
 from .errors import BadRequest, GatewayError
 from .request import load_json_object, parse_request
-from .tasks import Task, now_ms
+from .tasks import Task
 
 logger = Logger(child=True)
 

@@ -29,9 +29,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import inputs, settings, tasks, worker
+from .clock import now_ms
 from .dialects import GENERATE
 from .request import ImageRequest
-from .tasks import Task, now_ms
+from .tasks import Task
 
 RETRY_HEADER = "x-stainless-retry-count"
 REATTACH_WINDOW_S = 600  # a retry finds a task started (or finished) this recently

@@ -16,7 +16,6 @@ whose event was lost or whose worker died (lease expired) as well as async upstr
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -27,7 +26,7 @@ import boto3
 from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
-from . import settings
+from . import clock, settings
 from .errors import BadRequest, Conflict, NotFound
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -35,10 +34,6 @@ SWEEP_INDEX = "sweep-index"
 OWNER_INDEX = "owner-index"
 SWEEP_PARTITION = "inflight"
 WEBHOOK_PARTITION = "webhook"  # terminal tasks whose webhook is still to be delivered
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def task_id(created_ms: int, suffix: str) -> str:
@@ -49,7 +44,7 @@ def task_id(created_ms: int, suffix: str) -> str:
 
 
 def new_task_id() -> str:
-    return task_id(now_ms(), uuid.uuid4().hex[:8])
+    return task_id(clock.now_ms(), uuid.uuid4().hex[:8])
 
 
 def sync_task_id(request_context: dict[str, Any]) -> str | None:
@@ -126,7 +121,7 @@ class Task:
 
 def _retention_expiry() -> int:
     days = settings.current().task_retention_days
-    return int(time.time()) + days * 86400
+    return clock.now_ms() // 1000 + days * 86400
 
 
 def create(owner: str, model: str, request: dict[str, Any], *, check_after_s: int = 60,
@@ -134,7 +129,7 @@ def create(owner: str, model: str, request: dict[str, Any], *, check_after_s: in
     """Put a new queued task. `check_after_s` is when the sweep re-publishes it if its event was lost.
 
     With an explicit `task_id` (derived from an event id) a second create of the same task returns None."""
-    now = now_ms()
+    now = clock.now_ms()
     task = Task(id=task_id or new_task_id(), owner=owner, status="queued", stage="queued", model=model,
                 request=request, created_at=now, updated_at=now, next_check_at=now + check_after_s * 1000, **fields)
     return _put(task, live=True)
@@ -146,7 +141,7 @@ def create_claimed(owner: str, model: str, request: dict[str, Any], *, task_id: 
     path's one write, instead of a put, an event and a claim. Its lease protects it as any claim does: should
     the invocation die, the sweep hands the stage to the submit function once the lease has passed. None when
     a task with that id exists."""
-    now = now_ms()
+    now = clock.now_ms()
     until = now + lease_s * 1000
     task = Task(id=task_id, owner=owner, status="in_progress", stage="queued", model=model, request=request,
                 created_at=now, updated_at=now, progress=5, next_check_at=until, lease_id=uuid.uuid4().hex,
@@ -174,7 +169,7 @@ def find_recent(owner: str, request_hash: str, *, since_ms: int) -> Task | None:
 def create_failed(owner: str, model: str, request: dict[str, Any], error: dict[str, Any], *,
                   task_id: str | None = None, **fields: Any) -> Task | None:
     """Put a task that failed before it started (an invalid request that came as an event): never lost."""
-    now = now_ms()
+    now = clock.now_ms()
     task = Task(id=task_id or new_task_id(), owner=owner, status="failed", stage="done", model=model,
                 request=request, created_at=now, updated_at=now, completed_at=now, error=error, **fields)
     return _put(task, live=False)
@@ -271,7 +266,7 @@ def claim(task_id: str, stage: str, *, lease_s: int, min_check_gap_ms: int | Non
 
     With `min_check_gap_ms` (checks of an async upstream) it is also None when the last check began less than
     that long ago: however many readers and sweeps there are, an upstream is asked at most that often."""
-    now = now_ms()
+    now = clock.now_ms()
     until = now + lease_s * 1000
     sets = {"lease_id": uuid.uuid4().hex, "lease_until": until, "next_check_at": until, "status": "in_progress",
             "updated_at": now}
@@ -288,7 +283,7 @@ def claim(task_id: str, stage: str, *, lease_s: int, min_check_gap_ms: int | Non
 
 def advance(task: Task, stage: str, *, next_check_at: int, **fields: Any) -> Task | None:
     """Move a claimed task to `stage`, releasing the lease; None if the lease was lost or it was cancelled."""
-    sets = {"stage": stage, "next_check_at": next_check_at, "updated_at": now_ms(), "claims": 0, **fields}
+    sets = {"stage": stage, "next_check_at": next_check_at, "updated_at": clock.now_ms(), "claims": 0, **fields}
     return _update(task.id, sets, f"lease_id = :lease AND {_NOT_TERMINAL}",
                    {":lease": task.lease_id, **_STATUS_VALUES}, removes=("lease_id", "lease_until"))
 
@@ -296,7 +291,7 @@ def advance(task: Task, stage: str, *, next_check_at: int, **fields: Any) -> Tas
 def release(task: Task, *, retry_at: int, count_attempt: bool = False) -> Task | None:
     """Give the lease back without progress (e.g. an upstream check that is not ready yet). `count_attempt`
     keeps the claim counted, so a stage that keeps failing (a download) runs out of attempts."""
-    sets: dict[str, Any] = {"next_check_at": retry_at, "updated_at": now_ms()}
+    sets: dict[str, Any] = {"next_check_at": retry_at, "updated_at": clock.now_ms()}
     if not count_attempt:
         sets["claims"] = 0
     return _update(task.id, sets,
@@ -306,7 +301,7 @@ def release(task: Task, *, retry_at: int, count_attempt: bool = False) -> Task |
 
 def touch(task: Task, *, next_check_at: int) -> Task | None:
     """Push back the next check of an unclaimed (or abandoned) stage; None if someone moved it meanwhile."""
-    now = now_ms()
+    now = clock.now_ms()
     return _update(task.id, {"next_check_at": next_check_at, "updated_at": now},
                    f"#stage = :stage AND {_NOT_TERMINAL} AND (attribute_not_exists(lease_until) OR lease_until < :now)",
                    {":stage": task.stage, ":now": now, **_STATUS_VALUES})
@@ -314,7 +309,7 @@ def touch(task: Task, *, next_check_at: int) -> Task | None:
 
 def finish(task: Task, status: str, **fields: Any) -> Task | None:
     """End a claimed task (succeeded or failed), leaving the sweep index; None if it was cancelled."""
-    now = now_ms()
+    now = clock.now_ms()
     sets = {"status": status, "stage": "done", "updated_at": now, "completed_at": now, **fields}
     if status == "succeeded":
         sets["progress"] = 100
@@ -325,7 +320,7 @@ def finish(task: Task, status: str, **fields: Any) -> Task | None:
 
 def fail_unclaimed(task_id: str, error: dict[str, Any]) -> Task | None:
     """Fail a live task without holding its lease (the sweep giving up on a task whose workers keep dying)."""
-    now = now_ms()
+    now = clock.now_ms()
     return _update(task_id, {"status": "failed", "stage": "done", "error": error, "updated_at": now,
                              "completed_at": now}, _NOT_TERMINAL, dict(_STATUS_VALUES),
                    removes=("lease_id", "lease_until", "next_check_at", "sweep", "sources"))
@@ -333,7 +328,7 @@ def fail_unclaimed(task_id: str, error: dict[str, Any]) -> Task | None:
 
 def cancel(task_id: str, owner: str) -> Task:
     get(task_id, owner)  # 404 for a missing or foreign task, before anything else
-    now = now_ms()
+    now = clock.now_ms()
     task = _update(task_id, {"status": "cancelled", "updated_at": now, "completed_at": now},
                    f"{_NOT_TERMINAL} AND #owner = :owner", {":owner": owner, **_STATUS_VALUES},
                    removes=("next_check_at", "sweep", "lease_id", "lease_until"))
@@ -364,7 +359,7 @@ def list_for(owner: str, *, limit: int = 20, after: str | None = None) -> tuple[
 
 def due(*, now: int | None = None, limit: int = 100, partition: str = SWEEP_PARTITION) -> list[str]:
     """Ids of live tasks (or, with WEBHOOK_PARTITION, of webhooks) whose `next_check_at` has passed."""
-    now = now if now is not None else now_ms()
+    now = now if now is not None else clock.now_ms()
     resp = table().query(IndexName=SWEEP_INDEX, Limit=limit, ProjectionExpression="id",
                          KeyConditionExpression=Key("sweep").eq(partition) & Key("next_check_at").lte(now))
     return [item["id"] for item in resp["Items"]]
@@ -377,7 +372,7 @@ _WEBHOOK_FREE = "(attribute_not_exists(webhook_lease) OR webhook_lease < :now)"
 
 def webhook_pending(task: Task, *, check_after_s: int = 60) -> Task | None:
     """Queue the first delivery of a terminal task's webhook (once: a second call finds it queued)."""
-    now = now_ms()
+    now = clock.now_ms()
     return _update(task.id, {"webhook_status": "pending", "sweep": WEBHOOK_PARTITION,
                              "next_check_at": now + check_after_s * 1000, "webhook_attempts": 0},
                    "NOT " + _NOT_TERMINAL + " AND attribute_not_exists(webhook_status)", dict(_STATUS_VALUES))
@@ -385,7 +380,7 @@ def webhook_pending(task: Task, *, check_after_s: int = 60) -> Task | None:
 
 def claim_webhook(task_id: str, *, lease_s: int = 60) -> Task | None:
     """Take the next delivery attempt; None if it is not pending or another worker is making it."""
-    now = now_ms()
+    now = clock.now_ms()
     return _update(task_id, {"webhook_lease": now + lease_s * 1000},
                    f"webhook_status = :pending AND {_WEBHOOK_FREE}", {":pending": "pending", ":now": now})
 
@@ -393,7 +388,7 @@ def claim_webhook(task_id: str, *, lease_s: int = 60) -> Task | None:
 def webhook_retry(task: Task, *, attempts: int, next_at: int, last_error: str) -> Task | None:
     # A retry due at once also travels on the bus; the index entry is its safety net should that be lost.
     return _update(task.id, {"webhook_attempts": attempts, "webhook_error": last_error,
-                             "next_check_at": next_at if next_at > now_ms() else now_ms() + 60_000},  # 0: the bus carries it
+                             "next_check_at": next_at if next_at > clock.now_ms() else clock.now_ms() + 60_000},  # 0: the bus carries it
                    "webhook_lease = :lease", {":lease": task.webhook_lease}, removes=("webhook_lease",))
 
 
@@ -409,6 +404,6 @@ def webhook_done(task: Task, *, attempts: int, status: str, last_error: str | No
 
 def webhook_touch(task_id: str, *, next_at: int) -> Task | None:
     """The sweep re-published a due delivery: not again until `next_at` unless it fails meanwhile."""
-    now = now_ms()
+    now = clock.now_ms()
     return _update(task_id, {"next_check_at": next_at}, f"webhook_status = :pending AND {_WEBHOOK_FREE}",
                    {":pending": "pending", ":now": now})

@@ -31,8 +31,9 @@ import requests
 from aws_lambda_powertools import Logger
 
 from . import safe_fetch, settings, tasks, views
+from .clock import now_ms
 from .errors import BadRequest, GatewayError
-from .tasks import Task, now_ms
+from .tasks import Task
 
 logger = Logger(child=True)
 

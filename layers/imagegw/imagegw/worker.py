@@ -10,8 +10,8 @@ Each step claims its stage first (see `tasks`), so redelivered events and concur
 
 The task deadline (`TASK_DEADLINE_S` after creation) holds on every path: no check is ever scheduled past it,
 so the sweep finds the task by then; a read, a claim or a check that finds the task overdue fails it with
-`upstream_timeout`. An async upstream is checked at most once a second (`CHECK_GAP_MS`), however many clients
-read the task, and a client that reads about once a second sees the result within about a second.
+`upstream_timeout`. An async upstream is checked at most once a second (`CheckPolicy.min_gap_ms`), however many
+clients read the task, and a client that reads about once a second sees the result within about a second.
 Images of a task that ends any other way than succeeded (cancelled meanwhile, failed half-way) are removed
 from the bucket: no orphan objects.
 
@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics
@@ -35,11 +37,12 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from . import batches, bus, inputs, safe_fetch, settings, storage, tasks, transport, views, webhooks
 from .capabilities import routes_able_to
+from .clock import now_ms
 from .dialects import GENERATE, VARIATION, Done, Failed, HttpCall, HttpReply, Job, Outcome, Pending, get_dialect
 from .errors import GatewayError, ProviderConfigInvalid, ServerError, UpstreamFailed, UpstreamTimeout
 from .request import ImageRequest, VariationRequest
 from .routing import Route, routes_for
-from .tasks import Task, now_ms
+from .tasks import Task
 
 logger = Logger(child=True)
 # One metrics sink for the layer; each handler flushes it with @worker.metrics.log_metrics.
@@ -48,13 +51,45 @@ metrics = Metrics(namespace=settings.current().metrics_namespace)
 CHECK_LEASE_S = 120
 REPUBLISH_AFTER_S = 60
 MAX_CLAIMS = 3  # a stage whose worker died this many times fails rather than loop forever
-CHECK_GAP_MS = 1000  # an async upstream is asked about a task at most this often
 DOWNLOAD_PARALLELISM = 4
 STAGE_ATTEMPTS = 3  # a step of a stage that raised something unexpected runs this many times in all
 STAGE_BACKOFF_S = 1.0  # before its second attempt; doubled before each next one (1 s, then 2 s)
 STAGE_TIME_MARGIN_S = 5  # a retry starts only while the Lambda has its backoff, one more attempt and this left
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CheckPolicy:
+    """When an async upstream is asked about a task: never twice within `min_gap_ms` (however many clients
+    read the task), and the sweep's next check backs off with the task's age, from every `min_delay_ms` to at
+    most every `max_delay_ms` (a fifth of its age in between)."""
+
+    min_gap_ms: int = 1000
+    min_delay_ms: int = 2000
+    max_delay_ms: int = 30_000
+
+    def delay_ms(self, task: Task) -> int:
+        age_ms = now_ms() - task.created_at
+        return int(min(self.max_delay_ms, max(self.min_delay_ms, age_ms / 5)))
+
+
+_check_policy = CheckPolicy()
+
+
+def check_policy() -> CheckPolicy:
+    return _check_policy
+
+
+@contextmanager
+def use_check_policy(policy: CheckPolicy) -> Iterator[CheckPolicy]:
+    """Check by `policy` until the block ends (e.g. checks due at once, where a test drives the sweep)."""
+    global _check_policy
+    previous, _check_policy = _check_policy, policy
+    try:
+        yield policy
+    finally:
+        _check_policy = previous
 
 
 class _TaskEnded(Exception):
@@ -158,7 +193,7 @@ def _call_upstream(task: Task, req: ImageRequest, routes: list[Route], job: Job)
 def check_waiting(task_id: str, *, fetch_now: bool = False) -> Task | None:
     """One check of an async upstream. `fetch_now`: a finished result's images are stored by this invocation
     (someone is reading and waiting) instead of being handed to the fetch function."""
-    task = tasks.claim(task_id, "waiting", lease_s=CHECK_LEASE_S, min_check_gap_ms=CHECK_GAP_MS)
+    task = tasks.claim(task_id, "waiting", lease_s=CHECK_LEASE_S, min_check_gap_ms=check_policy().min_gap_ms)
     if task is None:
         return None
     route = _step(task, _waiting_route, task)
@@ -249,13 +284,14 @@ def _sweep_task(task_id: str) -> str | None:
 
 
 def poll_through(task: Task) -> Task:
-    """A read of a task waiting on an async upstream asks upstream first (at most every CHECK_GAP_MS: a client
-    polling once a second sees a result within about a second); a read of an overdue task fails it."""
+    """A read of a task waiting on an async upstream asks upstream first (at most every `min_gap_ms` of the check
+    policy: a client polling once a second sees a result within about a second); a read of an overdue task
+    fails it."""
     if task.terminal:
         return task
     if _give_up_if_overdue(task, only_past_deadline=True):
         return tasks.get(task.id)
-    if task.stage == "waiting" and now_ms() - (task.checked_at or 0) >= CHECK_GAP_MS:
+    if task.stage == "waiting" and now_ms() - (task.checked_at or 0) >= check_policy().min_gap_ms:
         return check_waiting(task.id, fetch_now=True) or tasks.get(task.id)
     return task
 
@@ -512,7 +548,7 @@ def _deadline_error() -> UpstreamTimeout:
 def _next_check_at(task: Task, delay_ms: int | None = None) -> int:
     """When the sweep should look at the task next: after `delay_ms` (the check backoff by default), but
     never past its deadline, so the sweep finds an overdue task even when nobody reads it."""
-    delay = _check_delay_ms(task) if delay_ms is None else delay_ms
+    delay = check_policy().delay_ms(task) if delay_ms is None else delay_ms
     return min(now_ms() + delay, _deadline_ms(task) + 1)
 
 
@@ -527,9 +563,3 @@ def _give_up_if_overdue(task: Task, *, only_past_deadline: bool = False) -> bool
     if failed:
         announce(failed)
     return failed is not None
-
-
-def _check_delay_ms(task: Task) -> int:
-    """Checks back off with the task's age: every 2 s at first, at most every 30 s."""
-    age_s = (now_ms() - task.created_at) / 1000
-    return int(min(30.0, max(2.0, age_s / 5)) * 1000)
