@@ -232,16 +232,16 @@ def test_a_ten_thousand_line_batch_completes_in_bounded_memory(aws, monkeypatch)
 
 def _write_only(n: int) -> dict:
     """Write the results of an n-line batch whose tasks are already finished (made directly, 25 a call)."""
-    from imagegw import batches, clock, tasks
+    from imagegw import batches, clock, table
 
     key = f"batches/finished-{n}.jsonl"
     batch = {"id": batches.record_id(os.environ["IMAGE_BUCKET"], key, "bench"), "kind": "batch",
              "bucket": os.environ["IMAGE_BUCKET"], "key": key, "etag": "bench", "results_key": batches.results_key(key),
              "offset": 0, "lines": n, "total": n, "terminal": n, "done": True, "base_ns": time.time_ns(),
              "created_at": clock.now_ms()}
-    tasks.table().put_item(Item=batch)
+    table.task_table().put_item(Item=batch)
     now = clock.now_ms()
-    with tasks.table().batch_writer() as writer:
+    with table.task_table().batch_writer() as writer:
         for line in range(1, n + 1):
             task_id = batches.task_id_for(batch, line)
             writer.put_item(Item={

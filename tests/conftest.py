@@ -22,9 +22,9 @@ def _reset_clients() -> None:
     """The layer caches its boto3 clients and config: start every test from scratch."""
     from aws_lambda_powertools.utilities import parameters
 
-    from imagegw import bus, idempotency, keys, provider_config, storage, tasks, transport
+    from imagegw import bus, idempotency, keys, provider_config, storage, table, transport
 
-    for cached in (tasks.table, bus.client, storage.s3, keys._keys_table, transport.session,
+    for cached in (table.task_table, bus.client, storage.s3, keys._keys_table, transport.session,
                    provider_config._load, provider_config._file_text):
         cached.cache_clear()
     parameters.clear_caches()  # SSM documents and secrets: each test reads its own

@@ -11,7 +11,7 @@ import pytest
 
 import poll_handler
 import submit_handler
-from imagegw import batches, bus, clock, tasks
+from imagegw import batches, bus, clock, table, tasks
 from imagegw.intake import event_tenant
 from tests.apiclient import FakeContext, bus_event
 from tests.conftest import ROOT
@@ -112,10 +112,10 @@ def test_the_batch_record_stays_out_of_listings_and_leaves_the_sweep_when_writte
     assert len(tasks.list_for(event_tenant())[0]) == 1  # the task, not the batch record
     later = clock.now_ms() + 10**9
     assert all(not i.startswith("batch#") for i in tasks.due(now=later))  # not among the tasks
-    assert len(tasks.due(now=later, partition=batches.SWEEP_PARTITION)) == 1  # watched until written
+    assert len(table.due(batches.SWEEP_PARTITION, now=later)) == 1  # watched until written
     inline.drain()
     assert [r["status"] for r in results("results/one.jsonl")] == ["succeeded"]
-    assert tasks.due(now=later, partition=batches.SWEEP_PARTITION) == []
+    assert table.due(batches.SWEEP_PARTITION, now=later) == []
 
 
 SWEEP = json.loads((ROOT / "events" / "schedule-sweep.json").read_text())

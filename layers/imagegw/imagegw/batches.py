@@ -44,7 +44,7 @@ from urllib.parse import unquote_plus
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
-from . import bus, settings, storage, tasks
+from . import bus, settings, storage, table, tasks
 from .capabilities import validate_routable
 from .clock import now_ms
 from .errors import BadRequest, GatewayError
@@ -143,7 +143,7 @@ def on_continue(event: dict[str, Any], context: Any) -> None:
 def due_for_check(batch_id: str) -> bool:
     """The sweep found the batch due: push its next check back; False if another sweep took it meanwhile."""
     now = now_ms()
-    return tasks.update_if(batch_id, UpdateExpression="SET next_check_at = :next",
+    return table.update_if(batch_id, UpdateExpression="SET next_check_at = :next",
                            ConditionExpression="next_check_at <= :now",
                            ExpressionAttributeValues={":now": now, ":next": now + _check_after_ms()}) is not None
 
@@ -152,9 +152,8 @@ def task_terminal(task: Task) -> None:
     """Called by worker.announce for every task that ended: count it on its batch, finish the batch."""
     if not task.batch:
         return
-    batch = tasks._plain(tasks.table().update_item(
-        Key={"id": task.batch}, UpdateExpression="ADD terminal :one", ExpressionAttributeValues={":one": 1},
-        ConditionExpression="attribute_exists(id)", ReturnValues="ALL_NEW")["Attributes"])
+    batch = table.update(task.batch, UpdateExpression="ADD terminal :one", ExpressionAttributeValues={":one": 1},
+                         ConditionExpression="attribute_exists(id)", ReturnValues="ALL_NEW")
     if _complete(batch):
         _publish_continue(batch["id"])  # the submit function writes the results (it may write the bucket)
 
@@ -164,23 +163,18 @@ def task_terminal(task: Task) -> None:
 def _start(bucket: str, key: str, etag: str) -> dict[str, Any]:
     batch = {"id": record_id(bucket, key, etag), "kind": "batch", "bucket": bucket, "key": key, "etag": etag,
              "results_key": results_key(key), "offset": 0, "lines": 0, "terminal": 0, "done": False,
-             "base_ns": time.time_ns(), "created_at": now_ms(), "expires_at": tasks._retention_expiry(),
+             "base_ns": time.time_ns(), "created_at": now_ms(), "expires_at": table.retention_expiry(),
              "sweep": SWEEP_PARTITION, "next_check_at": now_ms() + _check_after_ms()}
-    try:
-        tasks.table().put_item(Item=batch, ConditionExpression="attribute_not_exists(id)")
+    if table.put_if_absent(batch):
         logger.info("batch started", extra={"batch_id": batch["id"], "key": key})
         return batch
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-            raise
     return _get(batch["id"])  # a redelivered event: resume from what was saved
 
 
 def _get(batch_id: str) -> dict[str, Any] | None:
     if not batch_id.startswith("batch#"):
         return None
-    item = tasks.table().get_item(Key={"id": batch_id}, ConsistentRead=True).get("Item")
-    return tasks._plain(item) if item else None
+    return table.get(batch_id)
 
 
 def _run(batch: dict[str, Any], context: Any, *, recount: bool = False) -> None:
@@ -291,7 +285,7 @@ def _lines(body: Any, offset: int) -> Iterator[tuple[bytes | None, int]]:
 def _claim_reading(batch_id: str) -> dict[str, Any] | None:
     """Take the reading lease (one reader at a time); the record as it is now, or None if it is held."""
     now = now_ms()
-    return tasks.update_if(
+    return table.update_if(
         batch_id, UpdateExpression="SET read_lease = :until, next_check_at = :until",
         ConditionExpression="done = :no AND (attribute_not_exists(read_lease) OR read_lease < :now)",
         ExpressionAttributeValues={":no": False, ":now": now, ":until": now + READ_LEASE_MS}, ReturnValues="ALL_NEW")
@@ -299,7 +293,7 @@ def _claim_reading(batch_id: str) -> dict[str, Any] | None:
 
 def _release_reading(batch: dict[str, Any]) -> None:
     try:
-        tasks.table().update_item(Key={"id": batch["id"]}, UpdateExpression="REMOVE read_lease")
+        table.update(batch["id"], UpdateExpression="REMOVE read_lease")
     except ClientError:
         logger.exception("could not release the reading lease; it runs out by itself")
 
@@ -310,25 +304,25 @@ def _checkpoint(batch: dict[str, Any], offset: int, lines: int, *, hand_over: bo
     if hand_over:
         expr = "SET #o = :o, #l = :l, next_check_at = :next REMOVE read_lease"
         values[":next"] = now_ms() + _check_after_ms()
-    tasks.update_if(batch["id"], UpdateExpression=expr, ConditionExpression="#o <= :o",
+    table.update_if(batch["id"], UpdateExpression=expr, ConditionExpression="#o <= :o",
                     ExpressionAttributeNames={"#o": "offset", "#l": "lines"}, ExpressionAttributeValues=values)
 
 
 def _finish_reading(batch: dict[str, Any], offset: int, lines: int) -> dict[str, Any]:
-    resp = tasks.table().update_item(
-        Key={"id": batch["id"]},
+    done = table.update(
+        batch["id"],
         UpdateExpression="SET #o = :o, #l = :l, #t = :l, done = :yes, next_check_at = :next REMOVE read_lease",
         ExpressionAttributeNames={"#o": "offset", "#l": "lines", "#t": "total"},
         ExpressionAttributeValues={":o": offset, ":l": lines, ":yes": True, ":next": now_ms() + _check_after_ms()},
         ReturnValues="ALL_NEW")
     logger.info("batch read", extra={"lines": lines})
-    return tasks._plain(resp["Attributes"])
+    return done
 
 
 def _abandon(batch: dict[str, Any], reason: str) -> None:
     """A batch that cannot go on leaves the sweep index, with the reason on its record."""
-    tasks.table().update_item(Key={"id": batch["id"]}, UpdateExpression="SET abandoned = :why "
-                              "REMOVE sweep, next_check_at, read_lease", ExpressionAttributeValues={":why": reason})
+    table.update(batch["id"], UpdateExpression="SET abandoned = :why REMOVE sweep, next_check_at, read_lease",
+                 ExpressionAttributeValues={":why": reason})
 
 
 def _time_left_ms(context: Any) -> int:
@@ -360,10 +354,7 @@ def _parse_line(raw: bytes | None) -> tuple[str | None, Any]:
 def _accept_line(batch: dict[str, Any], line_no: int, raw: bytes | None) -> str | None:
     """One task for the line: queued (its id is returned, for "Task Queued"), or failed at once with what
     is wrong with the line. None too when the line's task exists already (a re-read)."""
-    now = now_ms()
     custom_id, body = None, None
-    common = {"id": task_id_for(batch, line_no), "owner": _tenant(), "created_at": now, "updated_at": now,
-              "batch": batch["id"], "line": line_no}
     try:
         try:
             custom_id, body = _parse_line(raw)
@@ -374,18 +365,21 @@ def _accept_line(batch: dict[str, Any], line_no: int, raw: bytes | None) -> str 
         validate_routable(req)
     except GatewayError as exc:
         model = str(body.get("model", "unknown")) if isinstance(body, dict) else "unknown"
-        task = Task(**common, status="failed", stage="done", model=model or "unknown",
-                    request=body if isinstance(body, dict) else {}, completed_at=now, error=exc.task_error(),
-                    custom_id=custom_id, reference=custom_id or f"{batch['key']}#{line_no}")
-        if tasks._put(task, live=False):  # None: this line's task exists (a re-read)
+        failed = tasks.create(_tenant(), model or "unknown", body if isinstance(body, dict) else {},
+                              failed_with=exc.task_error(), **_line_fields(batch, line_no, custom_id))
+        if failed is not None:  # None: this line's task exists (a re-read)
             from . import worker  # late: worker imports this module
 
-            worker.announce(task)  # "Image Task Failed", and the batch's terminal count
+            worker.announce(failed)  # "Image Task Failed", and the batch's terminal count
         return None
-    task = Task(**common, status="queued", stage="queued", model=req.model, request=req.upstream_fields(),
-                next_check_at=now + 60_000, custom_id=custom_id, reference=custom_id or f"{batch['key']}#{line_no}",
-                webhook=req.webhook)
-    return task.id if tasks._put(task, live=True) else None
+    task = tasks.create(_tenant(), req.model, req.upstream_fields(), webhook=req.webhook,
+                        **_line_fields(batch, line_no, custom_id))
+    return task.id if task is not None else None
+
+
+def _line_fields(batch: dict[str, Any], line_no: int, custom_id: str | None) -> dict[str, Any]:
+    return {"task_id": task_id_for(batch, line_no), "batch": batch["id"], "line": line_no, "custom_id": custom_id,
+            "reference": custom_id or f"{batch['key']}#{line_no}"}
 
 
 def _salvage_custom_id(raw: bytes | None) -> str | None:
@@ -413,7 +407,7 @@ def _complete(batch: dict[str, Any]) -> bool:
 def write_results(batch: dict[str, Any]) -> bool:
     """Write results/<name>.jsonl once: claim the write on the record, stream the lines, mark it written."""
     now = now_ms()
-    claimed = tasks.update_if(
+    claimed = table.update_if(
         batch["id"], UpdateExpression="SET results_lease = :until",
         ConditionExpression="done = :yes AND terminal >= #t AND attribute_not_exists(results_written) AND "
                             "(attribute_not_exists(results_lease) OR results_lease < :now)",
@@ -423,9 +417,8 @@ def write_results(batch: dict[str, Any]) -> bool:
         return False
     storage.s3().upload_fileobj(_Stream(_result_lines(batch)), batch["bucket"], batch["results_key"],
                                 ExtraArgs={"ContentType": "application/jsonl"}, Config=RESULTS_TRANSFER)
-    tasks.table().update_item(Key={"id": batch["id"]},
-                              UpdateExpression="SET results_written = :now REMOVE sweep, next_check_at",
-                              ExpressionAttributeValues={":now": now_ms()})
+    table.update(batch["id"], UpdateExpression="SET results_written = :now REMOVE sweep, next_check_at",
+                 ExpressionAttributeValues={":now": now_ms()})
     logger.info("batch results written", extra={"key": batch["results_key"], "lines": batch["total"]})
     return True
 
@@ -439,7 +432,7 @@ def _recount(batch: dict[str, Any]) -> dict[str, Any]:
     if finished <= int(batch.get("terminal", 0)):
         return batch
     logger.warning("batch count fell behind; recounted", extra={"counted": batch.get("terminal"), "finished": finished})
-    recounted = tasks.update_if(batch["id"], UpdateExpression="SET terminal = :n", ConditionExpression="terminal < :n",
+    recounted = table.update_if(batch["id"], UpdateExpression="SET terminal = :n", ConditionExpression="terminal < :n",
                                 ExpressionAttributeValues={":n": finished}, ReturnValues="ALL_NEW")
     return recounted or _get(batch["id"]) or batch  # None: counted past it meanwhile
 
@@ -467,19 +460,7 @@ def _result_lines(batch: dict[str, Any]) -> Iterator[bytes]:
 
 
 def _get_many(ids: list[str]) -> dict[str, dict[str, Any]]:
-    client = tasks.table().meta.client
-    name = tasks.table().name
-    request = {name: {"Keys": [{"id": i} for i in ids], "ConsistentRead": True,
-                      "ProjectionExpression": "id, #s, images, #e, custom_id",
-                      "ExpressionAttributeNames": {"#s": "status", "#e": "error"}}}
-    out: dict[str, dict[str, Any]] = {}
-    while request:
-        resp = client.batch_get_item(RequestItems=request)
-        for raw in resp["Responses"].get(name, []):
-            item = tasks._plain(raw)  # the resource's client hands back plain values
-            out[item["id"]] = item
-        request = resp.get("UnprocessedKeys") or {}
-    return out
+    return table.get_many(ids, attributes=["status", "images", "error", "custom_id"])
 
 
 class _Stream:

@@ -52,8 +52,8 @@ def accept(event: dict[str, Any]) -> tasks.Task | None:
         validate_routable(req)
     except GatewayError as exc:
         logger.info("invalid requested event", extra={"task_id": task_id, "error": exc.message})
-        failed = tasks.create_failed(event_tenant(), model or "unknown", raw_request if isinstance(raw_request, dict)
-                                     else {}, exc.task_error(), task_id=task_id, **fields)
+        failed = tasks.create(event_tenant(), model or "unknown", raw_request if isinstance(raw_request, dict)
+                              else {}, failed_with=exc.task_error(), task_id=task_id, **fields)
         if failed:
             worker.announce(failed)
         return failed

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from . import batches, bus, inputs, safe_fetch, settings, storage, tasks, transport, views, webhooks
+from . import batches, bus, inputs, safe_fetch, settings, storage, table, tasks, transport, views, webhooks
 from .capabilities import routes_able_to
 from .clock import now_ms
 from .dialects import GENERATE, VARIATION, Done, Failed, HttpCall, HttpReply, Job, Outcome, Pending, get_dialect
@@ -126,7 +126,7 @@ def submit_queued(task_id: str) -> Task | None:
 
 @_stage
 def run_claimed(task: Task) -> Task | None:
-    """The sync fast path: a task its API request created already claimed (`tasks.create_claimed`) runs its
+    """The sync fast path: a task its API request created already claimed (`tasks.create(claimed_for_s=)`) runs its
     submit stage in that request's own invocation, URL images downloaded there too: nothing goes over the bus,
     nothing reads the table. An async upstream's task is left waiting (the request then waits on it)."""
     return _submit(task, fetch_now=True)
@@ -243,11 +243,8 @@ def _store_sources(task: Task) -> Task | None:
 def sweep(*, limit: int = 100) -> dict[str, int]:
     """Advance every live task whose check is due; returns counts by action for logging and tests."""
     counts = {"republished": 0, "checked": 0, "failed": 0, "webhooks": 0, "batches": 0, "errors": 0}
-    for task_id in tasks.due(limit=limit, partition=tasks.WEBHOOK_PARTITION):
-        if tasks.webhook_touch(task_id, next_at=now_ms() + REPUBLISH_AFTER_S * 1000):
-            bus.publish(bus.WEBHOOK_DUE, task_id)
-            counts["webhooks"] += 1
-    for batch_id in tasks.due(limit=limit, partition=batches.SWEEP_PARTITION):
+    counts["webhooks"] = webhooks.republish_due(limit=limit)  # retries come due, "Webhook Due" events lost
+    for batch_id in table.due(batches.SWEEP_PARTITION, limit=limit):
         if batches.due_for_check(batch_id):  # a stalled reader or a count that fell behind: see batches
             bus.publish_detail(batches.BATCH_CONTINUE, {"batch_id": batch_id, "check": True})
             counts["batches"] += 1
@@ -378,11 +375,10 @@ def announce(task: Task) -> None:
             bus.publish_detail(kind, views.event_task(task))
     except Exception:  # noqa: BLE001 - the task itself is final and readable; the event is a notification
         logger.exception("could not publish the lifecycle event", extra={"task_id": task.id})
-    if webhooks.wants_delivery(task) and tasks.webhook_pending(task):
-        try:
-            bus.publish(bus.WEBHOOK_DUE, task.id)
-        except Exception:  # noqa: BLE001 - the sweep publishes it when its check comes due
-            logger.exception("could not publish Webhook Due", extra={"task_id": task.id})
+    try:
+        webhooks.schedule(task)
+    except Exception:  # noqa: BLE001 - the sweep publishes it when its check comes due
+        logger.exception("could not queue or publish Webhook Due", extra={"task_id": task.id})
     try:
         batches.task_terminal(task)  # a batch's task: count it, and have the batch finished after its last
     except Exception:  # noqa: BLE001 - the task is final either way; a lost count leaves the batch unfinished
