@@ -130,9 +130,9 @@ def sweep(inline) -> dict:
 
 def test_a_count_that_fell_behind_is_recounted_by_the_sweep(inline, monkeypatch):
     monkeypatch.setenv("BATCH_CHECK_S", "0")  # due at once: no waiting for the schedule
-    counted = batches.task_terminal
+    counted = batches.record.task_ended
     lost = []
-    monkeypatch.setattr(batches, "task_terminal",
+    monkeypatch.setattr(batches.record, "task_ended",
                         lambda task: lost.append(task.id) if not lost else counted(task))  # the first ADD is lost
     submit_handler.lambda_handler(put_batch("batches/lost.jsonl", [line("1", "a"), line("2", "b"), line("3", "c")]),
                                   FakeContext())
@@ -167,14 +167,14 @@ def test_a_lost_hand_over_is_picked_up_by_the_sweep(inline, monkeypatch):
 def test_one_reader_at_a_time(inline):
     event = put_batch("batches/busy.jsonl", [line("1", "a"), line("2", "b")])
     obj = event["detail"]["object"]
-    batch = batches._start(os.environ["IMAGE_BUCKET"], obj["key"], obj["etag"])
-    assert batches._claim_reading(batch["id"]) is not None  # a reader in another Lambda, still running
+    batch = batches.record.start(os.environ["IMAGE_BUCKET"], obj["key"], obj["etag"])
+    assert batches.record.claim_reading(batch.id) is not None  # a reader in another Lambda, still running
     submit_handler.lambda_handler(event, FakeContext())  # the S3 event redelivered meanwhile
     assert tasks.list_for(event_tenant())[0] == [] and not inline.queue
 
 
 def test_a_reader_that_failed_gives_the_lease_back(inline, monkeypatch):
-    accept = batches._accept_line
+    accept = batches.reader.accept_line
     calls = []
 
     def flaky(batch, line_no, raw):
@@ -183,7 +183,7 @@ def test_a_reader_that_failed_gives_the_lease_back(inline, monkeypatch):
             raise RuntimeError("DynamoDB unavailable")
         return accept(batch, line_no, raw)
 
-    monkeypatch.setattr(batches, "_accept_line", flaky)
+    monkeypatch.setattr(batches.reader, "accept_line", flaky)
     event = put_batch("batches/flaky.jsonl", [line("1", "a"), line("2", "b"), line("3", "c")])
     with pytest.raises(RuntimeError):
         submit_handler.lambda_handler(event, FakeContext())
@@ -227,7 +227,7 @@ def test_a_redelivered_s3_event_creates_no_second_task(inline):
 
 def test_a_batch_is_read_across_runs_when_it_must_hand_over(inline, monkeypatch):
     monkeypatch.setenv("BATCH_LINES_PER_RUN", "3")
-    monkeypatch.setattr(batches, "CHECKPOINT_LINES", 2)
+    monkeypatch.setattr(batches.reader, "CHECKPOINT_LINES", 2)
     lines = [line(f"id-{i}", f"prompt {i}") for i in range(10)] + ["", "   "]  # blank lines are not lines
     submit_handler.lambda_handler(put_batch("batches/split.jsonl", lines), FakeContext())
     inline.drain()
@@ -240,8 +240,15 @@ def test_a_batch_is_read_across_runs_when_it_must_hand_over(inline, monkeypatch)
 def test_a_run_that_reaches_the_end_finishes_instead_of_handing_over(inline, monkeypatch):
     monkeypatch.setenv("BATCH_LINES_PER_RUN", "2")
     reading_runs = []
-    read = batches._read_claimed
-    monkeypatch.setattr(batches, "_read_claimed", lambda *a: reading_runs.append(1) or read(*a))
+    claim = batches.record.claim_reading
+
+    def counted_claim(batch_id):  # a run that takes the reading lease reads
+        claimed = claim(batch_id)
+        if claimed is not None:
+            reading_runs.append(1)
+        return claimed
+
+    monkeypatch.setattr(batches.record, "claim_reading", counted_claim)
     submit_handler.lambda_handler(put_batch("batches/even.jsonl", [line(str(i), f"p{i}") for i in range(4)]),
                                   FakeContext())
     inline.drain()
@@ -262,7 +269,7 @@ def test_a_run_short_of_time_hands_over(inline):
 
 
 def test_a_line_too_long_a_non_object_and_a_wrong_url_fail_alone(inline, monkeypatch):
-    monkeypatch.setattr(batches, "MAX_LINE_BYTES", 200)
+    monkeypatch.setattr(batches.reader, "MAX_LINE_BYTES", 200)
     huge = json.dumps(line("huge", "p" * 500))
     lines = [huge, "[1, 2]", {"custom_id": "u", "url": "/v1/chat/completions", "body": {"prompt": "x"}},
              line("ok", "fine")]
@@ -295,18 +302,17 @@ def test_large_results_go_up_in_parts_never_whole(aws, monkeypatch):
     line_bytes = b'{"custom_id": "x", "status": "succeeded", "pad": "' + b"p" * 650 + b'"}\n'
     n = (12 * 2**20) // len(line_bytes) + 1
     made = {"lines": 0, "most_buffered": 0}
-    stream = batches._Stream(iter(()))
 
     def lines():
         for _ in range(n):
             made["lines"] += 1
-            made["most_buffered"] = max(made["most_buffered"], len(stream._buf))
+            made["most_buffered"] = max(made["most_buffered"], stream.buffered)
             yield line_bytes
 
-    stream._parts = lines()
+    stream = batches.results.Stream(lines())
     s3 = boto3.client("s3")
     bucket = os.environ["IMAGE_BUCKET"]
-    s3.upload_fileobj(stream, bucket, "results/big.jsonl", Config=batches.RESULTS_TRANSFER)
+    s3.upload_fileobj(stream, bucket, "results/big.jsonl", Config=batches.results.RESULTS_TRANSFER)
     head = s3.head_object(Bucket=bucket, Key="results/big.jsonl")
     assert head["ContentLength"] == n * len(line_bytes) and made["lines"] == n
     assert head["ETag"].strip('"').endswith("-3")  # three parts: 5 + 5 + 2 MiB

@@ -14,7 +14,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from . import settings, tasks, worker
+from . import lifecycle, settings, tasks, worker
 from .capabilities import validate_routable
 from .errors import BadRequest, GatewayError
 from .request import parse_request
@@ -55,7 +55,7 @@ def accept(event: dict[str, Any]) -> tasks.Task | None:
         failed = tasks.create(event_tenant(), model or "unknown", raw_request if isinstance(raw_request, dict)
                               else {}, failed_with=exc.task_error(), task_id=task_id, **fields)
         if failed:
-            worker.announce(failed)
+            lifecycle.ended(failed)
         return failed
     task = tasks.create(event_tenant(), req.model, req.upstream_fields(), task_id=task_id,
                         webhook=req.webhook, **fields)

@@ -14,8 +14,8 @@ Every non-terminal task sits in the sparse `sweep` index by `next_check_at`, so 
 whose event was lost or whose worker died (lease expired) as well as async upstreams due for a check.
 
 Every task is put by `create` (queued, claimed by its creator, or failed from the start), whoever asks: the
-API, bus intake or a batch file. A transition is one conditional write (`update`); the webhook delivery state
-is `webhooks`'s.
+API, bus intake or a batch file. A transition is one conditional write (`update`); what a task's end sets off
+(events, webhooks, batch counts) is `lifecycle`'s, and the webhook delivery state is `webhooks`'s.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ so the sweep finds the task by then; a read, a claim or a check that finds the t
 `upstream_timeout`. An async upstream is checked at most once a second (`CheckPolicy.min_gap_ms`), however many
 clients read the task, and a client that reads about once a second sees the result within about a second.
 Images of a task that ends any other way than succeeded (cancelled meanwhile, failed half-way) are removed
-from the bucket: no orphan objects.
+from the bucket: no orphan objects. What else a task's end sets off (metrics, events, webhooks, its batch's
+count) is `lifecycle`'s: every path that ends a task here hands it to `lifecycle.ended`.
 
 No exception leaves a claimed task hanging on its lease: every step after the claim runs through `_step`. A
 GatewayError there (a configuration that cannot serve the task any more) ends the task failed at once with its
@@ -32,21 +33,19 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
 
-from . import batches, bus, inputs, safe_fetch, settings, storage, table, tasks, transport, views, webhooks
+from . import batches, bus, inputs, lifecycle, safe_fetch, settings, storage, tasks, transport, webhooks
 from .capabilities import routes_able_to
 from .clock import now_ms
 from .dialects import GENERATE, VARIATION, Done, Failed, HttpCall, HttpReply, Job, Outcome, Pending, get_dialect
 from .errors import GatewayError, ProviderConfigInvalid, ServerError, UpstreamFailed, UpstreamTimeout
+from .observability import count
 from .request import ImageRequest, VariationRequest
 from .routing import Route, routes_for
 from .tasks import Task
 
 logger = Logger(child=True)
-# One metrics sink for the layer; each handler flushes it with @worker.metrics.log_metrics.
-metrics = Metrics(namespace=settings.current().metrics_namespace)
 
 CHECK_LEASE_S = 120
 REPUBLISH_AFTER_S = 60
@@ -174,7 +173,7 @@ def _call_upstream(task: Task, req: ImageRequest, routes: list[Route], job: Job)
                 continue
             outcome = _refuse_unsafe_urls(get_dialect(route.dialect).submit(req, route, send, job))
             if isinstance(outcome, Failed) and outcome.error.retriable and index + 1 < len(routes):
-                metrics.add_metric(name="RouteFallbacks", unit=MetricUnit.Count, value=1)
+                count("RouteFallbacks")
                 logger.warning("route failed, falling back", extra={"task_id": task.id, "provider": route.provider,
                                                                      "error": outcome.error.message})
                 continue
@@ -244,10 +243,7 @@ def sweep(*, limit: int = 100) -> dict[str, int]:
     """Advance every live task whose check is due; returns counts by action for logging and tests."""
     counts = {"republished": 0, "checked": 0, "failed": 0, "webhooks": 0, "batches": 0, "errors": 0}
     counts["webhooks"] = webhooks.republish_due(limit=limit)  # retries come due, "Webhook Due" events lost
-    for batch_id in table.due(batches.SWEEP_PARTITION, limit=limit):
-        if batches.due_for_check(batch_id):  # a stalled reader or a count that fell behind: see batches
-            bus.publish_detail(batches.BATCH_CONTINUE, {"batch_id": batch_id, "check": True})
-            counts["batches"] += 1
+    counts["batches"] = batches.recheck_due(limit=limit)  # a stalled reader or a count that fell behind
     for task_id in tasks.due(limit=limit):
         try:
             action = _sweep_task(task_id)
@@ -342,47 +338,17 @@ def _apply_done(task: Task, outcome: Done, upstream: dict[str, Any], route_index
 
 
 def _finish(task: Task, status: str, **fields: Any) -> Task | None:
-    """End the task, count the outcome (TasksSucceeded / TasksFailed, ImagesStored) and announce it.
+    """End the task and hand it to `lifecycle` (metrics, events, webhook, batch count, images of a task that
+    did not succeed removed).
 
-    Whatever was stored for a task that did not end succeeded (a cancel won the race, or it failed half-way)
-    is removed: the bucket holds the images of succeeded tasks only."""
+    Whatever was stored for a task that a cancel ended meanwhile is removed here: the bucket holds the images
+    of succeeded tasks only."""
     done = tasks.finish(task, status, **fields)
     if done is not None:
-        announce(done)
+        lifecycle.ended(done)
     elif tasks.get(task.id).status != "succeeded":  # cancelled meanwhile: its images must not outlive it
         storage.discard_images(task.id)  # (a succeeded task here is our own write whose answer was lost)
     return done
-
-
-def announce(task: Task) -> None:
-    """A task reached a terminal status: metrics, the lifecycle event the team's own rules can match
-    (succeeded or failed; a cancel was the caller's own doing), its batch's count, and for any end but
-    succeeded, the removal of whatever images were stored for it (the bucket keeps succeeded tasks' only)."""
-    metrics.add_metric(name=f"Tasks{task.status.capitalize()}", unit=MetricUnit.Count, value=1)
-    if task.status == "failed":  # every failure, whichever stage or path ended it (messages are scrubbed)
-        logger.info("task failed", extra={"task_id": task.id, "code": (task.error or {}).get("code"),
-                                           "error": (task.error or {}).get("message")})
-    if task.status != "succeeded":
-        try:
-            storage.discard_images(task.id)
-        except Exception:  # noqa: BLE001 - the task is final either way; the bucket's lifecycle rule expires them
-            logger.exception("could not remove the images of an unsucceeded task", extra={"task_id": task.id})
-    if task.status == "succeeded":
-        metrics.add_metric(name="ImagesStored", unit=MetricUnit.Count, value=len(task.images))
-    kind = {"succeeded": bus.TASK_SUCCEEDED, "failed": bus.TASK_FAILED}.get(task.status)
-    try:
-        if kind:
-            bus.publish_detail(kind, views.event_task(task))
-    except Exception:  # noqa: BLE001 - the task itself is final and readable; the event is a notification
-        logger.exception("could not publish the lifecycle event", extra={"task_id": task.id})
-    try:
-        webhooks.schedule(task)
-    except Exception:  # noqa: BLE001 - the sweep publishes it when its check comes due
-        logger.exception("could not queue or publish Webhook Due", extra={"task_id": task.id})
-    try:
-        batches.task_terminal(task)  # a batch's task: count it, and have the batch finished after its last
-    except Exception:  # noqa: BLE001 - the task is final either way; a lost count leaves the batch unfinished
-        logger.exception("could not count the task on its batch", extra={"task_id": task.id})
 
 
 def _download(task: Task, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -426,7 +392,7 @@ def _next_route_exists(task: Task) -> bool:
 
 def _resubmit_on_next_route(task: Task, error: GatewayError) -> Task | None:
     """The images of this route cannot be had: start over on the next route (its submit stage)."""
-    metrics.add_metric(name="RouteFallbacks", unit=MetricUnit.Count, value=1)
+    count("RouteFallbacks")
     logger.warning("route's images unusable, falling back", extra={"task_id": task.id, "error": error.message})
     moved = tasks.advance(task, "queued", next_check_at=_next_check_at(task, REPUBLISH_AFTER_S * 1000),
                           route_index=task.route_index + 1, images=[], sources=[], usage=None)
@@ -557,5 +523,5 @@ def _give_up_if_overdue(task: Task, *, only_past_deadline: bool = False) -> bool
     reason = _deadline_error() if overdue else UpstreamTimeout("The task kept failing to make progress.")
     failed = tasks.fail_unclaimed(task.id, reason.task_error())
     if failed:
-        announce(failed)
+        lifecycle.ended(failed)
     return failed is not None
