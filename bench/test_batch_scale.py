@@ -8,7 +8,7 @@ in input order, every task succeeded with its stored image.
 Printed, for each size and as the 10k / 1k ratio: wall time, the runs it took, and the peak memory
 (tracemalloc, new allocations during the run) of the busiest reading run and of the results-writing run.
 Reading holds one line at a time, so its ratio stays near 1. The results upload holds its current part
-(`batches.RESULTS_TRANSFER`: 5 MiB, S3's smallest, about 9,000 result lines); below one part it grows with
+(`batches.results.RESULTS_TRANSFER`: 5 MiB, S3's smallest, about 9,000 result lines); below one part it grows with
 the file, so a second benchmark writes the results of 10,000 and 30,000 finished tasks to show that past
 one part it does not.
 
@@ -119,27 +119,24 @@ class Run:
     """One batch through the handlers: the bus queue, the runs, and the memory each batch run needed."""
 
     def __init__(self, monkeypatch):
-        from imagegw import batches, bus
+        from imagegw import batches
 
         self.queue: deque = deque()  # (detail-type, detail): small, so the queue itself weighs little
         self.lifecycle = 0
         self.reads: list[int] = []  # peak bytes of each reading run
         self.writes: list[int] = []  # peak bytes of the results-writing run
         self.invocations = 0
-        monkeypatch.setattr(bus, "publish", lambda kind, task_id: self.queue.append((kind, {"task_id": task_id})))
-        monkeypatch.setattr(bus, "publish_all",
-                            lambda kind, ids: self.queue.extend((kind, {"task_id": i}) for i in ids))
-        monkeypatch.setattr(bus, "publish_detail", self._publish_detail)
-        monkeypatch.setattr(batches, "_read", self._measured(batches._read, self.reads))
-        monkeypatch.setattr(batches, "write_results", self._measured(batches.write_results, self.writes))
+        monkeypatch.setattr(batches.reader, "read", self._measured(batches.reader.read, self.reads))
+        monkeypatch.setattr(batches.results, "write", self._measured(batches.results.write, self.writes))
 
-    def _publish_detail(self, kind, detail):
-        from imagegw import batches
+    def send(self, kind, details):
+        """The bus (a `bus.use` sink): hand-offs and "Batch Continue" are queued for the submit function."""
+        from imagegw import bus
 
-        if kind == batches.BATCH_CONTINUE:
-            self.queue.append((kind, detail))
+        if kind in (bus.TASK_SUCCEEDED, bus.TASK_FAILED):
+            self.lifecycle += len(details)  # for the team's own rules, not ours
         else:
-            self.lifecycle += 1  # "Image Task Succeeded" / "Failed": for the team's own rules, not ours
+            self.queue.extend((kind, detail) for detail in details)
 
     @staticmethod
     def _measured(fn, peaks: list[int]):
@@ -183,12 +180,15 @@ def _run_batch(n: int) -> dict:
     s3 = storage.s3()
     etag = s3.put_object(Bucket=os.environ["IMAGE_BUCKET"], Key=key, Body=body)["ETag"].strip('"')
     CALLS.clear()
+    from imagegw import bus
+
     with pytest.MonkeyPatch.context() as patch, open(os.devnull, "w") as quiet, redirect_stdout(quiet):
         run = Run(patch)
-        started = time.monotonic()
-        run.invoke(_s3_event(key, len(body), etag))
-        run.drain()
-        elapsed = time.monotonic() - started
+        with bus.use(run):
+            started = time.monotonic()
+            run.invoke(_s3_event(key, len(body), etag))
+            run.drain()
+            elapsed = time.monotonic() - started
     # Completion: one result line per input line, in input order, each task succeeded with its image.
     results = s3.get_object(Bucket=os.environ["IMAGE_BUCKET"], Key=f"results/bench-{n}.jsonl")["Body"]
     count, size = 0, 0
@@ -232,30 +232,30 @@ def test_a_ten_thousand_line_batch_completes_in_bounded_memory(aws, monkeypatch)
 
 def _write_only(n: int) -> dict:
     """Write the results of an n-line batch whose tasks are already finished (made directly, 25 a call)."""
-    from imagegw import batches, tasks
+    from imagegw import batches, clock, table
 
     key = f"batches/finished-{n}.jsonl"
-    batch = {"id": batches.record_id(os.environ["IMAGE_BUCKET"], key, "bench"), "kind": "batch",
-             "bucket": os.environ["IMAGE_BUCKET"], "key": key, "etag": "bench", "results_key": batches.results_key(key),
-             "offset": 0, "lines": n, "total": n, "terminal": n, "done": True, "base_ns": time.time_ns(),
-             "created_at": tasks.now_ms()}
-    tasks.table().put_item(Item=batch)
-    now = tasks.now_ms()
-    with tasks.table().batch_writer() as writer:
+    bucket = os.environ["IMAGE_BUCKET"]
+    batch = batches.BatchRecord(id=batches.record.record_id(bucket, key, "bench"), bucket=bucket, key=key,
+                                etag="bench", results_key=batches.record.results_key(key), lines=n, total=n,
+                                terminal=n, done=True, base_ns=time.time_ns(), created_at=clock.now_ms())
+    table.task_table().put_item(Item=batch.to_item())
+    now = clock.now_ms()
+    with table.task_table().batch_writer() as writer:
         for line in range(1, n + 1):
-            task_id = batches.task_id_for(batch, line)
+            task_id = batch.task_id(line)
             writer.put_item(Item={
                 "id": task_id, "owner": "events", "status": "succeeded", "stage": "done", "model": "local-tiny",
                 "request": {"model": "local-tiny", "prompt": f"poster {line}"}, "created_at": now, "updated_at": now,
-                "batch": batch["id"], "line": line, "custom_id": f"id-{line - 1}",
+                "batch": batch.id, "line": line, "custom_id": f"id-{line - 1}",
                 "images": [{"index": 0, "key": f"images/{task_id}/0.png", "content_type": "image/png", "size": 1000}]})
     tracemalloc.start()
     started = time.monotonic()
-    assert batches.write_results(batch)
+    assert batches.results.write(batch)
     elapsed = time.monotonic() - started
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    obj = boto3.client("s3").head_object(Bucket=os.environ["IMAGE_BUCKET"], Key=batch["results_key"])
+    obj = boto3.client("s3").head_object(Bucket=bucket, Key=batch.results_key)
     return {"lines": n, "seconds": elapsed, "write_peak": peak, "results_bytes": obj["ContentLength"]}
 
 

@@ -83,23 +83,28 @@ def bus_event(detail_type: str, task_id: str) -> dict[str, Any]:
 
 
 class InlineBus:
-    """Stands in for EventBridge + its rules: each publish runs the rule's function in a thread."""
+    """Stands in for EventBridge + its rules (a `bus.use` sink): each event a target takes runs the rule's
+    function in a thread; any other event (lifecycle events, "Batch Continue") goes on to `fallback` (moto's
+    EventBridge by default), as it would in AWS. `published` lists the (detail type, task id) run here."""
 
-    def __init__(self, targets: dict[str, Any]):
+    def __init__(self, targets: dict[str, Any], fallback: Any = None):
+        from imagegw import bus
+
         self.targets = targets
+        self.fallback = fallback if fallback is not None else bus.EventBridge()
         self.published: list[tuple[str, str]] = []
         self.threads: list[threading.Thread] = []
 
-    def publish(self, detail_type: str, task_id: str) -> None:
-        self.published.append((detail_type, task_id))
-        thread = threading.Thread(target=self.targets[detail_type], args=(bus_event(detail_type, task_id),
-                                                                          FakeContext()), daemon=True)
-        self.threads.append(thread)
-        thread.start()
-
-    def publish_all(self, detail_type: str, task_ids: list[str]) -> None:
-        for task_id in task_ids:
-            self.publish(detail_type, task_id)
+    def send(self, detail_type: str, details: list[dict]) -> None:
+        if detail_type not in self.targets:
+            self.fallback.send(detail_type, details)
+            return
+        for detail in details:
+            self.published.append((detail_type, detail["task_id"]))
+            thread = threading.Thread(target=self.targets[detail_type],
+                                      args=(bus_event(detail_type, detail["task_id"]), FakeContext()), daemon=True)
+            self.threads.append(thread)
+            thread.start()
 
     def drain(self, timeout_s: float = 30) -> None:
         """Wait for every delivery, including those that earlier deliveries published."""
@@ -107,5 +112,3 @@ class InlineBus:
         while joined < len(self.threads):
             self.threads[joined].join(timeout_s)
             joined += 1
-
-

@@ -22,9 +22,9 @@ def _reset_clients() -> None:
     """The layer caches its boto3 clients and config: start every test from scratch."""
     from aws_lambda_powertools.utilities import parameters
 
-    from imagegw import bus, idempotency, keys, provider_config, storage, tasks, transport
+    from imagegw import bus, idempotency, keys, provider_config, storage, table, transport
 
-    for cached in (tasks.table, bus._events, storage.s3, keys._keys_table, transport.session,
+    for cached in (table.task_table, bus.client, storage.s3, keys._keys_table, transport.session,
                    provider_config._load, provider_config._file_text):
         cached.cache_clear()
     parameters.clear_caches()  # SSM documents and secrets: each test reads its own
@@ -78,8 +78,8 @@ def aws(monkeypatch):
 
 
 @pytest.fixture
-def inline_bus(aws, monkeypatch):
-    """EventBridge and its rules, in process: each publish runs the rule's function (the real handler)."""
+def inline_bus(aws):
+    """EventBridge and its rules, in process: each hand-off runs the rule's function (the real handler)."""
     import fetch_handler
     import submit_handler
     from imagegw import bus
@@ -87,10 +87,40 @@ def inline_bus(aws, monkeypatch):
 
     inline = InlineBus({bus.TASK_QUEUED: submit_handler.lambda_handler,
                         bus.TASK_GENERATED: fetch_handler.lambda_handler})
-    monkeypatch.setattr(bus, "publish", inline.publish)
-    monkeypatch.setattr(bus, "publish_all", inline.publish_all)
-    yield inline
-    inline.drain()
+    with bus.use(inline):
+        yield inline
+        inline.drain()
+
+
+@pytest.fixture
+def quiet_bus():
+    """A bus that records what is published and delivers nothing: nobody picks the tasks up. Requested after
+    `inline_bus`, it takes that one's place (fixtures are set up in the order a test names them)."""
+    from imagegw import bus
+    from tests.fakes import RecordingBus
+
+    with bus.use(RecordingBus()) as recording:
+        yield recording
+
+
+@pytest.fixture
+def fake_clock():
+    """The gateway's clock, moved forward by the test (`clock.advance(ms)`), so retries and checks come due."""
+    from imagegw import clock as gateway_clock
+    from tests.fakes import ShiftedClock
+
+    shifted = ShiftedClock()
+    with gateway_clock.use(shifted):
+        yield shifted
+
+
+@pytest.fixture
+def checks_at_once():
+    """Async upstreams may be asked again at once, and the sweep finds their checks due at once."""
+    from imagegw import worker
+
+    with worker.use_check_policy(worker.CheckPolicy(min_gap_ms=0, min_delay_ms=0, max_delay_ms=0)) as policy:
+        yield policy
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ completes the task; "Webhook Due" makes one signed delivery attempt of a finishe
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 
-from imagegw import api, bus, webhooks, worker
+from imagegw import api, bus, observability, webhooks, worker
 
 logger = Logger()
 tracer = Tracer()
@@ -15,7 +15,7 @@ tracer = Tracer()
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
-@worker.metrics.log_metrics
+@observability.metrics.log_metrics
 @worker.lambda_time_bound
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:

@@ -6,7 +6,7 @@ their deadline; a client that never polls still sees its task finish.
 
 from aws_lambda_powertools import Logger, Tracer
 
-from imagegw import api, worker
+from imagegw import api, observability, worker
 
 logger = Logger()
 tracer = Tracer()
@@ -14,7 +14,7 @@ tracer = Tracer()
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
-@worker.metrics.log_metrics
+@observability.metrics.log_metrics
 @worker.lambda_time_bound
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:

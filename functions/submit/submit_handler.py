@@ -8,7 +8,7 @@ under batches/ starts a batch job, and "Batch Continue" carries it on (reading o
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 
-from imagegw import api, batches, bus, intake, worker
+from imagegw import api, batches, bus, intake, observability, worker
 
 logger = Logger()
 tracer = Tracer()
@@ -16,7 +16,7 @@ tracer = Tracer()
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
-@worker.metrics.log_metrics
+@observability.metrics.log_metrics
 @worker.lambda_time_bound
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:

@@ -14,6 +14,7 @@ import submit_handler
 from imagegw import bus
 from tests.apiclient import call
 from tests.conftest import API_KEY, NEWER_FIELDS, OTHER_KEY, s3_objects
+from tests.fakes import DownBus, RecordingBus
 from tests.simulators.openai_sim import Behaviour, OpenAISimulator
 
 GEN = "/v1/images/generations"
@@ -144,9 +145,9 @@ def test_async_task_poll_redirect_cancel_and_isolation(inline_bus):
     assert [t["id"] for t in mine["data"]] == [task["id"]]
 
 
-def test_prefer_respond_async_and_cancel_of_a_live_task(inline_bus, monkeypatch):
-    monkeypatch.setattr(bus, "publish", lambda *a: None)  # nobody picks the task up
-    reply = generate({"model": "gpt-image-1", "prompt": "x"}, headers={"Prefer": "respond-async"})
+def test_prefer_respond_async_and_cancel_of_a_live_task(inline_bus):
+    with bus.use(RecordingBus()):  # nobody picks the task up
+        reply = generate({"model": "gpt-image-1", "prompt": "x"}, headers={"Prefer": "respond-async"})
     assert reply.status == 202
     task_id = reply.json()["id"]
     cancelled = call(poll_handler.lambda_handler, "POST", f"/v1/images/tasks/{task_id}/cancel", key=API_KEY)
@@ -196,18 +197,14 @@ def test_unknown_routes_and_models(inline_bus, providers_file):
     assert inline_bus.published == []
 
 
-def test_a_bus_outage_loses_nothing(inline_bus, monkeypatch):
-    def down(*args):
-        raise RuntimeError("EventBridge is down")
-
-    monkeypatch.setattr(bus, "publish", down)
-    reply = generate({"model": "gpt-image-1", "prompt": "x"}, query={"async": "true"})
+def test_a_bus_outage_loses_nothing(inline_bus, fake_clock):
+    with bus.use(DownBus()):
+        reply = generate({"model": "gpt-image-1", "prompt": "x"}, query={"async": "true"})
     assert reply.status == 202
     task_id = reply.json()["id"]
-    monkeypatch.setattr(bus, "publish", inline_bus.publish)
-    from imagegw import tasks, worker
+    from imagegw import worker
 
-    monkeypatch.setattr(tasks, "now_ms", lambda: int(time.time() * 1000) + 120_000)  # the check comes due
+    fake_clock.advance(120_000)  # the check comes due
     assert worker.sweep()["republished"] == 1
     inline_bus.drain()
     assert get_task(task_id).json()["status"] == "succeeded"

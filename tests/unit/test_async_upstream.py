@@ -55,31 +55,41 @@ def ticket_upstream(providers_file, loopback_fetch, monkeypatch):
         yield upstream
 
 
-def test_pending_tasks_are_checked_by_the_sweep_until_done(aws, ticket_upstream, monkeypatch):
-    published = []
-    monkeypatch.setattr(bus, "publish", lambda kind, task_id: published.append(kind) or
-                        (worker.store_generated(task_id) if kind == bus.TASK_GENERATED else None))
-    monkeypatch.setattr(worker, "_check_delay_ms", lambda task: 0)  # checks due at once, for the test
-    monkeypatch.setattr(worker, "CHECK_GAP_MS", 0)
-    task = tasks.create("o", "slowpoke", {"prompt": "p", "model": "slowpoke"})
-    waiting = worker.submit_queued(task.id)
-    assert waiting.stage == "waiting" and waiting.upstream["id"] == "up-1"
+class StoreGenerated:
+    """A bus on which "Task Generated" is stored at once (the fetch function's job), in this thread;
+    `published` lists the hand-offs (events whose detail is a task id) by detail type."""
 
-    progress = []
-    for _ in range(10):  # the schedule, with nobody polling
-        worker.sweep()
-        current = tasks.get(task.id)
-        progress.append(current.progress)
-        if current.terminal:
-            break
+    def __init__(self):
+        self.published = []
+
+    def send(self, detail_type, details):
+        for detail in details:
+            if set(detail) == {"task_id"}:
+                self.published.append(detail_type)
+            if detail_type == bus.TASK_GENERATED:
+                worker.store_generated(detail["task_id"])
+
+
+def test_pending_tasks_are_checked_by_the_sweep_until_done(aws, ticket_upstream, checks_at_once):
+    with bus.use(StoreGenerated()) as store:
+        task = tasks.create("o", "slowpoke", {"prompt": "p", "model": "slowpoke"})
+        waiting = worker.submit_queued(task.id)
+        assert waiting.stage == "waiting" and waiting.upstream["id"] == "up-1"
+
+        progress = []
+        for _ in range(10):  # the schedule, with nobody polling
+            worker.sweep()
+            current = tasks.get(task.id)
+            progress.append(current.progress)
+            if current.terminal:
+                break
     assert current.status == "succeeded" and ticket_upstream.checks == 3
-    assert progress[0] == 30 and published == [bus.TASK_GENERATED]
+    assert progress[0] == 30 and store.published == [bus.TASK_GENERATED]
 
 
-def test_a_read_polls_through_when_a_check_is_due(aws, ticket_upstream, monkeypatch):
-    monkeypatch.setattr(bus, "publish", lambda kind, task_id: None)
+def test_a_read_polls_through_when_a_check_is_due(aws, ticket_upstream, quiet_bus, fake_clock):
     task = tasks.create("o", "slowpoke", {"prompt": "p", "model": "slowpoke"})
     worker.submit_queued(task.id)
-    monkeypatch.setattr(worker, "now_ms", lambda: tasks.now_ms() + 60_000)  # the check is due
+    fake_clock.advance(60_000)  # the check is due
     seen = worker.poll_through(tasks.get(task.id))
     assert ticket_upstream.checks == 1 and seen.progress == 30

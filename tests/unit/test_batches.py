@@ -11,7 +11,7 @@ import pytest
 
 import poll_handler
 import submit_handler
-from imagegw import batches, bus, tasks
+from imagegw import batches, bus, clock, table, tasks
 from imagegw.intake import event_tenant
 from tests.apiclient import FakeContext, bus_event
 from tests.conftest import ROOT
@@ -20,22 +20,26 @@ SAMPLE = json.loads((ROOT / "events" / "s3-batch-created.json").read_text())
 
 
 class Bus:
-    """EventBridge and the submit function's rules, run in order in this thread until nothing is left."""
+    """EventBridge and the submit function's rules (a `bus.use` sink), run in order in this thread until
+    nothing is left. Lifecycle events are kept in `lifecycle`; `drop` loses the events it is given."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self):
         self.queue: deque = deque()
         self.lifecycle: list[tuple[str, dict]] = []
         self.continues = 0
-        monkeypatch.setattr(bus, "publish", lambda kind, task_id: self.queue.append(bus_event(kind, task_id)))
-        monkeypatch.setattr(bus, "publish_all", lambda kind, ids: self.queue.extend(bus_event(kind, i) for i in ids))
-        monkeypatch.setattr(bus, "publish_detail", self._publish_detail)
+        self.drop = lambda kind, detail: False
 
-    def _publish_detail(self, kind, detail):
-        if kind == batches.BATCH_CONTINUE:
-            self.continues += 1
-            self.queue.append({**bus_event(kind, ""), "detail": detail})
-        else:
-            self.lifecycle.append((kind, detail))
+    def send(self, kind, details):
+        for detail in details:
+            if self.drop(kind, detail):
+                continue
+            if kind == batches.BATCH_CONTINUE:
+                self.continues += 1
+                self.queue.append({**bus_event(kind, ""), "detail": detail})
+            elif kind in (bus.TASK_SUCCEEDED, bus.TASK_FAILED):
+                self.lifecycle.append((kind, detail))
+            else:
+                self.queue.append(bus_event(kind, detail["task_id"]))
 
     def drain(self, context=None):
         while self.queue:
@@ -43,8 +47,9 @@ class Bus:
 
 
 @pytest.fixture
-def inline(aws, monkeypatch):
-    return Bus(monkeypatch)
+def inline(aws):
+    with bus.use(Bus()) as inline_bus:
+        yield inline_bus
 
 
 def put_batch(key: str, lines: list, *, raw: bytes | None = None) -> dict:
@@ -105,12 +110,12 @@ def test_a_batch_gets_one_result_line_per_input_line_in_order(inline):
 def test_the_batch_record_stays_out_of_listings_and_leaves_the_sweep_when_written(inline):
     submit_handler.lambda_handler(put_batch("batches/one.jsonl", [line("x", "one")]), FakeContext())
     assert len(tasks.list_for(event_tenant())[0]) == 1  # the task, not the batch record
-    later = tasks.now_ms() + 10**9
+    later = clock.now_ms() + 10**9
     assert all(not i.startswith("batch#") for i in tasks.due(now=later))  # not among the tasks
-    assert len(tasks.due(now=later, partition=batches.SWEEP_PARTITION)) == 1  # watched until written
+    assert len(table.due(batches.SWEEP_PARTITION, now=later)) == 1  # watched until written
     inline.drain()
     assert [r["status"] for r in results("results/one.jsonl")] == ["succeeded"]
-    assert tasks.due(now=later, partition=batches.SWEEP_PARTITION) == []
+    assert table.due(batches.SWEEP_PARTITION, now=later) == []
 
 
 SWEEP = json.loads((ROOT / "events" / "schedule-sweep.json").read_text())
@@ -125,9 +130,9 @@ def sweep(inline) -> dict:
 
 def test_a_count_that_fell_behind_is_recounted_by_the_sweep(inline, monkeypatch):
     monkeypatch.setenv("BATCH_CHECK_S", "0")  # due at once: no waiting for the schedule
-    counted = batches.task_terminal
+    counted = batches.record.task_ended
     lost = []
-    monkeypatch.setattr(batches, "task_terminal",
+    monkeypatch.setattr(batches.record, "task_ended",
                         lambda task: lost.append(task.id) if not lost else counted(task))  # the first ADD is lost
     submit_handler.lambda_handler(put_batch("batches/lost.jsonl", [line("1", "a"), line("2", "b"), line("3", "c")]),
                                   FakeContext())
@@ -141,10 +146,15 @@ def test_a_count_that_fell_behind_is_recounted_by_the_sweep(inline, monkeypatch)
 def test_a_lost_hand_over_is_picked_up_by_the_sweep(inline, monkeypatch):
     monkeypatch.setenv("BATCH_LINES_PER_RUN", "2")
     monkeypatch.setenv("BATCH_CHECK_S", "0")
-    forward = inline._publish_detail
     dropped = []
-    monkeypatch.setattr(bus, "publish_detail", lambda kind, detail: dropped.append(detail) if (
-        kind == batches.BATCH_CONTINUE and not dropped) else forward(kind, detail))
+
+    def lose_the_first_hand_over(kind, detail):
+        if kind == batches.BATCH_CONTINUE and not dropped:
+            dropped.append(detail)
+            return True
+        return False
+
+    inline.drop = lose_the_first_hand_over
     submit_handler.lambda_handler(put_batch("batches/handover.jsonl", [line(str(i), f"p{i}") for i in range(5)]),
                                   FakeContext())
     inline.drain()
@@ -157,14 +167,14 @@ def test_a_lost_hand_over_is_picked_up_by_the_sweep(inline, monkeypatch):
 def test_one_reader_at_a_time(inline):
     event = put_batch("batches/busy.jsonl", [line("1", "a"), line("2", "b")])
     obj = event["detail"]["object"]
-    batch = batches._start(os.environ["IMAGE_BUCKET"], obj["key"], obj["etag"])
-    assert batches._claim_reading(batch["id"]) is not None  # a reader in another Lambda, still running
+    batch = batches.record.start(os.environ["IMAGE_BUCKET"], obj["key"], obj["etag"])
+    assert batches.record.claim_reading(batch.id) is not None  # a reader in another Lambda, still running
     submit_handler.lambda_handler(event, FakeContext())  # the S3 event redelivered meanwhile
     assert tasks.list_for(event_tenant())[0] == [] and not inline.queue
 
 
 def test_a_reader_that_failed_gives_the_lease_back(inline, monkeypatch):
-    accept = batches._accept_line
+    accept = batches.reader.accept_line
     calls = []
 
     def flaky(batch, line_no, raw):
@@ -173,7 +183,7 @@ def test_a_reader_that_failed_gives_the_lease_back(inline, monkeypatch):
             raise RuntimeError("DynamoDB unavailable")
         return accept(batch, line_no, raw)
 
-    monkeypatch.setattr(batches, "_accept_line", flaky)
+    monkeypatch.setattr(batches.reader, "accept_line", flaky)
     event = put_batch("batches/flaky.jsonl", [line("1", "a"), line("2", "b"), line("3", "c")])
     with pytest.raises(RuntimeError):
         submit_handler.lambda_handler(event, FakeContext())
@@ -217,7 +227,7 @@ def test_a_redelivered_s3_event_creates_no_second_task(inline):
 
 def test_a_batch_is_read_across_runs_when_it_must_hand_over(inline, monkeypatch):
     monkeypatch.setenv("BATCH_LINES_PER_RUN", "3")
-    monkeypatch.setattr(batches, "CHECKPOINT_LINES", 2)
+    monkeypatch.setattr(batches.reader, "CHECKPOINT_LINES", 2)
     lines = [line(f"id-{i}", f"prompt {i}") for i in range(10)] + ["", "   "]  # blank lines are not lines
     submit_handler.lambda_handler(put_batch("batches/split.jsonl", lines), FakeContext())
     inline.drain()
@@ -230,8 +240,15 @@ def test_a_batch_is_read_across_runs_when_it_must_hand_over(inline, monkeypatch)
 def test_a_run_that_reaches_the_end_finishes_instead_of_handing_over(inline, monkeypatch):
     monkeypatch.setenv("BATCH_LINES_PER_RUN", "2")
     reading_runs = []
-    read = batches._read_claimed
-    monkeypatch.setattr(batches, "_read_claimed", lambda *a: reading_runs.append(1) or read(*a))
+    claim = batches.record.claim_reading
+
+    def counted_claim(batch_id):  # a run that takes the reading lease reads
+        claimed = claim(batch_id)
+        if claimed is not None:
+            reading_runs.append(1)
+        return claimed
+
+    monkeypatch.setattr(batches.record, "claim_reading", counted_claim)
     submit_handler.lambda_handler(put_batch("batches/even.jsonl", [line(str(i), f"p{i}") for i in range(4)]),
                                   FakeContext())
     inline.drain()
@@ -252,7 +269,7 @@ def test_a_run_short_of_time_hands_over(inline):
 
 
 def test_a_line_too_long_a_non_object_and_a_wrong_url_fail_alone(inline, monkeypatch):
-    monkeypatch.setattr(batches, "MAX_LINE_BYTES", 200)
+    monkeypatch.setattr(batches.reader, "MAX_LINE_BYTES", 200)
     huge = json.dumps(line("huge", "p" * 500))
     lines = [huge, "[1, 2]", {"custom_id": "u", "url": "/v1/chat/completions", "body": {"prompt": "x"}},
              line("ok", "fine")]
@@ -285,18 +302,17 @@ def test_large_results_go_up_in_parts_never_whole(aws, monkeypatch):
     line_bytes = b'{"custom_id": "x", "status": "succeeded", "pad": "' + b"p" * 650 + b'"}\n'
     n = (12 * 2**20) // len(line_bytes) + 1
     made = {"lines": 0, "most_buffered": 0}
-    stream = batches._Stream(iter(()))
 
     def lines():
         for _ in range(n):
             made["lines"] += 1
-            made["most_buffered"] = max(made["most_buffered"], len(stream._buf))
+            made["most_buffered"] = max(made["most_buffered"], stream.buffered)
             yield line_bytes
 
-    stream._parts = lines()
+    stream = batches.results.Stream(lines())
     s3 = boto3.client("s3")
     bucket = os.environ["IMAGE_BUCKET"]
-    s3.upload_fileobj(stream, bucket, "results/big.jsonl", Config=batches.RESULTS_TRANSFER)
+    s3.upload_fileobj(stream, bucket, "results/big.jsonl", Config=batches.results.RESULTS_TRANSFER)
     head = s3.head_object(Bucket=bucket, Key="results/big.jsonl")
     assert head["ContentLength"] == n * len(line_bytes) and made["lines"] == n
     assert head["ETag"].strip('"').endswith("-3")  # three parts: 5 + 5 + 2 MiB
@@ -318,11 +334,11 @@ class RecordingEvents:
         return {"FailedEntryCount": min(self.refuse, len(Entries)), "Entries": answers}
 
 
-def test_a_batch_hands_its_lines_to_eventbridge_ten_per_call(aws, monkeypatch):
+def test_a_batch_hands_its_lines_to_eventbridge_ten_per_call(aws):
     events = RecordingEvents()
-    monkeypatch.setattr(bus._events(), "put_events", events.put_events)
     lines = [line(f"id-{i}", f"poster {i}") for i in range(23)] + ["{not json"]
-    submit_handler.lambda_handler(put_batch("batches/tens.jsonl", lines), FakeContext())
+    with bus.use(bus.EventBridge(events)):
+        submit_handler.lambda_handler(put_batch("batches/tens.jsonl", lines), FakeContext())
     queued = [call for call in events.calls if call[0]["DetailType"] == "Task Queued"]
     assert [len(call) for call in queued] == [10, 10, 3]
     ids = [json.loads(entry["Detail"])["task_id"] for call in queued for entry in call]
@@ -331,9 +347,9 @@ def test_a_batch_hands_its_lines_to_eventbridge_ten_per_call(aws, monkeypatch):
     assert [call[0]["DetailType"] for call in events.calls if call not in queued] == ["Image Task Failed"]
 
 
-def test_a_refused_hand_over_is_an_error_that_names_it(aws, monkeypatch):
-    monkeypatch.setattr(bus._events(), "put_events", RecordingEvents(refuse=2).put_events)
-    with pytest.raises(RuntimeError, match="refused 2 of 10 Task Queued events: ThrottlingException"):
+def test_a_refused_hand_over_is_an_error_that_names_it(aws):
+    with bus.use(bus.EventBridge(RecordingEvents(refuse=2))), \
+            pytest.raises(RuntimeError, match="refused 2 of 10 Task Queued events: ThrottlingException"):
         bus.publish_all(bus.TASK_QUEUED, [f"t{i}" for i in range(12)])
 
 

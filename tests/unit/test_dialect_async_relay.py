@@ -13,7 +13,7 @@ from PIL import Image
 
 import poll_handler
 import submit_handler
-from imagegw import tasks, worker
+from imagegw import tasks
 from imagegw.dialects import Done, Failed, HttpReply, Pending
 from imagegw.dialects.async_relay import AsyncRelayDialect, parse_progress, request_body
 from imagegw.errors import ContentPolicyViolation, UpstreamFailed
@@ -200,10 +200,8 @@ def test_progress_parsing(value, expected):
 
 
 @pytest.fixture
-def relay(inline_bus, providers_file, loopback_fetch, monkeypatch):
+def relay(inline_bus, providers_file, loopback_fetch, checks_at_once):
     """Start a relay simulator routed as `dall-e-3`; checks are due at once (no backoff) for the tests."""
-    monkeypatch.setattr(worker, "_check_delay_ms", lambda task: 0)
-    monkeypatch.setattr(worker, "CHECK_GAP_MS", 0)
     started = []
 
     def start(behaviour=None):

@@ -188,12 +188,9 @@ def test_an_edit_skips_a_route_that_cannot_edit_and_sends_the_stored_bytes(inlin
 
 
 def test_an_async_relay_edit_is_submitted_as_a_task_and_checked_until_done(inline_bus, providers_file,
-                                                                          loopback_fetch, monkeypatch):
-    from imagegw import worker
+                                                                          loopback_fetch, checks_at_once):
     from tests.simulators.async_relay_sim import AsyncRelaySimulator, Behaviour
 
-    monkeypatch.setattr(worker, "_check_delay_ms", lambda task: 0)
-    monkeypatch.setattr(worker, "CHECK_GAP_MS", 0)
     with AsyncRelaySimulator(behaviour=Behaviour(checks_to_finish=2)) as relay:
         providers_file({"providers": {"r": {"dialect": "async-relay", "base_url": relay.base_url,
                                             "api_key": relay.api_key}}, "models": {"gpt-image-1": [{"provider": "r"}]}})

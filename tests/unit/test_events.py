@@ -10,7 +10,7 @@ from cfnlint.decode import decode
 import fetch_handler
 import poll_handler
 import submit_handler
-from imagegw import bus, tasks
+from imagegw import bus, clock, tasks
 from tests.apiclient import FakeContext, InlineBus
 from tests.conftest import ROOT
 
@@ -52,23 +52,28 @@ def load(path: Path, task_id: str) -> dict:
     return json.loads(path.read_text().replace(SAMPLE_TASK, task_id))
 
 
+class SampleBus(InlineBus):
+    """The inline bus, on which "Batch Continue" goes to SubmitFunction (the template's rule), in this thread."""
+
+    def send(self, detail_type, details):
+        if detail_type != "Batch Continue":
+            return super().send(detail_type, details)
+        for detail in details:
+            submit_handler.lambda_handler({"version": "0", "id": "c", "detail-type": detail_type, "source": "imagegw",
+                                           "account": "123456789012", "time": "2026-11-21T12:00:00Z",
+                                           "region": "us-east-1", "resources": [], "detail": detail}, FakeContext())
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "events").glob("*.json")), ids=lambda p: p.name)
 def test_every_sample_event_runs_against_its_handler(aws, path, monkeypatch):
     monkeypatch.setenv("API_KEYS", "sk-local")
-    inline = InlineBus({bus.TASK_QUEUED: submit_handler.lambda_handler,
+    inline = SampleBus({bus.TASK_QUEUED: submit_handler.lambda_handler,
                         bus.TASK_GENERATED: fetch_handler.lambda_handler})
-    monkeypatch.setattr(bus, "publish", inline.publish)
-    monkeypatch.setattr(bus, "publish_all", inline.publish_all)
-    publish_detail = bus.publish_detail
+    with bus.use(inline):
+        _run_sample(path, inline)
 
-    def continue_batches(kind, detail):  # "Batch Continue" goes to SubmitFunction (the template's rule)
-        if kind != "Batch Continue":
-            return publish_detail(kind, detail)
-        submit_handler.lambda_handler({"version": "0", "id": "c", "detail-type": kind, "source": "imagegw",
-                                       "account": "123456789012", "time": "2026-11-21T12:00:00Z",
-                                       "region": "us-east-1", "resources": [], "detail": detail}, FakeContext())
 
-    monkeypatch.setattr(bus, "publish_detail", continue_batches)
+def _run_sample(path: Path, inline: InlineBus) -> None:
     from imagegw.keys import owner_of_hash, key_hash
 
     task = tasks.create(owner_of_hash(key_hash("sk-local")), "gpt-image-1", {"model": "gpt-image-1", "prompt": "p"},
@@ -77,7 +82,7 @@ def test_every_sample_event_runs_against_its_handler(aws, path, monkeypatch):
         # a task with its image ready: to fetch for "Task Generated", stored for the redirect
         claimed = tasks.claim(task.id, "queued", lease_s=60)
         if path.name == "bus-task-generated.json":
-            tasks.advance(claimed, "generated", next_check_at=tasks.now_ms() + 60_000, sources=[])
+            tasks.advance(claimed, "generated", next_check_at=clock.now_ms() + 60_000, sources=[])
         else:
             tasks.finish(claimed, "succeeded", images=[{"index": 0, "key": f"images/{task.id}/0.png"}])
     event = load(path, task.id)

@@ -8,7 +8,6 @@ logs, and the bucket holds nothing.
 """
 
 import json
-import time
 
 import pytest
 
@@ -46,19 +45,6 @@ CASES = [  # (id, FaultSimulator kwargs, the task's error code)
 
 
 @pytest.fixture
-def clock(monkeypatch):
-    """Move the gateway's clock forward (tasks and worker read it), so retries and checks come due."""
-    offset = {"ms": 0}
-
-    def now() -> int:
-        return time.time_ns() // 1_000_000 + offset["ms"]
-
-    monkeypatch.setattr(tasks, "now_ms", now)
-    monkeypatch.setattr(worker, "now_ms", now)
-    return offset
-
-
-@pytest.fixture
 def guarded(monkeypatch):
     """Refused addresses are refused before any connection (the resolver is stubbed, connecting is checked)."""
     import socket
@@ -75,7 +61,7 @@ def guarded(monkeypatch):
 
 @pytest.mark.parametrize("kwargs, code", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_a_fault_upstream_ends_the_task_with_a_clear_code_and_leaks_nothing(
-        inline_bus, providers_file, loopback_fetch, guarded, clock, monkeypatch, caplog, kwargs, code):
+        inline_bus, providers_file, loopback_fetch, guarded, fake_clock, monkeypatch, caplog, kwargs, code):
     monkeypatch.setenv("MAX_DOWNLOAD_S", "1")
     caplog.set_level("INFO")
     with FaultSimulator(api_key=KEY, **kwargs) as sim:
@@ -93,7 +79,7 @@ def test_a_fault_upstream_ends_the_task_with_a_clear_code_and_leaks_nothing(
             answers.append(seen.body)
             if seen.json()["status"] != "in_progress" and seen.json()["status"] != "queued":
                 break
-            clock["ms"] += 60_000
+            fake_clock.advance(60_000)
             worker.sweep()
         task = seen.json()
         assert task["status"] == "failed", task

@@ -18,7 +18,7 @@ import pytest
 import fetch_handler
 import poll_handler
 import submit_handler
-from imagegw import tasks
+from imagegw import table, tasks
 from tests.apiclient import FakeContext, api_event, call
 from tests.conftest import API_KEY
 
@@ -286,7 +286,7 @@ def hostile_event(case: Hostile, path: str) -> dict[str, Any]:
 
 
 def task_count() -> int:
-    return tasks.table().scan(Select="COUNT")["Count"]
+    return table.task_table().scan(Select="COUNT")["Count"]
 
 
 @pytest.fixture

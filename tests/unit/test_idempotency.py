@@ -60,8 +60,7 @@ def test_a_sync_repeat_answers_the_images_of_the_same_task(inline_bus):
     assert len(task_ids()) == 1 and len(s3_objects()) == 1
 
 
-def test_a_sync_repeat_of_an_unfinished_task_is_a_202_for_it(inline_bus, monkeypatch):
-    monkeypatch.setattr(bus, "publish", lambda *a: None)  # nobody picks the task up
+def test_a_sync_repeat_of_an_unfinished_task_is_a_202_for_it(inline_bus, quiet_bus):  # nobody picks the task up
     first = generate(idem="slow", headers={"Prefer": "wait=0"})
     assert first.status == 202
     again = generate(idem="slow", headers={"Prefer": "wait=0"})
@@ -94,8 +93,7 @@ def test_the_same_key_with_another_body_is_refused(inline_bus):
     assert len(task_ids()) == 1
 
 
-def test_a_concurrent_duplicate_is_a_409(inline_bus, monkeypatch):
-    monkeypatch.setattr(bus, "publish", lambda *a: None)
+def test_a_concurrent_duplicate_is_a_409(inline_bus, quiet_bus, monkeypatch):
     entered, release = threading.Event(), threading.Event()
     real_create = tasks.create
 

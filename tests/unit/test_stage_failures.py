@@ -40,19 +40,24 @@ def reconfigure(tmp_path, monkeypatch):
     return write
 
 
-@pytest.fixture
-def failures_announced(monkeypatch):
-    """The "Image Task Failed" lifecycle events published, by task id."""
-    announced = []
-    real = bus.publish_detail
+class FailuresAnnounced(list):
+    """A bus sink that notes the ids of the "Image Task Failed" lifecycle events and passes every event on."""
 
-    def record(detail_type, detail):
+    def __init__(self, then):
+        super().__init__()
+        self.then = then
+
+    def send(self, detail_type, details):
         if detail_type == bus.TASK_FAILED:
-            announced.append(detail["id"])
-        return real(detail_type, detail)
+            self.extend(detail["id"] for detail in details)
+        self.then.send(detail_type, details)
 
-    monkeypatch.setattr(bus, "publish_detail", record)
-    return announced
+
+@pytest.fixture
+def failures_announced(aws):
+    """The "Image Task Failed" lifecycle events published, by task id (every event goes on to EventBridge)."""
+    with bus.use(FailuresAnnounced(then=bus.EventBridge())) as announced:
+        yield announced
 
 
 @pytest.fixture
@@ -116,11 +121,9 @@ def test_an_unknown_dialect_fails_the_task_on_its_first_task_queued(aws, provide
 
 
 @pytest.fixture
-def relay_task(aws, providers_file, loopback_fetch, monkeypatch):
-    """A task waiting on an async upstream that never finishes; the first route (a 503 wall) fell back to it."""
-    monkeypatch.setattr(worker, "_check_delay_ms", lambda task: 0)  # its checks are due at once
-    monkeypatch.setattr(worker, "CHECK_GAP_MS", 0)
-    monkeypatch.setattr(bus, "publish", lambda *args: None)
+def relay_task(aws, providers_file, loopback_fetch, checks_at_once, quiet_bus):
+    """A task waiting on an async upstream that never finishes; the first route (a 503 wall) fell back to it.
+    Its checks are due at once; hand-offs are not delivered."""
     with OpenAISimulator(behaviour=Behaviour(failures=[503] * 3)) as down, \
             AsyncRelaySimulator(behaviour=RelayBehaviour(checks_to_finish=10**9)) as relay, \
             AsyncRelaySimulator(api_key=relay.api_key) as other:

@@ -9,7 +9,7 @@ import pytest
 
 import poll_handler
 import submit_handler
-from imagegw import bus, keys, safe_fetch, tasks, worker
+from imagegw import keys, safe_fetch, tasks, worker
 from tests.apiclient import call
 from tests.conftest import API_KEY, s3_objects
 from tests.simulators.async_relay_sim import AsyncRelaySimulator, Behaviour as RelayBehaviour
@@ -129,13 +129,12 @@ def test_a_task_that_a_client_keeps_polling_still_ends_at_its_deadline(never_fin
     assert 1 <= checks <= 4  # polled 4 times a second, asked at most once a second
 
 
-def test_a_task_nobody_reads_is_found_by_the_sweep_at_its_deadline(never_finishing_relay, inline_bus,
-                                                                  monkeypatch):
-    monkeypatch.setattr(worker, "_check_delay_ms", lambda task: 30_000)  # an old task's check backoff
-    reply = generate({"model": "dall-e-3", "prompt": "a fox"}, query={"async": "true"})
-    inline_bus.drain()
-    time.sleep(2.2)
-    assert worker.sweep()["failed"] == 1
+def test_a_task_nobody_reads_is_found_by_the_sweep_at_its_deadline(never_finishing_relay, inline_bus):
+    with worker.use_check_policy(worker.CheckPolicy(min_delay_ms=30_000)):  # an old task's check backoff
+        reply = generate({"model": "dall-e-3", "prompt": "a fox"}, query={"async": "true"})
+        inline_bus.drain()
+        time.sleep(2.2)
+        assert worker.sweep()["failed"] == 1
     assert tasks.get(reply.json()["id"]).error["code"] == "upstream_timeout"
 
 
@@ -164,7 +163,7 @@ def test_concurrent_readers_make_one_upstream_check_a_second(inline_bus, provide
         for reader in readers:
             reader.join(10)
         assert len(sim.checks) == 1  # eight reads at once, one check
-        time.sleep(worker.CHECK_GAP_MS / 1000)
+        time.sleep(worker.check_policy().min_gap_ms / 1000)
         get_task(task_id)  # a second later the next read asks again, whatever the sweep's backoff says
         assert len(sim.checks) == 2
 
@@ -208,7 +207,7 @@ def test_a_download_that_lands_after_a_cancel_is_not_kept(inline_bus, providers_
         assert s3_objects() == []
 
 
-def test_a_task_that_fails_half_way_keeps_no_images(aws, providers_file, monkeypatch):
+def test_a_task_that_fails_half_way_keeps_no_images(aws, providers_file, quiet_bus):
     class HalfBroken(OpenAISimulator):
         def generate(self, headers, body):
             import base64
@@ -216,7 +215,6 @@ def test_a_task_that_fails_half_way_keeps_no_images(aws, providers_file, monkeyp
             return Answer(200, {"created": 1, "data": [{"b64_json": base64.b64encode(png_bytes(8, 8)).decode()},
                                                        {"b64_json": base64.b64encode(b"<html>").decode()}]})
 
-    monkeypatch.setattr(bus, "publish", lambda *args: None)
     with HalfBroken() as sim:
         providers_file({"providers": route("p", sim), "models": {"gpt-image-1": [{"provider": "p"}]}})
         task = tasks.create("owner", "gpt-image-1", {"model": "gpt-image-1", "prompt": "a fox", "n": 2})
@@ -226,7 +224,7 @@ def test_a_task_that_fails_half_way_keeps_no_images(aws, providers_file, monkeyp
 
 
 def test_cancelling_a_task_between_its_stages_removes_what_it_had_stored(aws, providers_file, loopback_fetch,
-                                                                        monkeypatch):
+                                                                        quiet_bus):  # "Task Generated" waits
     class Mixed(OpenAISimulator):
         def generate(self, headers, body):
             import base64
@@ -234,7 +232,6 @@ def test_cancelling_a_task_between_its_stages_removes_what_it_had_stored(aws, pr
             return Answer(200, {"created": 1, "data": [{"b64_json": base64.b64encode(png_bytes(8, 8)).decode()},
                                                        {"url": self.file_url(8, 8, "second")}]})
 
-    monkeypatch.setattr(bus, "publish", lambda *args: None)  # its "Task Generated" is not delivered yet
     with Mixed() as sim:
         providers_file({"providers": route("p", sim), "models": {"gpt-image-1": [{"provider": "p"}]}})
         owner = keys.authenticate(f"Bearer {API_KEY}")
@@ -244,7 +241,7 @@ def test_cancelling_a_task_between_its_stages_removes_what_it_had_stored(aws, pr
         assert s3_objects() == []
 
 
-def test_a_finish_whose_answer_was_lost_keeps_the_images_it_wrote(aws, providers_file, monkeypatch):
+def test_a_finish_whose_answer_was_lost_keeps_the_images_it_wrote(aws, providers_file, quiet_bus, monkeypatch):
     """boto3 retries a write whose answer was lost; the retry meets its own condition as failed. The task did
     succeed: its images stay."""
     real_finish = tasks.finish
@@ -253,7 +250,6 @@ def test_a_finish_whose_answer_was_lost_keeps_the_images_it_wrote(aws, providers
         real_finish(task, status, **fields)
         return None  # what a retried conditional write answers after the first one landed
 
-    monkeypatch.setattr(bus, "publish", lambda *args: None)
     monkeypatch.setattr(tasks, "finish", landed_then_lost)
     with OpenAISimulator() as sim:
         providers_file({"providers": route("p", sim), "models": {"gpt-image-1": [{"provider": "p"}]}})

@@ -4,14 +4,13 @@ import base64
 import hashlib
 import hmac
 import json
-import time
 
 import pytest
 
 import fetch_handler
 import poll_handler
 import submit_handler
-from imagegw import bus, tasks, webhooks
+from imagegw import bus, clock, table, tasks, webhooks
 from tests.apiclient import FakeContext, bus_event, call
 from tests.conftest import API_KEY
 from tests.simulators.loopback import Answer, LoopbackSimulator
@@ -53,7 +52,7 @@ def test_signature_matches_the_standard_webhooks_reference_shape():
         "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="  # the Standard Webhooks specification's example
 
 
-def test_a_receiver_that_fails_twice_gets_three_signed_deliveries_with_one_id(webhook_env, monkeypatch):
+def test_a_receiver_that_fails_twice_gets_three_signed_deliveries_with_one_id(webhook_env, fake_clock):
     with Receiver(failures=2) as receiver:
         reply = call(submit_handler.lambda_handler, "POST", "/v1/images/generations", key=API_KEY, query={"async": "true",
                                                                           "webhook": receiver.base_url + "/hook"},
@@ -65,7 +64,7 @@ def test_a_receiver_that_fails_twice_gets_three_signed_deliveries_with_one_id(we
         task = tasks.get(task_id)
         assert task.webhook_status == "pending" and task.webhook_attempts == 2
 
-        monkeypatch.setattr(tasks, "now_ms", lambda: time.time_ns() // 1_000_000 + 120_000)
+        fake_clock.advance(120_000)
         poll_handler.lambda_handler({"detail-type": "Scheduled Event", "source": "aws.events", "id": "s",
                                      "detail": {}}, FakeContext())  # the schedule finds the due retry
         webhook_env.drain()
@@ -159,7 +158,7 @@ def test_a_public_webhook_is_accepted_and_the_task_shows_its_delivery_state(aws,
                                        "last_error": None}
 
 
-def test_the_task_object_shows_retries_and_delivery(webhook_env, monkeypatch):
+def test_the_task_object_shows_retries_and_delivery(webhook_env, fake_clock):
     with Receiver(failures=2) as receiver:
         reply = call(submit_handler.lambda_handler, "POST", "/v1/images/generations", key=API_KEY,
                      query={"async": "true"}, body={"model": "gpt-image-1", "prompt": "a hook",
@@ -169,7 +168,7 @@ def test_the_task_object_shows_retries_and_delivery(webhook_env, monkeypatch):
         shown = call(poll_handler.lambda_handler, "GET", f"/v1/images/tasks/{task_id}", key=API_KEY).json()
         assert shown["webhook"] == {"url": receiver.base_url + "/hook", "status": "pending", "attempts": 2,
                                     "last_error": "HTTP 500"}
-        monkeypatch.setattr(tasks, "now_ms", lambda: time.time_ns() // 1_000_000 + 120_000)
+        fake_clock.advance(120_000)
         poll_handler.lambda_handler({"detail-type": "Scheduled Event", "source": "aws.events", "id": "s",
                                      "detail": {}}, FakeContext())
         webhook_env.drain()
@@ -190,7 +189,7 @@ def test_a_webhook_whose_name_turns_private_after_submit_is_given_up_at_once(web
     assert shown["status"] == "succeeded"  # the images are safe whatever happens to the webhook
     assert shown["webhook"]["status"] == "failed" and shown["webhook"]["attempts"] == 1
     assert "non-public address" in shown["webhook"]["last_error"]
-    assert reply.json()["id"] not in tasks.due(now=tasks.now_ms() + 10**9, partition=tasks.WEBHOOK_PARTITION)
+    assert reply.json()["id"] not in table.due(webhooks.SWEEP_PARTITION, now=clock.now_ms() + 10**9)
 
 
 def test_the_webhook_url_must_be_http(webhook_env):
@@ -209,4 +208,4 @@ def test_without_a_secret_the_webhook_is_given_up_once_not_retried_forever(webho
         task = tasks.get(reply.json()["id"])
         assert task.webhook_status == "failed" and receiver.requests == []
         assert task.webhook_error.startswith("not sent: No webhook secret")
-        assert task.id not in tasks.due(now=tasks.now_ms() + 10**9, partition=tasks.WEBHOOK_PARTITION)
+        assert task.id not in table.due(webhooks.SWEEP_PARTITION, now=clock.now_ms() + 10**9)

@@ -8,11 +8,10 @@ from tests.simulators.openai_sim import Behaviour, OpenAISimulator
 
 
 @pytest.fixture
-def published(monkeypatch):
-    """Record the bus events the worker publishes (EventBridge delivery is the local stack's job)."""
-    events = []
-    monkeypatch.setattr(bus, "publish", lambda detail_type, task_id: events.append((detail_type, task_id)))
-    return events
+def published(quiet_bus):
+    """The hand-offs the worker publishes, as (detail type, task id) (EventBridge delivery is the local
+    stack's job)."""
+    return quiet_bus.hand_offs
 
 
 def config_for(*sims, model="dall-e-3"):

@@ -1,4 +1,4 @@
-"""The gateway's HTTP API (README "The API") on Powertools' REST resolver (validation and OpenAPI generated from these signatures).
+"""The HTTP API on Powertools' REST resolver (validation and OpenAPI generated from these signatures).
 
 Every function serves its own routes from this one resolver (template.yaml decides which routes reach
 which function). Before routing, `handle` enforces the body cap and authenticates, so a bad key is a 401
@@ -20,7 +20,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer, RequestBody, Tag
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 
-from . import bus, idempotency, inputs, keys, settings, storage, sync, tasks, views, worker
+from . import bus, idempotency, inputs, keys, lifecycle, settings, storage, sync, tasks, views, worker
 from .capabilities import validate_routable
 from .errors import (AuthenticationFailed, BadRequest, Conflict, GatewayError, GenerationInProgress, NotFound,
                      PayloadTooLarge, ServerError, from_task_error)
@@ -267,7 +267,7 @@ def get_task(task_id: TaskId):
           responses=RESPONSES["cancel_task"])
 def cancel_task(task_id: TaskId):
     task = tasks.cancel(task_id, app.context["owner"])
-    worker.announce(task)  # a batch counts its cancelled tasks too
+    lifecycle.ended(task)  # a batch counts its cancelled tasks too
     return _json(200, views.task_object(task))
 
 

@@ -10,12 +10,19 @@ is the task (`views.event_task`: S3 URIs, never presigned URLs) with the caller'
 
 Inbound: `Image Generation Requested` (any source), detail `{request, reference, webhook?}`, asks for images
 without HTTP.
+
+Every publish goes to one sink: EventBridge when deployed and in the local stack; `use` puts another in its
+place (tests run the rules' functions in process, or record what was published), so nothing has to replace
+the publishing functions themselves.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any, Protocol
 
 import boto3
 
@@ -31,34 +38,65 @@ WEBHOOK_DUE = "Webhook Due"  # internal: fetch makes one delivery attempt of a t
 PUT_EVENTS_MAX = 10  # entries per PutEvents call (the API's limit)
 
 
+class Sink(Protocol):
+    def send(self, detail_type: str, details: list[dict]) -> None:
+        """Deliver one event of `detail_type` per detail, or raise."""
+
+
 @lru_cache(maxsize=1)
-def _events():
+def client() -> Any:
+    """The shared EventBridge client (created on first use; `client.cache_clear()` resets it)."""
     return boto3.client("events")
+
+
+class EventBridge:
+    """The gateway's bus: PutEvents, up to 10 entries a call. A refused entry is an error naming it."""
+
+    def __init__(self, events_client: Any = None):
+        self._client = events_client
+
+    def send(self, detail_type: str, details: list[dict]) -> None:
+        for start in range(0, len(details), PUT_EVENTS_MAX):
+            self._put([_entry(detail_type, detail) for detail in details[start:start + PUT_EVENTS_MAX]])
+
+    def _put(self, entries: list[dict]) -> None:
+        resp = (self._client or client()).put_events(Entries=entries)
+        if resp.get("FailedEntryCount"):
+            failed = next(e for e in resp["Entries"] if e.get("ErrorCode"))
+            raise RuntimeError(f"EventBridge refused {resp['FailedEntryCount']} of {len(entries)} "
+                               f"{entries[0]['DetailType']} events: {failed.get('ErrorCode')} "
+                               f"{failed.get('ErrorMessage')}")
+
+
+_sink: Sink = EventBridge()
+
+
+@contextmanager
+def use(sink: Sink) -> Iterator[Sink]:
+    """Publish to `sink` instead of EventBridge until the block ends (every thread does)."""
+    global _sink
+    previous, _sink = _sink, sink
+    try:
+        yield sink
+    finally:
+        _sink = previous
 
 
 def publish(detail_type: str, task_id: str) -> None:
     """An internal hand-off: the detail is just the task id."""
-    publish_detail(detail_type, {"task_id": task_id})
+    _sink.send(detail_type, [{"task_id": task_id}])
 
 
 def publish_all(detail_type: str, task_ids: list[str]) -> None:
     """The same hand-off for many tasks (a batch file's lines): PutEvents carries up to 10 entries a call."""
-    for start in range(0, len(task_ids), PUT_EVENTS_MAX):
-        _put_events([_entry(detail_type, {"task_id": i}) for i in task_ids[start:start + PUT_EVENTS_MAX]])
+    if task_ids:
+        _sink.send(detail_type, [{"task_id": i} for i in task_ids])
 
 
 def publish_detail(detail_type: str, detail: dict) -> None:
-    _put_events([_entry(detail_type, detail)])
+    _sink.send(detail_type, [detail])
 
 
 def _entry(detail_type: str, detail: dict) -> dict:
     return {"Source": SOURCE, "DetailType": detail_type, "Detail": json.dumps(detail, ensure_ascii=False),
             "EventBusName": settings.current().event_bus}
-
-
-def _put_events(entries: list[dict]) -> None:
-    resp = _events().put_events(Entries=entries)
-    if resp.get("FailedEntryCount"):
-        failed = next(e for e in resp["Entries"] if e.get("ErrorCode"))
-        raise RuntimeError(f"EventBridge refused {resp['FailedEntryCount']} of {len(entries)} "
-                           f"{entries[0]['DetailType']} events: {failed.get('ErrorCode')} {failed.get('ErrorMessage')}")

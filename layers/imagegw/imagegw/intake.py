@@ -14,7 +14,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from . import settings, tasks, worker
+from . import lifecycle, settings, tasks, worker
 from .capabilities import validate_routable
 from .errors import BadRequest, GatewayError
 from .request import parse_request
@@ -52,10 +52,10 @@ def accept(event: dict[str, Any]) -> tasks.Task | None:
         validate_routable(req)
     except GatewayError as exc:
         logger.info("invalid requested event", extra={"task_id": task_id, "error": exc.message})
-        failed = tasks.create_failed(event_tenant(), model or "unknown", raw_request if isinstance(raw_request, dict)
-                                     else {}, exc.task_error(), task_id=task_id, **fields)
+        failed = tasks.create(event_tenant(), model or "unknown", raw_request if isinstance(raw_request, dict)
+                              else {}, failed_with=exc.task_error(), task_id=task_id, **fields)
         if failed:
-            worker.announce(failed)
+            lifecycle.ended(failed)
         return failed
     task = tasks.create(event_tenant(), req.model, req.upstream_fields(), task_id=task_id,
                         webhook=req.webhook, **fields)

@@ -61,22 +61,9 @@ class StoredImage:
         return item
 
     @classmethod
-    def from_item(cls, item: dict[str, Any]) -> StoredImage:
-        # DynamoDB hands numbers back as Decimal.
-        def number(name: str) -> int | None:
-            return int(item[name]) if item.get(name) is not None else None
-
-        return cls(key=str(item["key"]), content_type=str(item["content_type"]), size=int(item["size"]),
-                   width=number("width"), height=number("height"), frames=number("frames") or 1)
-
-    @classmethod
     def of(cls, key: str, content_type: str, size: int, header: image_header.ImageHeader) -> StoredImage:
         return cls(key=key, content_type=content_type, size=size, width=header.width, height=header.height,
                    frames=header.frames)
-
-
-def image_key(task_id: str, index: int, ext: str) -> str:
-    return f"images/{task_id}/{index}.{ext}"
 
 
 @functools.lru_cache(maxsize=1)

@@ -3,7 +3,7 @@
 OpenAI SDKs only speak sync, and read any 2xx as an images response. So a plain sync request gets its images
 (200) or an error, never a task object:
 
-- **Fast path.** The request's own invocation runs its task: `tasks.create_claimed` (one put), the upstream
+- **Fast path.** The request's own invocation runs its task: `tasks.create(claimed_for_s=)` (one put), the upstream
   call, one S3 put per image (URL answers are downloaded right there), one update to finish, one lifecycle
   event. Nothing goes over the bus and nothing reads the table while the work runs. An upstream call that is
   running is never abandoned: Lambda keeps the invocation going even after API Gateway's integration timeout
@@ -29,9 +29,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import inputs, settings, tasks, worker
+from .clock import now_ms
 from .dialects import GENERATE
 from .request import ImageRequest
-from .tasks import Task, now_ms
+from .tasks import Task
 
 RETRY_HEADER = "x-stainless-retry-count"
 REATTACH_WINDOW_S = 600  # a retry finds a task started (or finished) this recently
@@ -81,13 +82,13 @@ def run(owner: str, request: ImageRequest, *, request_context: Mapping[str, Any]
             return wait_for(found.id, wait_until)
     task_id = tasks.sync_task_id(dict(request_context)) or tasks.new_task_id()
     fields = {"webhook": request.webhook, "request_hash": digest, **job_fields(task_id, operation, form)}
-    task = tasks.create_claimed(owner, request.model, request.upstream_fields(), lease_s=settings.current().worker_lease_s,
-                                task_id=task_id, **fields)
+    task = tasks.create(owner, request.model, request.upstream_fields(), task_id=task_id,
+                        claimed_for_s=settings.current().worker_lease_s, **fields)
     if task is None:  # that id is taken (a replayed event): a fresh one, and its own copy of the files
         task_id = tasks.new_task_id()
         fields = {**fields, **job_fields(task_id, operation, form)}
-        task = tasks.create_claimed(owner, request.model, request.upstream_fields(), lease_s=settings.current().worker_lease_s,
-                                    task_id=task_id, **fields)
+        task = tasks.create(owner, request.model, request.upstream_fields(), task_id=task_id,
+                            claimed_for_s=settings.current().worker_lease_s, **fields)
     ended = worker.run_claimed(task)
     if ended is not None and ended.terminal:
         return ended

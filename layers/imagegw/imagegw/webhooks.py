@@ -15,6 +15,11 @@ and at every delivery (a name may resolve elsewhere by then: that refusal ends t
 
 The task object shows where delivery stands (`views.webhook_state`): waiting (the task is not finished),
 pending (due or retrying), delivered, failed (given up: `last_error` says why) or skipped (a cancelled task).
+
+That delivery state lives on the task item (`webhook_status`, `webhook_attempts`, `webhook_lease`,
+`webhook_error`) but is this module's alone: a terminal task whose webhook is due re-enters the sweep index
+under its own partition (SWEEP_PARTITION), and only the functions below move it, each one conditional write
+through `tasks.update`.
 """
 
 from __future__ import annotations
@@ -30,13 +35,15 @@ from urllib.parse import urlsplit
 import requests
 from aws_lambda_powertools import Logger
 
-from . import safe_fetch, settings, tasks, views
+from . import bus, clock, safe_fetch, settings, table, tasks, views
 from .errors import BadRequest, GatewayError
-from .tasks import Task, now_ms
+from .tasks import Task
 
 logger = Logger(child=True)
 
 TIMEOUT_S = (5, 15)
+SWEEP_PARTITION = "webhook"  # terminal tasks whose webhook is still to be delivered, in the sweep index
+REPUBLISH_AFTER_S = 60  # a due delivery the sweep re-published is not re-published again before this
 EVENT_TYPES = {"succeeded": "image.task.succeeded", "failed": "image.task.failed"}
 
 
@@ -101,18 +108,39 @@ def wants_delivery(task: Task) -> bool:
     return bool(task.webhook) and task.status in EVENT_TYPES
 
 
+def schedule(task: Task) -> bool:
+    """A task ended: queue the first delivery of its webhook, if it wants one, and ask for it on the bus at once
+    (the sweep index holds it should that event be lost). False when there is nothing to deliver, or it was
+    queued already."""
+    if not wants_delivery(task) or queue_first(task) is None:
+        return False
+    bus.publish(bus.WEBHOOK_DUE, task.id)
+    return True
+
+
+def republish_due(*, limit: int = 100) -> int:
+    """The sweep's part: re-publish "Webhook Due" for every delivery whose retry came due (or whose event was
+    lost), once per REPUBLISH_AFTER_S; how many."""
+    published = 0
+    for task_id in table.due(SWEEP_PARTITION, limit=limit):
+        if touch(task_id, next_at=clock.now_ms() + REPUBLISH_AFTER_S * 1000):
+            bus.publish(bus.WEBHOOK_DUE, task_id)
+            published += 1
+    return published
+
+
 def deliver_due(task_id: str) -> str | None:
     """One delivery attempt of a task's webhook, if one is due and nobody else is making it.
 
     Returns "delivered", "retry" or "gave_up" (None when there was nothing to do)."""
-    task = tasks.claim_webhook(task_id)
+    task = claim(task_id)
     if task is None or not wants_delivery(task):
         return None
     attempt = int(task.webhook_attempts or 0) + 1
     try:
         secret = secret_bytes()
     except Exception as exc:  # noqa: BLE001 - a deployment without its secret: say so once, do not loop
-        tasks.webhook_done(task, attempts=attempt - 1, status="failed", last_error=f"not sent: {exc}")
+        close(task, attempts=attempt - 1, status="failed", last_error=f"not sent: {exc}")
         logger.error("webhook not sent: no usable secret", extra={"task_id": task.id})
         return "gave_up"
     msg_id = f"msg_{task.id}"
@@ -123,22 +151,20 @@ def deliver_due(task_id: str) -> str | None:
                "User-Agent": "imagegw-webhooks"}
     outcome, final = _post(task.webhook, body, headers)
     if outcome is None:
-        tasks.webhook_done(task, attempts=attempt, status="delivered")
+        close(task, attempts=attempt, status="delivered")
         logger.info("webhook delivered", extra={"task_id": task.id, "attempt": attempt})
         return "delivered"
     delays = settings.current().webhook_retry_delays_s
     if final or attempt > len(delays):
         reason = outcome if final else f"gave up after {attempt} attempts: {outcome}"
-        tasks.webhook_done(task, attempts=attempt, status="failed", last_error=reason)
+        close(task, attempts=attempt, status="failed", last_error=reason)
         logger.warning("webhook given up", extra={"task_id": task.id, "attempt": attempt, "reason": outcome})
         return "gave_up"
     delay_s = delays[attempt - 1]
-    tasks.webhook_retry(task, attempts=attempt, next_at=now_ms() + delay_s * 1000, last_error=outcome)
+    retry_later(task, attempts=attempt, next_at=clock.now_ms() + delay_s * 1000, last_error=outcome)
     logger.info("webhook failed, will retry", extra={"task_id": task.id, "attempt": attempt, "reason": outcome,
                                                       "retry_in_s": delay_s})
-    if delay_s == 0:
-        from . import bus  # the first retry goes straight back on the bus
-
+    if delay_s == 0:  # the first retry goes straight back on the bus
         bus.publish(bus.WEBHOOK_DUE, task.id)
     return "retry"
 
@@ -158,3 +184,50 @@ def _post(url: str, body: str, headers: dict[str, str]) -> tuple[str | None, boo
     except requests.RequestException as exc:
         return f"no answer ({type(exc).__name__})", False
     return (None, False) if 200 <= resp.status_code < 300 else (f"HTTP {resp.status_code}", False)
+
+
+# -- the delivery state on the task item ---------------------------------------------------------------------
+
+_FREE = "(attribute_not_exists(webhook_lease) OR webhook_lease < :now)"
+
+
+def queue_first(task: Task, *, check_after_s: int = 60) -> Task | None:
+    """Queue the first delivery of a terminal task's webhook (once: a second call finds it queued)."""
+    now = clock.now_ms()
+    return tasks.update(task.id, {"webhook_status": "pending", "sweep": SWEEP_PARTITION,
+                                  "next_check_at": now + check_after_s * 1000, "webhook_attempts": 0},
+                        condition=f"NOT {tasks.LIVE} AND attribute_not_exists(webhook_status)",
+                        values=tasks.LIVE_VALUES)
+
+
+def claim(task_id: str, *, lease_s: int = 60) -> Task | None:
+    """Take the next delivery attempt; None if it is not pending or another worker is making it."""
+    now = clock.now_ms()
+    return tasks.update(task_id, {"webhook_lease": now + lease_s * 1000},
+                        condition=f"webhook_status = :pending AND {_FREE}", values={":pending": "pending", ":now": now})
+
+
+def retry_later(task: Task, *, attempts: int, next_at: int, last_error: str) -> Task | None:
+    """The attempt failed: try again at `next_at`. A retry due at once also travels on the bus; the index
+    entry (a minute on) is its safety net should that event be lost."""
+    now = clock.now_ms()
+    return tasks.update(task.id, {"webhook_attempts": attempts, "webhook_error": last_error,
+                                  "next_check_at": next_at if next_at > now else now + 60_000},
+                        condition="webhook_lease = :lease", values={":lease": task.webhook_lease},
+                        removes=("webhook_lease",))
+
+
+def close(task: Task, *, attempts: int, status: str, last_error: str | None = None) -> Task | None:
+    """The delivery ended: `delivered`, or `failed` with why in `webhook_error`; it leaves the sweep index."""
+    sets: dict[str, object] = {"webhook_attempts": attempts, "webhook_status": status}
+    if last_error:
+        sets["webhook_error"] = last_error
+    return tasks.update(task.id, sets, condition="webhook_lease = :lease", values={":lease": task.webhook_lease},
+                        removes=("webhook_lease", "sweep", "next_check_at"))
+
+
+def touch(task_id: str, *, next_at: int) -> Task | None:
+    """The sweep re-published a due delivery: not again until `next_at` unless it fails meanwhile."""
+    now = clock.now_ms()
+    return tasks.update(task_id, {"next_check_at": next_at}, condition=f"webhook_status = :pending AND {_FREE}",
+                        values={":pending": "pending", ":now": now})

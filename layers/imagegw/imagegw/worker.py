@@ -10,10 +10,11 @@ Each step claims its stage first (see `tasks`), so redelivered events and concur
 
 The task deadline (`TASK_DEADLINE_S` after creation) holds on every path: no check is ever scheduled past it,
 so the sweep finds the task by then; a read, a claim or a check that finds the task overdue fails it with
-`upstream_timeout`. An async upstream is checked at most once a second (`CHECK_GAP_MS`), however many clients
-read the task, and a client that reads about once a second sees the result within about a second.
+`upstream_timeout`. An async upstream is checked at most once a second (`CheckPolicy.min_gap_ms`), however many
+clients read the task, and a client that reads about once a second sees the result within about a second.
 Images of a task that ends any other way than succeeded (cancelled meanwhile, failed half-way) are removed
-from the bucket: no orphan objects.
+from the bucket: no orphan objects. What else a task's end sets off (metrics, events, webhooks, its batch's
+count) is `lifecycle`'s: every path that ends a task here hands it to `lifecycle.ended`.
 
 No exception leaves a claimed task hanging on its lease: every step after the claim runs through `_step`. A
 GatewayError there (a configuration that cannot serve the task any more) ends the task failed at once with its
@@ -25,36 +26,69 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
 
-from . import batches, bus, inputs, safe_fetch, settings, storage, tasks, transport, views, webhooks
+from . import batches, bus, inputs, lifecycle, safe_fetch, settings, storage, tasks, transport, webhooks
 from .capabilities import routes_able_to
+from .clock import now_ms
 from .dialects import GENERATE, VARIATION, Done, Failed, HttpCall, HttpReply, Job, Outcome, Pending, get_dialect
 from .errors import GatewayError, ProviderConfigInvalid, ServerError, UpstreamFailed, UpstreamTimeout
+from .observability import count
 from .request import ImageRequest, VariationRequest
 from .routing import Route, routes_for
-from .tasks import Task, now_ms
+from .tasks import Task
 
 logger = Logger(child=True)
-# One metrics sink for the layer; each handler flushes it with @worker.metrics.log_metrics.
-metrics = Metrics(namespace=settings.current().metrics_namespace)
 
 CHECK_LEASE_S = 120
 REPUBLISH_AFTER_S = 60
 MAX_CLAIMS = 3  # a stage whose worker died this many times fails rather than loop forever
-CHECK_GAP_MS = 1000  # an async upstream is asked about a task at most this often
 DOWNLOAD_PARALLELISM = 4
 STAGE_ATTEMPTS = 3  # a step of a stage that raised something unexpected runs this many times in all
 STAGE_BACKOFF_S = 1.0  # before its second attempt; doubled before each next one (1 s, then 2 s)
 STAGE_TIME_MARGIN_S = 5  # a retry starts only while the Lambda has its backoff, one more attempt and this left
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CheckPolicy:
+    """When an async upstream is asked about a task: never twice within `min_gap_ms` (however many clients
+    read the task), and the sweep's next check backs off with the task's age, from every `min_delay_ms` to at
+    most every `max_delay_ms` (a fifth of its age in between)."""
+
+    min_gap_ms: int = 1000
+    min_delay_ms: int = 2000
+    max_delay_ms: int = 30_000
+
+    def delay_ms(self, task: Task) -> int:
+        age_ms = now_ms() - task.created_at
+        return int(min(self.max_delay_ms, max(self.min_delay_ms, age_ms / 5)))
+
+
+_check_policy = CheckPolicy()
+
+
+def check_policy() -> CheckPolicy:
+    return _check_policy
+
+
+@contextmanager
+def use_check_policy(policy: CheckPolicy) -> Iterator[CheckPolicy]:
+    """Check by `policy` until the block ends (e.g. checks due at once, where a test drives the sweep)."""
+    global _check_policy
+    previous, _check_policy = _check_policy, policy
+    try:
+        yield policy
+    finally:
+        _check_policy = previous
 
 
 class _TaskEnded(Exception):
@@ -91,7 +125,7 @@ def submit_queued(task_id: str) -> Task | None:
 
 @_stage
 def run_claimed(task: Task) -> Task | None:
-    """The sync fast path: a task its API request created already claimed (`tasks.create_claimed`) runs its
+    """The sync fast path: a task its API request created already claimed (`tasks.create(claimed_for_s=)`) runs its
     submit stage in that request's own invocation, URL images downloaded there too: nothing goes over the bus,
     nothing reads the table. An async upstream's task is left waiting (the request then waits on it)."""
     return _submit(task, fetch_now=True)
@@ -139,7 +173,7 @@ def _call_upstream(task: Task, req: ImageRequest, routes: list[Route], job: Job)
                 continue
             outcome = _refuse_unsafe_urls(get_dialect(route.dialect).submit(req, route, send, job))
             if isinstance(outcome, Failed) and outcome.error.retriable and index + 1 < len(routes):
-                metrics.add_metric(name="RouteFallbacks", unit=MetricUnit.Count, value=1)
+                count("RouteFallbacks")
                 logger.warning("route failed, falling back", extra={"task_id": task.id, "provider": route.provider,
                                                                      "error": outcome.error.message})
                 continue
@@ -158,7 +192,7 @@ def _call_upstream(task: Task, req: ImageRequest, routes: list[Route], job: Job)
 def check_waiting(task_id: str, *, fetch_now: bool = False) -> Task | None:
     """One check of an async upstream. `fetch_now`: a finished result's images are stored by this invocation
     (someone is reading and waiting) instead of being handed to the fetch function."""
-    task = tasks.claim(task_id, "waiting", lease_s=CHECK_LEASE_S, min_check_gap_ms=CHECK_GAP_MS)
+    task = tasks.claim(task_id, "waiting", lease_s=CHECK_LEASE_S, min_check_gap_ms=check_policy().min_gap_ms)
     if task is None:
         return None
     route = _step(task, _waiting_route, task)
@@ -208,14 +242,8 @@ def _store_sources(task: Task) -> Task | None:
 def sweep(*, limit: int = 100) -> dict[str, int]:
     """Advance every live task whose check is due; returns counts by action for logging and tests."""
     counts = {"republished": 0, "checked": 0, "failed": 0, "webhooks": 0, "batches": 0, "errors": 0}
-    for task_id in tasks.due(limit=limit, partition=tasks.WEBHOOK_PARTITION):
-        if tasks.webhook_touch(task_id, next_at=now_ms() + REPUBLISH_AFTER_S * 1000):
-            bus.publish(bus.WEBHOOK_DUE, task_id)
-            counts["webhooks"] += 1
-    for batch_id in tasks.due(limit=limit, partition=batches.SWEEP_PARTITION):
-        if batches.due_for_check(batch_id):  # a stalled reader or a count that fell behind: see batches
-            bus.publish_detail(batches.BATCH_CONTINUE, {"batch_id": batch_id, "check": True})
-            counts["batches"] += 1
+    counts["webhooks"] = webhooks.republish_due(limit=limit)  # retries come due, "Webhook Due" events lost
+    counts["batches"] = batches.recheck_due(limit=limit)  # a stalled reader or a count that fell behind
     for task_id in tasks.due(limit=limit):
         try:
             action = _sweep_task(task_id)
@@ -249,13 +277,14 @@ def _sweep_task(task_id: str) -> str | None:
 
 
 def poll_through(task: Task) -> Task:
-    """A read of a task waiting on an async upstream asks upstream first (at most every CHECK_GAP_MS: a client
-    polling once a second sees a result within about a second); a read of an overdue task fails it."""
+    """A read of a task waiting on an async upstream asks upstream first (at most every `min_gap_ms` of the check
+    policy: a client polling once a second sees a result within about a second); a read of an overdue task
+    fails it."""
     if task.terminal:
         return task
     if _give_up_if_overdue(task, only_past_deadline=True):
         return tasks.get(task.id)
-    if task.stage == "waiting" and now_ms() - (task.checked_at or 0) >= CHECK_GAP_MS:
+    if task.stage == "waiting" and now_ms() - (task.checked_at or 0) >= check_policy().min_gap_ms:
         return check_waiting(task.id, fetch_now=True) or tasks.get(task.id)
     return task
 
@@ -309,48 +338,17 @@ def _apply_done(task: Task, outcome: Done, upstream: dict[str, Any], route_index
 
 
 def _finish(task: Task, status: str, **fields: Any) -> Task | None:
-    """End the task, count the outcome (TasksSucceeded / TasksFailed, ImagesStored) and announce it.
+    """End the task and hand it to `lifecycle` (metrics, events, webhook, batch count, images of a task that
+    did not succeed removed).
 
-    Whatever was stored for a task that did not end succeeded (a cancel won the race, or it failed half-way)
-    is removed: the bucket holds the images of succeeded tasks only."""
+    Whatever was stored for a task that a cancel ended meanwhile is removed here: the bucket holds the images
+    of succeeded tasks only."""
     done = tasks.finish(task, status, **fields)
     if done is not None:
-        announce(done)
+        lifecycle.ended(done)
     elif tasks.get(task.id).status != "succeeded":  # cancelled meanwhile: its images must not outlive it
         storage.discard_images(task.id)  # (a succeeded task here is our own write whose answer was lost)
     return done
-
-
-def announce(task: Task) -> None:
-    """A task reached a terminal status: metrics, the lifecycle event the team's own rules can match
-    (succeeded or failed; a cancel was the caller's own doing), its batch's count, and for any end but
-    succeeded, the removal of whatever images were stored for it (the bucket keeps succeeded tasks' only)."""
-    metrics.add_metric(name=f"Tasks{task.status.capitalize()}", unit=MetricUnit.Count, value=1)
-    if task.status == "failed":  # every failure, whichever stage or path ended it (messages are scrubbed)
-        logger.info("task failed", extra={"task_id": task.id, "code": (task.error or {}).get("code"),
-                                           "error": (task.error or {}).get("message")})
-    if task.status != "succeeded":
-        try:
-            storage.discard_images(task.id)
-        except Exception:  # noqa: BLE001 - the task is final either way; the bucket's lifecycle rule expires them
-            logger.exception("could not remove the images of an unsucceeded task", extra={"task_id": task.id})
-    if task.status == "succeeded":
-        metrics.add_metric(name="ImagesStored", unit=MetricUnit.Count, value=len(task.images))
-    kind = {"succeeded": bus.TASK_SUCCEEDED, "failed": bus.TASK_FAILED}.get(task.status)
-    try:
-        if kind:
-            bus.publish_detail(kind, views.event_task(task))
-    except Exception:  # noqa: BLE001 - the task itself is final and readable; the event is a notification
-        logger.exception("could not publish the lifecycle event", extra={"task_id": task.id})
-    if webhooks.wants_delivery(task) and tasks.webhook_pending(task):
-        try:
-            bus.publish(bus.WEBHOOK_DUE, task.id)
-        except Exception:  # noqa: BLE001 - the sweep publishes it when its check comes due
-            logger.exception("could not publish Webhook Due", extra={"task_id": task.id})
-    try:
-        batches.task_terminal(task)  # a batch's task: count it, and have the batch finished after its last
-    except Exception:  # noqa: BLE001 - the task is final either way; a lost count leaves the batch unfinished
-        logger.exception("could not count the task on its batch", extra={"task_id": task.id})
 
 
 def _download(task: Task, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -394,7 +392,7 @@ def _next_route_exists(task: Task) -> bool:
 
 def _resubmit_on_next_route(task: Task, error: GatewayError) -> Task | None:
     """The images of this route cannot be had: start over on the next route (its submit stage)."""
-    metrics.add_metric(name="RouteFallbacks", unit=MetricUnit.Count, value=1)
+    count("RouteFallbacks")
     logger.warning("route's images unusable, falling back", extra={"task_id": task.id, "error": error.message})
     moved = tasks.advance(task, "queued", next_check_at=_next_check_at(task, REPUBLISH_AFTER_S * 1000),
                           route_index=task.route_index + 1, images=[], sources=[], usage=None)
@@ -512,7 +510,7 @@ def _deadline_error() -> UpstreamTimeout:
 def _next_check_at(task: Task, delay_ms: int | None = None) -> int:
     """When the sweep should look at the task next: after `delay_ms` (the check backoff by default), but
     never past its deadline, so the sweep finds an overdue task even when nobody reads it."""
-    delay = _check_delay_ms(task) if delay_ms is None else delay_ms
+    delay = check_policy().delay_ms(task) if delay_ms is None else delay_ms
     return min(now_ms() + delay, _deadline_ms(task) + 1)
 
 
@@ -525,11 +523,5 @@ def _give_up_if_overdue(task: Task, *, only_past_deadline: bool = False) -> bool
     reason = _deadline_error() if overdue else UpstreamTimeout("The task kept failing to make progress.")
     failed = tasks.fail_unclaimed(task.id, reason.task_error())
     if failed:
-        announce(failed)
+        lifecycle.ended(failed)
     return failed is not None
-
-
-def _check_delay_ms(task: Task) -> int:
-    """Checks back off with the task's age: every 2 s at first, at most every 30 s."""
-    age_s = (now_ms() - task.created_at) / 1000
-    return int(min(30.0, max(2.0, age_s / 5)) * 1000)
