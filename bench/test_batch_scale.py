@@ -119,15 +119,15 @@ class Run:
     """One batch through the handlers: the bus queue, the runs, and the memory each batch run needed."""
 
     def __init__(self, monkeypatch):
-        from imagegw import batches
+        from imagegw.batches import reader, results
 
         self.queue: deque = deque()  # (detail-type, detail): small, so the queue itself weighs little
         self.lifecycle = 0
         self.reads: list[int] = []  # peak bytes of each reading run
         self.writes: list[int] = []  # peak bytes of the results-writing run
         self.invocations = 0
-        monkeypatch.setattr(batches.reader, "read", self._measured(batches.reader.read, self.reads))
-        monkeypatch.setattr(batches.results, "write", self._measured(batches.results.write, self.writes))
+        monkeypatch.setattr(reader, "read", self._measured(reader.read, self.reads))
+        monkeypatch.setattr(results, "write", self._measured(results.write, self.writes))
 
     def send(self, kind, details):
         """The bus (a `bus.use` sink): hand-offs and "Batch Continue" are queued for the submit function."""
@@ -232,13 +232,14 @@ def test_a_ten_thousand_line_batch_completes_in_bounded_memory(aws, monkeypatch)
 
 def _write_only(n: int) -> dict:
     """Write the results of an n-line batch whose tasks are already finished (made directly, 25 a call)."""
-    from imagegw import batches, clock, table
+    from imagegw import clock, table
+    from imagegw.batches import record, results
 
     key = f"batches/finished-{n}.jsonl"
     bucket = os.environ["IMAGE_BUCKET"]
-    batch = batches.BatchRecord(id=batches.record.record_id(bucket, key, "bench"), bucket=bucket, key=key,
-                                etag="bench", results_key=batches.record.results_key(key), lines=n, total=n,
-                                terminal=n, done=True, base_ns=time.time_ns(), created_at=clock.now_ms())
+    batch = record.BatchRecord(id=record.record_id(bucket, key, "bench"), bucket=bucket, key=key, etag="bench",
+                               results_key=record.results_key(key), lines=n, total=n, terminal=n, done=True,
+                               base_ns=time.time_ns(), created_at=clock.now_ms())
     table.task_table().put_item(Item=batch.to_item())
     now = clock.now_ms()
     with table.task_table().batch_writer() as writer:
@@ -251,7 +252,7 @@ def _write_only(n: int) -> dict:
                 "images": [{"index": 0, "key": f"images/{task_id}/0.png", "content_type": "image/png", "size": 1000}]})
     tracemalloc.start()
     started = time.monotonic()
-    assert batches.results.write(batch)
+    assert results.write(batch)
     elapsed = time.monotonic() - started
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

@@ -8,7 +8,8 @@ under batches/ starts a batch job, and "Batch Continue" carries it on (reading o
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 
-from imagegw import api, batches, bus, intake, observability, worker
+from imagegw import api, bus, intake, observability, worker
+from imagegw.batches import jobs as batch_jobs
 
 logger = Logger()
 tracer = Tracer()
@@ -21,12 +22,12 @@ tracer = Tracer()
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
         return api.handle(event, context)
-    if batches.is_s3_event(event):
-        batches.on_s3_event(event, context)
+    if batch_jobs.is_s3_event(event):
+        batch_jobs.on_s3_event(event, context)
         return None
     bus_event = EventBridgeEvent(event)
-    if bus_event.detail_type == batches.BATCH_CONTINUE:
-        batches.on_continue(event, context)
+    if bus_event.detail_type == batch_jobs.BATCH_CONTINUE:
+        batch_jobs.on_continue(event, context)
         return None
     if bus_event.detail_type == bus.GENERATION_REQUESTED:
         intake.accept(event)

@@ -11,7 +11,9 @@ import pytest
 
 import poll_handler
 import submit_handler
-from imagegw import batches, bus, clock, table, tasks
+from imagegw import bus, clock, table, tasks
+from imagegw.batches import reader, record
+from imagegw.batches import results as batch_results
 from imagegw.intake import event_tenant
 from tests.apiclient import FakeContext, bus_event
 from tests.conftest import ROOT
@@ -33,7 +35,7 @@ class Bus:
         for detail in details:
             if self.drop(kind, detail):
                 continue
-            if kind == batches.BATCH_CONTINUE:
+            if kind == record.BATCH_CONTINUE:
                 self.continues += 1
                 self.queue.append({**bus_event(kind, ""), "detail": detail})
             elif kind in (bus.TASK_SUCCEEDED, bus.TASK_FAILED):
@@ -112,10 +114,10 @@ def test_the_batch_record_stays_out_of_listings_and_leaves_the_sweep_when_writte
     assert len(tasks.list_for(event_tenant())[0]) == 1  # the task, not the batch record
     later = clock.now_ms() + 10**9
     assert all(not i.startswith("batch#") for i in tasks.due(now=later))  # not among the tasks
-    assert len(table.due(batches.SWEEP_PARTITION, now=later)) == 1  # watched until written
+    assert len(table.due(record.SWEEP_PARTITION, now=later)) == 1  # watched until written
     inline.drain()
     assert [r["status"] for r in results("results/one.jsonl")] == ["succeeded"]
-    assert table.due(batches.SWEEP_PARTITION, now=later) == []
+    assert table.due(record.SWEEP_PARTITION, now=later) == []
 
 
 SWEEP = json.loads((ROOT / "events" / "schedule-sweep.json").read_text())
@@ -130,9 +132,9 @@ def sweep(inline) -> dict:
 
 def test_a_count_that_fell_behind_is_recounted_by_the_sweep(inline, monkeypatch):
     monkeypatch.setenv("BATCH_CHECK_S", "0")  # due at once: no waiting for the schedule
-    counted = batches.record.task_ended
+    counted = record.task_ended
     lost = []
-    monkeypatch.setattr(batches.record, "task_ended",
+    monkeypatch.setattr(record, "task_ended",
                         lambda task: lost.append(task.id) if not lost else counted(task))  # the first ADD is lost
     submit_handler.lambda_handler(put_batch("batches/lost.jsonl", [line("1", "a"), line("2", "b"), line("3", "c")]),
                                   FakeContext())
@@ -149,7 +151,7 @@ def test_a_lost_hand_over_is_picked_up_by_the_sweep(inline, monkeypatch):
     dropped = []
 
     def lose_the_first_hand_over(kind, detail):
-        if kind == batches.BATCH_CONTINUE and not dropped:
+        if kind == record.BATCH_CONTINUE and not dropped:
             dropped.append(detail)
             return True
         return False
@@ -167,14 +169,14 @@ def test_a_lost_hand_over_is_picked_up_by_the_sweep(inline, monkeypatch):
 def test_one_reader_at_a_time(inline):
     event = put_batch("batches/busy.jsonl", [line("1", "a"), line("2", "b")])
     obj = event["detail"]["object"]
-    batch = batches.record.start(os.environ["IMAGE_BUCKET"], obj["key"], obj["etag"])
-    assert batches.record.claim_reading(batch.id) is not None  # a reader in another Lambda, still running
+    batch = record.start(os.environ["IMAGE_BUCKET"], obj["key"], obj["etag"])
+    assert record.claim_reading(batch.id) is not None  # a reader in another Lambda, still running
     submit_handler.lambda_handler(event, FakeContext())  # the S3 event redelivered meanwhile
     assert tasks.list_for(event_tenant())[0] == [] and not inline.queue
 
 
 def test_a_reader_that_failed_gives_the_lease_back(inline, monkeypatch):
-    accept = batches.reader.accept_line
+    accept = reader.accept_line
     calls = []
 
     def flaky(batch, line_no, raw):
@@ -183,7 +185,7 @@ def test_a_reader_that_failed_gives_the_lease_back(inline, monkeypatch):
             raise RuntimeError("DynamoDB unavailable")
         return accept(batch, line_no, raw)
 
-    monkeypatch.setattr(batches.reader, "accept_line", flaky)
+    monkeypatch.setattr(reader, "accept_line", flaky)
     event = put_batch("batches/flaky.jsonl", [line("1", "a"), line("2", "b"), line("3", "c")])
     with pytest.raises(RuntimeError):
         submit_handler.lambda_handler(event, FakeContext())
@@ -227,7 +229,7 @@ def test_a_redelivered_s3_event_creates_no_second_task(inline):
 
 def test_a_batch_is_read_across_runs_when_it_must_hand_over(inline, monkeypatch):
     monkeypatch.setenv("BATCH_LINES_PER_RUN", "3")
-    monkeypatch.setattr(batches.reader, "CHECKPOINT_LINES", 2)
+    monkeypatch.setattr(reader, "CHECKPOINT_LINES", 2)
     lines = [line(f"id-{i}", f"prompt {i}") for i in range(10)] + ["", "   "]  # blank lines are not lines
     submit_handler.lambda_handler(put_batch("batches/split.jsonl", lines), FakeContext())
     inline.drain()
@@ -240,7 +242,7 @@ def test_a_batch_is_read_across_runs_when_it_must_hand_over(inline, monkeypatch)
 def test_a_run_that_reaches_the_end_finishes_instead_of_handing_over(inline, monkeypatch):
     monkeypatch.setenv("BATCH_LINES_PER_RUN", "2")
     reading_runs = []
-    claim = batches.record.claim_reading
+    claim = record.claim_reading
 
     def counted_claim(batch_id):  # a run that takes the reading lease reads
         claimed = claim(batch_id)
@@ -248,7 +250,7 @@ def test_a_run_that_reaches_the_end_finishes_instead_of_handing_over(inline, mon
             reading_runs.append(1)
         return claimed
 
-    monkeypatch.setattr(batches.record, "claim_reading", counted_claim)
+    monkeypatch.setattr(record, "claim_reading", counted_claim)
     submit_handler.lambda_handler(put_batch("batches/even.jsonl", [line(str(i), f"p{i}") for i in range(4)]),
                                   FakeContext())
     inline.drain()
@@ -269,7 +271,7 @@ def test_a_run_short_of_time_hands_over(inline):
 
 
 def test_a_line_too_long_a_non_object_and_a_wrong_url_fail_alone(inline, monkeypatch):
-    monkeypatch.setattr(batches.reader, "MAX_LINE_BYTES", 200)
+    monkeypatch.setattr(reader, "MAX_LINE_BYTES", 200)
     huge = json.dumps(line("huge", "p" * 500))
     lines = [huge, "[1, 2]", {"custom_id": "u", "url": "/v1/chat/completions", "body": {"prompt": "x"}},
              line("ok", "fine")]
@@ -309,10 +311,10 @@ def test_large_results_go_up_in_parts_never_whole(aws, monkeypatch):
             made["most_buffered"] = max(made["most_buffered"], stream.buffered)
             yield line_bytes
 
-    stream = batches.results.Stream(lines())
+    stream = batch_results.Stream(lines())
     s3 = boto3.client("s3")
     bucket = os.environ["IMAGE_BUCKET"]
-    s3.upload_fileobj(stream, bucket, "results/big.jsonl", Config=batches.results.RESULTS_TRANSFER)
+    s3.upload_fileobj(stream, bucket, "results/big.jsonl", Config=batch_results.RESULTS_TRANSFER)
     head = s3.head_object(Bucket=bucket, Key="results/big.jsonl")
     assert head["ContentLength"] == n * len(line_bytes) and made["lines"] == n
     assert head["ETag"].strip('"').endswith("-3")  # three parts: 5 + 5 + 2 MiB

@@ -72,9 +72,9 @@ class _Resolver(APIGatewayRestResolver):
             item = (schema.paths or {}).get(path)
             if item is not None and item.post is not None:
                 item.post.requestBody = RequestBody.model_validate(body)
-        schemas = schema.components.schemas if schema.components else {}
+        schemas = (schema.components.schemas if schema.components else None) or {}
         for name in self._POWERTOOLS_SCHEMAS:  # the last is what the others refer to
-            definition = (schemas or {}).pop(name, None)
+            definition = schemas.pop(name, None)
             if definition is not None and f'schemas/{name}"' in schema.model_dump_json(by_alias=True):
                 schemas[name] = definition  # still referred to
         return schema
@@ -343,6 +343,8 @@ def _queue(owner: str, request: ImageRequest, operation: str = GENERATE, form: i
     job = sync.job_fields(task_id, operation, form)
     task = tasks.create(owner, request.model, request.upstream_fields(), webhook=request.webhook, task_id=task_id,
                         **job)
+    if task is None:  # only a replayed id is ever taken, and this one is new
+        raise ServerError("The task could not be stored.")
     try:
         bus.publish(bus.TASK_QUEUED, task.id)
     except Exception:  # noqa: BLE001 - the task is stored: the sweep re-publishes it, nothing is lost

@@ -39,7 +39,8 @@ def task_id_for_event(event_id: str, event_time: str | None) -> str:
 
 def accept(event: dict[str, Any]) -> tasks.Task | None:
     """Create (and start) the task an "Image Generation Requested" event asks for."""
-    detail = event.get("detail") if isinstance(event.get("detail"), dict) else {}
+    raw_detail = event.get("detail")
+    detail: dict[str, Any] = raw_detail if isinstance(raw_detail, dict) else {}
     raw_request = detail.get("request")
     reference = detail.get("reference")
     fields: dict[str, Any] = {"reference": str(reference)[:MAX_REFERENCE] if reference is not None else None}

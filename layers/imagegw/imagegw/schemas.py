@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseHeader
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -125,7 +126,7 @@ def _json(model: type[BaseModel], examples: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"model": model, "examples": examples}}
 
 
-def _header(description: str) -> dict[str, Any]:
+def _header(description: str) -> OpenAPIResponseHeader:
     return {"description": description, "schema": {"type": "string"}}
 
 
@@ -175,21 +176,26 @@ RETRY_HEADERS = {"x-should-retry": _header("`true` on `generation_in_progress`")
 REPLAYED = {"Idempotent-Replayed": _header("`true` when an Idempotency-Key repeat answers with the first task")}
 
 
-def _errors(*statuses: int) -> dict[int, dict[str, Any]]:
-    out: dict[int, dict[str, Any]] = {}
+def _errors(*statuses: int) -> dict[int, OpenAPIResponse]:
+    out: dict[int, OpenAPIResponse] = {}
     for status in (*statuses, 401, 500):
         description, examples = ERRORS[status]
         out[status] = {"description": description, "content": _json(ErrorResponse, examples)}
-    out.get(504, {}).update(headers=RETRY_HEADERS)
+    if 504 in out:
+        out[504]["headers"] = RETRY_HEADERS
     return out
 
 
-def _ok(description: str, model: type[BaseModel], examples: dict[str, Any], **headers: dict[str, Any]):
-    return {"description": description, "content": _json(model, examples), **({"headers": headers} if headers else {})}
+def _ok(description: str, model: type[BaseModel], examples: dict[str, Any],
+        **headers: OpenAPIResponseHeader) -> OpenAPIResponse:
+    answer: OpenAPIResponse = {"description": description, "content": _json(model, examples)}
+    if headers:
+        answer["headers"] = headers
+    return answer
 
 
 #: `responses=` of each route (by the route function's name)
-RESPONSES: dict[str, dict[int, dict[str, Any]]] = {
+RESPONSES: dict[str, dict[int, OpenAPIResponse]] = {
     "create_images": {
         200: {**_ok("The images, once stored (sync)", ImagesResponse, _examples(images=IMAGES)), "headers": REPLAYED},
         202: _ok("The task (async, or past `Prefer: wait=N`); the work goes on", Task, _examples(queued=TASK_QUEUED),

@@ -29,12 +29,12 @@ def transfer_config(*, part_mib: int = 8, in_memory_parts: int = 4) -> TransferC
     (its default would be 10 parts), so the memory an upload needs is bounded whatever the object's size.
     "classic" so this non-seekable path (and its abort-on-failure) is used even where awscrt is installed;
     older boto3 (before the CRT option existed) always behaves that way."""
-    sizes = {"multipart_threshold": part_mib * _MIB, "multipart_chunksize": part_mib * _MIB,
-             "max_concurrency": in_memory_parts}
+    sizes = functools.partial(TransferConfig, multipart_threshold=part_mib * _MIB, multipart_chunksize=part_mib * _MIB,
+                    max_concurrency=in_memory_parts)
     try:
-        config = TransferConfig(**sizes, preferred_transfer_client="classic")
+        config = sizes(preferred_transfer_client="classic")
     except TypeError:
-        config = TransferConfig(**sizes)
+        config = sizes()
     config.max_in_memory_upload_chunks = in_memory_parts  # not a boto3 argument; s3transfer reads it
     return config
 
@@ -74,10 +74,9 @@ def s3() -> Any:
     server) path-style addressing keeps presigned URLs resolvable; on AWS the default (virtual-hosted)
     is kept. SigV4 always, so presigned URLs work in every region.
     """
-    s3_options: dict[str, Any] = {}
-    if settings.current().s3_is_local:
-        s3_options["addressing_style"] = "path"
-    return boto3.client("s3", config=Config(signature_version="s3v4", s3=s3_options))
+    path_style = settings.current().s3_is_local
+    return boto3.client("s3", config=Config(signature_version="s3v4",
+                                            s3={"addressing_style": "path"} if path_style else None))
 
 
 def bucket() -> str:

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import inputs, settings, tasks, worker
+from .errors import ServerError
 from .clock import now_ms
 from .dialects import GENERATE
 from .request import ImageRequest
@@ -89,6 +90,8 @@ def run(owner: str, request: ImageRequest, *, request_context: Mapping[str, Any]
         fields = {**fields, **job_fields(task_id, operation, form)}
         task = tasks.create(owner, request.model, request.upstream_fields(), task_id=task_id,
                             claimed_for_s=settings.current().worker_lease_s, **fields)
+        if task is None:  # a new id is never taken
+            raise ServerError("The task could not be stored.")
     ended = worker.run_claimed(task)
     if ended is not None and ended.terminal:
         return ended

@@ -76,7 +76,8 @@ def images_response(task: Task, response_format: str) -> dict[str, Any]:
     data = [_image_entry(image) for image in task.images]
     if response_format == "b64_json":
         with ThreadPoolExecutor(max_workers=4) as pool:
-            for entry, b64 in zip(data, pool.map(lambda image: storage.read_base64(image["key"]), task.images)):
+            for entry, b64 in zip(data, pool.map(lambda image: storage.read_base64(image["key"]), task.images),
+                                  strict=True):
                 entry["b64_json"] = b64
     body: dict[str, Any] = {"created": _seconds(task.created_at), "data": data}
     if task.usage:

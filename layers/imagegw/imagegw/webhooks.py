@@ -134,8 +134,9 @@ def deliver_due(task_id: str) -> str | None:
 
     Returns "delivered", "retry" or "gave_up" (None when there was nothing to do)."""
     task = claim(task_id)
-    if task is None or not wants_delivery(task):
+    if task is None or not wants_delivery(task) or not task.webhook:
         return None
+    url = task.webhook
     attempt = int(task.webhook_attempts or 0) + 1
     try:
         secret = secret_bytes()
@@ -149,7 +150,7 @@ def deliver_due(task_id: str) -> str | None:
     headers = {"Content-Type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
                "webhook-signature": sign(secret, msg_id, timestamp, body),
                "User-Agent": "imagegw-webhooks"}
-    outcome, final = _post(task.webhook, body, headers)
+    outcome, final = _post(url, body, headers)
     if outcome is None:
         close(task, attempts=attempt, status="delivered")
         logger.info("webhook delivered", extra={"task_id": task.id, "attempt": attempt})

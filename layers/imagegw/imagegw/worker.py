@@ -35,7 +35,8 @@ from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger
 
-from . import batches, bus, inputs, lifecycle, safe_fetch, settings, storage, tasks, transport, webhooks
+from . import bus, inputs, lifecycle, safe_fetch, settings, storage, tasks, transport, webhooks
+from .batches import record as batch_record
 from .capabilities import routes_able_to
 from .clock import now_ms
 from .dialects import GENERATE, VARIATION, Done, Failed, HttpCall, HttpReply, Job, Outcome, Pending, get_dialect
@@ -243,7 +244,7 @@ def sweep(*, limit: int = 100) -> dict[str, int]:
     """Advance every live task whose check is due; returns counts by action for logging and tests."""
     counts = {"republished": 0, "checked": 0, "failed": 0, "webhooks": 0, "batches": 0, "errors": 0}
     counts["webhooks"] = webhooks.republish_due(limit=limit)  # retries come due, "Webhook Due" events lost
-    counts["batches"] = batches.recheck_due(limit=limit)  # a stalled reader or a count that fell behind
+    counts["batches"] = batch_record.recheck_due(limit=limit)  # a stalled reader or a count that fell behind
     for task_id in tasks.due(limit=limit):
         try:
             action = _sweep_task(task_id)

@@ -68,8 +68,8 @@ def _result_lines(batch: BatchRecord) -> Iterator[bytes]:
 def _result_line(batch: BatchRecord, n: int, item: dict[str, Any] | None) -> dict[str, Any]:
     task_id = batch.task_id(n)
     if item is None:
-        return {"custom_id": None, "task_id": task_id, "status": "failed", "data": None,
-                "error": {"code": "task_missing", "type": "server_error", "message": f"The task of line {n} is missing."}}
+        missing = {"code": "task_missing", "type": "server_error", "message": f"The task of line {n} is missing."}
+        return {"custom_id": None, "task_id": task_id, "status": "failed", "data": None, "error": missing}
     data = None
     if item.get("status") == "succeeded":
         data = [{"url": storage.presigned_url(image["key"]), "s3_uri": f"s3://{batch.bucket}/{image['key']}"}
