@@ -22,11 +22,12 @@ def _reset_clients() -> None:
     """The layer caches its boto3 clients and config: start every test from scratch."""
     from aws_lambda_powertools.utilities import parameters
 
-    from imagegw import bus, idempotency, keys, provider_config, storage, table, transport
+    from imagegw import bus, idempotency, keys, provider_config, storage, table, transport, webhooks
 
-    for cached in (table.task_table, bus.client, storage.s3, keys._keys_table, transport.session,
-                   provider_config._load, provider_config._file_text):
+    for cached in (table.task_table, bus.client, storage.s3, keys.keys_table, transport.session):
         cached.cache_clear()
+    provider_config.forget()
+    webhooks.forget_checked_targets()  # a host a test's resolver called public stays that test's
     parameters.clear_caches()  # SSM documents and secrets: each test reads its own
     idempotency.reset()
 

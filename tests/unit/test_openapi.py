@@ -122,7 +122,7 @@ def _valid(model, reply, status):
 def test_real_answers_validate_against_the_documented_models(inline_bus, monkeypatch):
     # The webhook's host resolves to a public address; nothing connects to it (its task is cancelled).
     monkeypatch.setattr(safe_fetch, "default_resolver", lambda host, port: ["93.184.216.34"])
-    monkeypatch.setattr(webhooks, "_checked_targets", {})
+    webhooks.forget_checked_targets()
     body = {"model": "gpt-image-1", "prompt": "a lighthouse", "size": "1024x1024"}
     _valid(schemas.ImagesResponse, _generate(body), 200)
     assert _valid(schemas.ImagesResponse, _generate({**body, "response_format": "b64_json"}), 200).data[0].b64_json

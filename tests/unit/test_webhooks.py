@@ -104,7 +104,7 @@ def resolver(monkeypatch):
     real_connection = socket.create_connection
     monkeypatch.setattr(safe_fetch, "default_resolver", resolve)
     monkeypatch.setattr(socket, "create_connection", no_connection)
-    monkeypatch.setattr(webhooks, "_checked_targets", {})
+    webhooks.forget_checked_targets()
     return answers
 
 

@@ -29,7 +29,7 @@ def owner_of_hash(digest: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _keys_table():
+def keys_table():
     return boto3.resource("dynamodb").Table(settings.current().keys_table)
 
 
@@ -48,7 +48,7 @@ def authenticate(authorization: str | None) -> str:
         if any(secrets.compare_digest(digest, key_hash(k.strip())) for k in local_keys.split(",") if k.strip()):
             return owner_of_hash(digest)
     elif settings.current().keys_table:
-        item = _keys_table().get_item(Key={"key_hash": digest}).get("Item")
+        item = keys_table().get_item(Key={"key_hash": digest}).get("Item")
         if item and not item.get("disabled"):
             return str(item.get("owner") or owner_of_hash(digest))
     raise AuthenticationFailed("Incorrect API key provided.")
@@ -58,7 +58,7 @@ def create_key(name: str) -> str:
     """Create and store a new key (hashed); the plaintext is returned once and never stored."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     digest = key_hash(key)
-    _keys_table().put_item(
+    keys_table().put_item(
         Item={"key_hash": digest, "owner": owner_of_hash(digest), "name": name, "created_at": int(time.time())},
         ConditionExpression="attribute_not_exists(key_hash)",
     )

@@ -266,3 +266,9 @@ def current_config() -> GatewayConfig:
 @lru_cache(maxsize=8)
 def _file_text(path: str, _mtime: float) -> str:
     return Path(path).read_text(encoding="utf-8")
+
+
+def forget() -> None:
+    """Drop the parsed documents and file texts kept in memory, so the next read starts afresh (tests)."""
+    _load.cache_clear()
+    _file_text.cache_clear()

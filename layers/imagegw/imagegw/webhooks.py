@@ -51,6 +51,11 @@ TARGET_CACHE_S = 60  # a batch of 10,000 lines with one webhook resolves its hos
 _checked_targets: dict[tuple[str, int], float] = {}
 
 
+def forget_checked_targets() -> None:
+    """Forget which webhook hosts resolved to public addresses, so the next check resolves afresh (tests)."""
+    _checked_targets.clear()
+
+
 def check_target(url: str) -> None:
     """Refuse, with a 400 naming `webhook`, a URL that delivery would refuse: another scheme, credentials,
     a literal non-public address, or a name that resolves to one (every address must be public)."""
