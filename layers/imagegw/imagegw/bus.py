@@ -19,14 +19,13 @@ the publishing functions themselves.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Protocol
 
 import boto3
 
 from . import settings
+from .seam import Seam
 
 SOURCE = "imagegw"
 TASK_QUEUED = "Task Queued"
@@ -68,33 +67,24 @@ class EventBridge:
                                f"{failed.get('ErrorMessage')}")
 
 
-_sink: Sink = EventBridge()
-
-
-@contextmanager
-def use(sink: Sink) -> Iterator[Sink]:
-    """Publish to `sink` instead of EventBridge until the block ends (every thread does)."""
-    global _sink
-    previous, _sink = _sink, sink
-    try:
-        yield sink
-    finally:
-        _sink = previous
+_sink: Seam[Sink] = Seam(EventBridge())
+#: publish to another sink instead of EventBridge until the block ends (every thread does)
+use = _sink.use
 
 
 def publish(detail_type: str, task_id: str) -> None:
     """An internal hand-off: the detail is just the task id."""
-    _sink.send(detail_type, [{"task_id": task_id}])
+    _sink.current.send(detail_type, [{"task_id": task_id}])
 
 
 def publish_all(detail_type: str, task_ids: list[str]) -> None:
     """The same hand-off for many tasks (a batch file's lines): PutEvents carries up to 10 entries a call."""
     if task_ids:
-        _sink.send(detail_type, [{"task_id": i} for i in task_ids])
+        _sink.current.send(detail_type, [{"task_id": i} for i in task_ids])
 
 
 def publish_detail(detail_type: str, detail: dict) -> None:
-    _sink.send(detail_type, [detail])
+    _sink.current.send(detail_type, [detail])
 
 
 def _entry(detail_type: str, detail: dict) -> dict:

@@ -8,28 +8,19 @@ task's deadline never disagree about what time it is.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+
+from .seam import Seam
 
 
 def _system_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-_source: Callable[[], int] = _system_ms
+_source: Seam[Callable[[], int]] = Seam(_system_ms)
+#: read the time from another source (a callable returning epoch milliseconds) until the block ends
+use = _source.use
 
 
 def now_ms() -> int:
-    return _source()
-
-
-@contextmanager
-def use(source: Callable[[], int]) -> Iterator[Callable[[], int]]:
-    """Read the time from `source` (a callable returning epoch milliseconds) until the block ends. One clock
-    for every thread: workers a test runs in threads see the same time as the test."""
-    global _source
-    previous, _source = _source, source
-    try:
-        yield source
-    finally:
-        _source = previous
+    return _source.current()

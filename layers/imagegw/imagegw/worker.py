@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -44,6 +43,7 @@ from .errors import GatewayError, ProviderConfigInvalid, ServerError, UpstreamFa
 from .observability import count
 from .request import ImageRequest, VariationRequest
 from .routing import Route, routes_for
+from .seam import Seam
 from .tasks import Task
 
 logger = Logger(child=True)
@@ -74,22 +74,13 @@ class CheckPolicy:
         return int(min(self.max_delay_ms, max(self.min_delay_ms, age_ms / 5)))
 
 
-_check_policy = CheckPolicy()
+_check_policy: Seam[CheckPolicy] = Seam(CheckPolicy())
+#: check by another policy until the block ends (e.g. checks due at once, where a test drives the sweep)
+use_check_policy = _check_policy.use
 
 
 def check_policy() -> CheckPolicy:
-    return _check_policy
-
-
-@contextmanager
-def use_check_policy(policy: CheckPolicy) -> Iterator[CheckPolicy]:
-    """Check by `policy` until the block ends (e.g. checks due at once, where a test drives the sweep)."""
-    global _check_policy
-    previous, _check_policy = _check_policy, policy
-    try:
-        yield policy
-    finally:
-        _check_policy = previous
+    return _check_policy.current
 
 
 class _TaskEnded(Exception):
