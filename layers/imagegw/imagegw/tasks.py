@@ -26,12 +26,11 @@ from typing import Any
 
 from boto3.dynamodb.conditions import Attr, Key
 
-from . import clock, table
+from . import clock, shards, table
 from .errors import BadRequest, Conflict, NotFound
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 OWNER_INDEX = "owner-index"
-SWEEP_PARTITION = "inflight"  # live tasks in the sweep index (webhooks and batch records have their own)
 
 
 def task_id(created_ms: int, suffix: str) -> str:
@@ -130,7 +129,7 @@ def create(owner: str, model: str, request: dict[str, Any], *, task_id: str | No
     item["request"] = storable(task.request)  # kept even when empty (an event that carried no request)
     item["expires_at"] = table.retention_expiry()
     if not task.terminal:
-        item["sweep"] = SWEEP_PARTITION
+        item["sweep"] = shards.partition(shards.LIVE, task.id)
     return task if table.put_if_absent(item) else None
 
 
@@ -221,7 +220,7 @@ def claim(task_id: str, stage: str, *, lease_s: int, min_check_gap_ms: int | Non
     now = clock.now_ms()
     until = now + lease_s * 1000
     sets = {"lease_id": uuid.uuid4().hex, "lease_until": until, "next_check_at": until, "status": "in_progress",
-            "updated_at": now}
+            "updated_at": now, "sweep": shards.partition(shards.LIVE, task_id)}
     condition = f"#stage = :stage AND {LIVE} AND (attribute_not_exists(lease_until) OR lease_until < :now)"
     values = {":stage": stage, ":now": now, **LIVE_VALUES}
     if stage == "queued":
@@ -235,7 +234,8 @@ def claim(task_id: str, stage: str, *, lease_s: int, min_check_gap_ms: int | Non
 
 def advance(task: Task, stage: str, *, next_check_at: int, **fields: Any) -> Task | None:
     """Move a claimed task to `stage`, releasing the lease; None if the lease was lost or it was cancelled."""
-    sets = {"stage": stage, "next_check_at": next_check_at, "updated_at": clock.now_ms(), "claims": 0, **fields}
+    sets = {"stage": stage, "next_check_at": next_check_at, "updated_at": clock.now_ms(), "claims": 0,
+            "sweep": shards.partition(shards.LIVE, task.id), **fields}
     return update(task.id, sets, condition=f"lease_id = :lease AND {LIVE}",
                   values={":lease": task.lease_id, **LIVE_VALUES}, removes=("lease_id", "lease_until"))
 
@@ -243,7 +243,8 @@ def advance(task: Task, stage: str, *, next_check_at: int, **fields: Any) -> Tas
 def release(task: Task, *, retry_at: int, count_attempt: bool = False) -> Task | None:
     """Give the lease back without progress (e.g. an upstream check that is not ready yet). `count_attempt`
     keeps the claim counted, so a stage that keeps failing (a download) runs out of attempts."""
-    sets: dict[str, Any] = {"next_check_at": retry_at, "updated_at": clock.now_ms()}
+    sets: dict[str, Any] = {"next_check_at": retry_at, "updated_at": clock.now_ms(),
+                            "sweep": shards.partition(shards.LIVE, task.id)}
     if not count_attempt:
         sets["claims"] = 0
     return update(task.id, sets, condition=f"lease_id = :lease AND {LIVE}",
@@ -253,7 +254,8 @@ def release(task: Task, *, retry_at: int, count_attempt: bool = False) -> Task |
 def touch(task: Task, *, next_check_at: int) -> Task | None:
     """Push back the next check of an unclaimed (or abandoned) stage; None if someone moved it meanwhile."""
     now = clock.now_ms()
-    return update(task.id, {"next_check_at": next_check_at, "updated_at": now},
+    return update(task.id, {"next_check_at": next_check_at, "updated_at": now,
+                            "sweep": shards.partition(shards.LIVE, task.id)},
                   condition=f"#stage = :stage AND {LIVE} AND (attribute_not_exists(lease_until) OR lease_until < :now)",
                   values={":stage": task.stage, ":now": now, **LIVE_VALUES})
 
@@ -309,6 +311,10 @@ def list_for(owner: str, *, limit: int = 20, after: str | None = None) -> tuple[
     return [Task.from_item(i) for i in items[:limit]], len(items) > limit
 
 
-def due(*, now: int | None = None, limit: int = 100) -> list[str]:
-    """Ids of live tasks whose `next_check_at` has passed (the sweep's work)."""
-    return table.due(SWEEP_PARTITION, now=now, limit=limit)
+def due(*, now: int | None = None, limit: int | None = None) -> list[str]:
+    """Ids of live tasks whose `next_check_at` has passed, in every partition they may sit in (the sweep's
+    work; the sweep itself reads it shard by shard)."""
+    ids: list[str] = []
+    for partition in shards.every(shards.LIVE):
+        ids += table.due(partition, now=now)
+    return ids if limit is None else ids[:limit]
