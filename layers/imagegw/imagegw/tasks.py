@@ -20,6 +20,7 @@ API, bus intake or a batch file. A transition is one conditional write (`update`
 
 from __future__ import annotations
 
+import heapq
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from . import clock, shards, table
 from .errors import BadRequest, Conflict, NotFound
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-OWNER_INDEX = "owner-index"
+OWNER_INDEX = "owner-key-index"  # owner_key (the owner; the event tenant's spread: `shards.owner_key`), then id
 
 
 def task_id(created_ms: int, suffix: str) -> str:
@@ -128,6 +129,7 @@ def create(owner: str, model: str, request: dict[str, Any], *, task_id: str | No
     item = {k: v for k, v in task.__dict__.items() if v is not None and v != [] and v != {}}
     item["request"] = storable(task.request)  # kept even when empty (an event that carried no request)
     item["expires_at"] = table.retention_expiry()
+    item["owner_key"] = shards.owner_key(owner, task.id)
     if not task.terminal:
         item["sweep"] = shards.partition(shards.LIVE, task.id)
     return task if table.put_if_absent(item) else None
@@ -135,19 +137,23 @@ def create(owner: str, model: str, request: dict[str, Any], *, task_id: str | No
 
 def find_recent(owner: str, request_hash: str, *, since_ms: int) -> Task | None:
     """The newest task of `owner` created since `since_ms` whose request hashes to `request_hash` (one query of
-    the owner index, which ids keep in time order)."""
-    kwargs: dict[str, Any] = {
-        "IndexName": OWNER_INDEX, "ScanIndexForward": False,
-        "KeyConditionExpression": Key("owner").eq(owner) & Key("id").gte(task_id(since_ms, "")),
-        "FilterExpression": Attr("request_hash").eq(request_hash),
-    }
-    while True:
-        page = table.task_table().query(**kwargs)
-        if page["Items"]:
-            return Task.from_item(page["Items"][0])
-        if "LastEvaluatedKey" not in page:
-            return None
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    the owner index per owner key, which ids keep in time order)."""
+    found: list[Task] = []
+    for key in shards.owner_keys(owner):
+        kwargs: dict[str, Any] = {
+            "IndexName": OWNER_INDEX, "ScanIndexForward": False,
+            "KeyConditionExpression": Key("owner_key").eq(key) & Key("id").gte(task_id(since_ms, "")),
+            "FilterExpression": Attr("request_hash").eq(request_hash) & Attr("owner").eq(owner),
+        }
+        while True:
+            page = table.task_table().query(**kwargs)
+            if page["Items"]:
+                found.append(Task.from_item(page["Items"][0]))
+                break
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return max(found, key=lambda t: t.id, default=None)
 
 
 def storable(value: Any) -> Any:
@@ -294,20 +300,30 @@ def cancel(task_id: str, owner: str) -> Task:
 
 
 def list_for(owner: str, *, limit: int = 20, after: str | None = None) -> tuple[list[Task], bool]:
-    """The owner's tasks, newest first, `limit` at a time after the task id `after` (a cursor)."""
-    kwargs: dict[str, Any] = {
-        "IndexName": OWNER_INDEX,
-        "KeyConditionExpression": Key("owner").eq(owner),
-        "ScanIndexForward": False,
-        "Limit": limit + 1,
-    }
+    """The owner's tasks, newest first, `limit` at a time after the task id `after` (a cursor). One query of the
+    owner index; for the event tenant, whose tasks spread over several owner keys, one per key, merged."""
+    cursor = None
     if after:
         try:
             cursor = get(after, owner)
         except NotFound:
             raise BadRequest(f"Invalid 'after': no task '{after}' to continue from.", param="after") from None
-        kwargs["ExclusiveStartKey"] = {"id": cursor.id, "owner": owner}
-    items = table.task_table().query(**kwargs)["Items"]
+    keys = shards.owner_keys(owner)
+    items: list[dict[str, Any]] = []
+    for key in keys:
+        kwargs: dict[str, Any] = {
+            "IndexName": OWNER_INDEX,
+            "KeyConditionExpression": Key("owner_key").eq(key),
+            "ScanIndexForward": False,
+            "Limit": limit + 1,
+        }
+        if cursor and len(keys) == 1:
+            kwargs["ExclusiveStartKey"] = {"id": cursor.id, "owner_key": key}
+        elif cursor:  # the cursor's own key is one of them: the others continue below its id
+            kwargs["KeyConditionExpression"] &= Key("id").lt(cursor.id)
+        items += [i for i in table.task_table().query(**kwargs)["Items"] if i.get("owner") == owner]
+    if len(keys) > 1:  # each key's page is newest first: the newest limit + 1 of them all
+        items = heapq.nlargest(limit + 1, items, key=lambda i: str(i["id"]))
     return [Task.from_item(i) for i in items[:limit]], len(items) > limit
 
 
