@@ -120,8 +120,9 @@ class Resolver:
     """Evaluates the intrinsic functions the template uses, against local names and parameter defaults."""
 
     def __init__(self, resources: dict[str, Any], parameters: dict[str, str], physical_names: dict[str, str],
-                 *, stack_name: str, region: str):
+                 *, stack_name: str, region: str, conditions: dict[str, Any] | None = None):
         self.resources = resources
+        self.conditions = conditions or {}
         self.parameters = parameters
         self.physical_names = physical_names
         self.pseudo = {
@@ -146,6 +147,9 @@ class Resolver:
                 if key == "Fn::Join":
                     sep, items = arg
                     return str(sep).join(str(self(i, where)) for i in self(items, where))
+                if key == "Fn::If":
+                    name, when_true, when_false = arg
+                    return self(when_true if self.condition(name, where) else when_false, where)
                 if key == "Fn::Select":
                     index, items = arg
                     return self(items, where)[int(self(index, where))]
@@ -162,6 +166,27 @@ class Resolver:
         if isinstance(value, str):
             return str(value)  # cfn-lint's str_node -> plain str
         return value
+
+    def condition(self, name: str, where: str) -> bool:
+        """A condition of the template's `Conditions` (Fn::Equals, Fn::Not, Fn::And, Fn::Or, Condition)."""
+        if name not in self.conditions:
+            raise TemplateError(f"{where}: no condition named {name!r}")
+        return self._truth(self.conditions[name], f"Conditions.{name}")
+
+    def _truth(self, expr: Any, where: str) -> bool:
+        (key, arg), = expr.items()
+        if key == "Fn::Equals":
+            left, right = (str(self(v, where)) for v in arg)
+            return left == right
+        if key == "Fn::Not":
+            return not self._truth(arg[0], where)
+        if key == "Fn::And":
+            return all(self._truth(a, where) for a in arg)
+        if key == "Fn::Or":
+            return any(self._truth(a, where) for a in arg)
+        if key == "Condition":
+            return self.condition(arg, where)
+        raise TemplateError(f"{where}: {key} is not supported in a condition by the local stack")
 
     def ref(self, name: str, where: str) -> Any:
         if name == "AWS::NoValue":
@@ -229,7 +254,8 @@ def load(root: Path, *, stack_name: str = "imagegw-local", region: str = "us-eas
     resources: dict[str, Any] = raw["Resources"]
     parameters = _parameter_values(raw.get("Parameters") or {}, parameter_overrides or {})
     physical = _physical_names(resources, stack_name, bucket_name)
-    resolve = Resolver(resources, parameters, physical, stack_name=stack_name, region=region)
+    resolve = Resolver(resources, parameters, physical, stack_name=stack_name, region=region,
+                       conditions=raw.get("Conditions") or {})
     # Names given in the template itself (e.g. the bus's `Name: !Sub ${AWS::StackName}-imagegw`) win.
     for logical, res in resources.items():
         explicit = _explicit_name(res, resolve, logical)

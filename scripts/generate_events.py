@@ -55,6 +55,12 @@ def bus_event(detail_type: str) -> dict:
             "resources": [], "detail": {"task_id": TASK}}
 
 
+def sweep_shard(partitions: list[str]) -> dict:
+    """The schedule's "Sweep Shard" event (SweepShards above 1): the poll function sweeps these partitions."""
+    return {**bus_event("Sweep Shard"), "id": "3f0c1c52-9d6e-4c55-9a4e-5d1b8a7f2e10",
+            "detail": {"partitions": partitions}}
+
+
 def s3_object_created(bucket: str, key: str) -> dict:
     """S3's "Object Created" on EventBridge (the batch trigger); `sam local generate-event` has no such sample."""
     return {"version": "0", "id": "17793124-05d4-b198-2fde-7ededc63b103", "detail-type": "Object Created",
@@ -73,6 +79,7 @@ def main() -> None:
     files["bus-task-queued.json"] = bus_event("Task Queued")
     files["bus-task-generated.json"] = bus_event("Task Generated")
     files["schedule-sweep.json"] = sam_event("cloudwatch", "scheduled-event")
+    files["bus-sweep-shard.json"] = sweep_shard(["inflight", "webhook"])
     files["s3-batch-created.json"] = s3_object_created("imagegw-local-images", "batches/posters.jsonl")
     for name, event in files.items():
         (EVENTS / name).write_text(json.dumps(event, indent=2) + "\n")

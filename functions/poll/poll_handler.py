@@ -1,12 +1,13 @@
 """poll: the task routes (get with poll-through, list, cancel) and the schedule that sweeps live tasks.
 
 The sweep re-publishes events that were lost, checks async upstreams that are due, and fails tasks past
-their deadline; a client that never polls still sees its task finish.
+their deadline; a client that never polls still sees its task finish. With several sweep shards the
+schedule's invocation publishes a "Sweep Shard" event per shard, and each comes back here (`sweeper`).
 """
 
 from aws_lambda_powertools import Logger, Tracer
 
-from imagegw import api, observability, worker
+from imagegw import api, observability, sweeper, worker
 
 logger = Logger()
 tracer = Tracer()
@@ -19,7 +20,7 @@ tracer = Tracer()
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
         return api.handle(event, context)
-    counts = worker.sweep()
+    counts = sweeper.handle(event)
     if any(counts.values()):
         logger.info("sweep", extra=counts)
     return counts

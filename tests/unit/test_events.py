@@ -53,15 +53,17 @@ def load(path: Path, task_id: str) -> dict:
 
 
 class SampleBus(InlineBus):
-    """The inline bus, on which "Batch Continue" goes to SubmitFunction (the template's rule), in this thread."""
+    """The inline bus, on which "Batch Continue" goes to SubmitFunction and "Sweep Shard" to PollFunction (the
+    template's rules), in this thread."""
 
     def send(self, detail_type, details):
-        if detail_type != "Batch Continue":
+        if detail_type not in ("Batch Continue", bus.SWEEP_SHARD):
             return super().send(detail_type, details)
+        handler = submit_handler.lambda_handler if detail_type == "Batch Continue" else poll_handler.lambda_handler
         for detail in details:
-            submit_handler.lambda_handler({"version": "0", "id": "c", "detail-type": detail_type, "source": "imagegw",
-                                           "account": "123456789012", "time": "2026-11-21T12:00:00Z",
-                                           "region": "us-east-1", "resources": [], "detail": detail}, FakeContext())
+            handler({"version": "0", "id": "c", "detail-type": detail_type, "source": "imagegw",
+                     "account": "123456789012", "time": "2026-11-21T12:00:00Z", "region": "us-east-1",
+                     "resources": [], "detail": detail}, FakeContext())
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "events").glob("*.json")), ids=lambda p: p.name)

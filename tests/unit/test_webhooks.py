@@ -10,7 +10,7 @@ import pytest
 import fetch_handler
 import poll_handler
 import submit_handler
-from imagegw import bus, clock, table, tasks, webhooks
+from imagegw import bus, clock, shards, table, tasks, webhooks
 from tests.apiclient import FakeContext, bus_event, call
 from tests.conftest import API_KEY
 from tests.simulators.loopback import Answer, LoopbackSimulator
@@ -189,7 +189,8 @@ def test_a_webhook_whose_name_turns_private_after_submit_is_given_up_at_once(web
     assert shown["status"] == "succeeded"  # the images are safe whatever happens to the webhook
     assert shown["webhook"]["status"] == "failed" and shown["webhook"]["attempts"] == 1
     assert "non-public address" in shown["webhook"]["last_error"]
-    assert reply.json()["id"] not in table.due(webhooks.SWEEP_PARTITION, now=clock.now_ms() + 10**9)
+    task_id = reply.json()["id"]
+    assert task_id not in table.due(shards.partition(shards.WEBHOOK, task_id), now=clock.now_ms() + 10**9)
 
 
 def test_the_webhook_url_must_be_http(webhook_env):
@@ -208,4 +209,4 @@ def test_without_a_secret_the_webhook_is_given_up_once_not_retried_forever(webho
         task = tasks.get(reply.json()["id"])
         assert task.webhook_status == "failed" and receiver.requests == []
         assert task.webhook_error.startswith("not sent: No webhook secret")
-        assert task.id not in table.due(webhooks.SWEEP_PARTITION, now=clock.now_ms() + 10**9)
+        assert task.id not in table.due(shards.partition(shards.WEBHOOK, task.id), now=clock.now_ms() + 10**9)

@@ -1,7 +1,7 @@
 """Events on the gateway's EventBridge bus (source `imagegw`).
 
-Internal hand-offs between functions: `Task Queued` -> submit, `Task Generated` -> fetch (rules in
-template.yaml). Their detail carries only the task id: the task item is the truth, so such an event is a
+Internal hand-offs between functions: `Task Queued` -> submit, `Task Generated` -> fetch, `Sweep Shard` ->
+poll (rules in template.yaml). Their detail carries only the task id: the task item is the truth, so such an event is a
 nudge that is safe to redeliver or to lose (the schedule sweep re-publishes for tasks whose
 `next_check_at` passes).
 
@@ -34,6 +34,7 @@ TASK_SUCCEEDED = "Image Task Succeeded"
 TASK_FAILED = "Image Task Failed"
 GENERATION_REQUESTED = "Image Generation Requested"
 WEBHOOK_DUE = "Webhook Due"  # internal: fetch makes one delivery attempt of a task's webhook
+SWEEP_SHARD = "Sweep Shard"  # internal: poll sweeps the partitions in the detail (see `sweeper`)
 PUT_EVENTS_MAX = 10  # entries per PutEvents call (the API's limit)
 
 
@@ -85,6 +86,12 @@ def publish_all(detail_type: str, task_ids: list[str]) -> None:
 
 def publish_detail(detail_type: str, detail: dict) -> None:
     _sink.current.send(detail_type, [detail])
+
+
+def publish_details(detail_type: str, details: list[dict]) -> None:
+    """One event of `detail_type` per detail (up to 10 a PutEvents call)."""
+    if details:
+        _sink.send(detail_type, details)
 
 
 def _entry(detail_type: str, detail: dict) -> dict:

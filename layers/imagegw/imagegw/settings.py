@@ -50,6 +50,14 @@ class Settings:
     sync_wait_s: float = field(default=25.0, metadata=_env(
         "SYNC_WAIT_S", "how long a sync request waits on a task it does not run itself"))
 
+    # The schedule's sweep (see `shards` and `sweeper`).
+    sweep_shards: int = field(default=1, metadata=_env(
+        "SWEEP_SHARDS", "sweep-index partitions live tasks and webhooks are spread over (1 to 64; 1: unsharded)"))
+    sweep_parallelism: int = field(default=8, metadata=_env(
+        "SWEEP_PARALLELISM", "due tasks one sweep invocation advances at the same time (threads)"))
+    sweep_budget_s: float = field(default=50.0, metadata=_env(
+        "SWEEP_BUDGET_S", "a sweep invocation starts no task after this long (keep it under the schedule's rate)"))
+
     # Upstream calls and downloads.
     upstream_retries: int = field(default=2, metadata=_env(
         "UPSTREAM_RETRIES", "retries of a 429/5xx upstream answer, within the call's timeout"))

@@ -8,7 +8,7 @@ the schedule reads. What the items mean is for `tasks`, `webhooks` and `batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -98,9 +98,34 @@ def get_many(keys: list[str], *, attributes: list[str]) -> dict[str, dict[str, A
     return out
 
 
-def due(partition: str, *, now: int | None = None, limit: int = 100) -> list[str]:
-    """Ids of the items in the sweep index under `partition` whose `next_check_at` has passed."""
+def due_pages(partition: str, *, now: int | None = None) -> Iterator[list[str]]:
+    """Ids of the items in the sweep index under `partition` whose `next_check_at` has passed, a page (up to
+    1 MB of index entries) at a time, oldest check first: the query is paginated to its end, never capped."""
     now = now if now is not None else clock.now_ms()
-    resp = task_table().query(IndexName=SWEEP_INDEX, Limit=limit, ProjectionExpression="id",
+    kwargs: dict[str, Any] = {"IndexName": SWEEP_INDEX, "ProjectionExpression": "id",
+                              "KeyConditionExpression": Key("sweep").eq(partition) & Key("next_check_at").lte(now)}
+    while True:
+        resp = task_table().query(**kwargs)
+        yield [item["id"] for item in resp["Items"]]
+        if "LastEvaluatedKey" not in resp:
+            return
+        kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+
+def due(partition: str, *, now: int | None = None, limit: int | None = None) -> list[str]:
+    """Ids of the items in the sweep index under `partition` whose `next_check_at` has passed (all of them,
+    or the first `limit`)."""
+    ids: list[str] = []
+    for page in due_pages(partition, now=now):
+        ids += page
+        if limit is not None and len(ids) >= limit:
+            return ids[:limit]
+    return ids
+
+
+def has_due(partition: str, *, now: int | None = None) -> bool:
+    """Whether anything under `partition` is due (one query reading at most one index entry)."""
+    now = now if now is not None else clock.now_ms()
+    resp = task_table().query(IndexName=SWEEP_INDEX, Limit=1, ProjectionExpression="id",
                               KeyConditionExpression=Key("sweep").eq(partition) & Key("next_check_at").lte(now))
-    return [item["id"] for item in resp["Items"]]
+    return bool(resp["Items"])

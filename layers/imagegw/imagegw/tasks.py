@@ -20,18 +20,18 @@ API, bus intake or a batch file. A transition is one conditional write (`update`
 
 from __future__ import annotations
 
+import heapq
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr, Key
 
-from . import clock, table
+from . import clock, shards, table
 from .errors import BadRequest, Conflict, NotFound
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-OWNER_INDEX = "owner-index"
-SWEEP_PARTITION = "inflight"  # live tasks in the sweep index (webhooks and batch records have their own)
+OWNER_INDEX = "owner-key-index"  # owner_key (the owner; the event tenant's spread: `shards.owner_key`), then id
 
 
 def task_id(created_ms: int, suffix: str) -> str:
@@ -129,26 +129,31 @@ def create(owner: str, model: str, request: dict[str, Any], *, task_id: str | No
     item = {k: v for k, v in task.__dict__.items() if v is not None and v != [] and v != {}}
     item["request"] = storable(task.request)  # kept even when empty (an event that carried no request)
     item["expires_at"] = table.retention_expiry()
+    item["owner_key"] = shards.owner_key(owner, task.id)
     if not task.terminal:
-        item["sweep"] = SWEEP_PARTITION
+        item["sweep"] = shards.partition(shards.LIVE, task.id)
     return task if table.put_if_absent(item) else None
 
 
 def find_recent(owner: str, request_hash: str, *, since_ms: int) -> Task | None:
     """The newest task of `owner` created since `since_ms` whose request hashes to `request_hash` (one query of
-    the owner index, which ids keep in time order)."""
-    kwargs: dict[str, Any] = {
-        "IndexName": OWNER_INDEX, "ScanIndexForward": False,
-        "KeyConditionExpression": Key("owner").eq(owner) & Key("id").gte(task_id(since_ms, "")),
-        "FilterExpression": Attr("request_hash").eq(request_hash),
-    }
-    while True:
-        page = table.task_table().query(**kwargs)
-        if page["Items"]:
-            return Task.from_item(page["Items"][0])
-        if "LastEvaluatedKey" not in page:
-            return None
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    the owner index per owner key, which ids keep in time order)."""
+    found: list[Task] = []
+    for key in shards.owner_keys(owner):
+        kwargs: dict[str, Any] = {
+            "IndexName": OWNER_INDEX, "ScanIndexForward": False,
+            "KeyConditionExpression": Key("owner_key").eq(key) & Key("id").gte(task_id(since_ms, "")),
+            "FilterExpression": Attr("request_hash").eq(request_hash) & Attr("owner").eq(owner),
+        }
+        while True:
+            page = table.task_table().query(**kwargs)
+            if page["Items"]:
+                found.append(Task.from_item(page["Items"][0]))
+                break
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return max(found, key=lambda t: t.id, default=None)
 
 
 def storable(value: Any) -> Any:
@@ -221,7 +226,7 @@ def claim(task_id: str, stage: str, *, lease_s: int, min_check_gap_ms: int | Non
     now = clock.now_ms()
     until = now + lease_s * 1000
     sets = {"lease_id": uuid.uuid4().hex, "lease_until": until, "next_check_at": until, "status": "in_progress",
-            "updated_at": now}
+            "updated_at": now, "sweep": shards.partition(shards.LIVE, task_id)}
     condition = f"#stage = :stage AND {LIVE} AND (attribute_not_exists(lease_until) OR lease_until < :now)"
     values = {":stage": stage, ":now": now, **LIVE_VALUES}
     if stage == "queued":
@@ -235,7 +240,8 @@ def claim(task_id: str, stage: str, *, lease_s: int, min_check_gap_ms: int | Non
 
 def advance(task: Task, stage: str, *, next_check_at: int, **fields: Any) -> Task | None:
     """Move a claimed task to `stage`, releasing the lease; None if the lease was lost or it was cancelled."""
-    sets = {"stage": stage, "next_check_at": next_check_at, "updated_at": clock.now_ms(), "claims": 0, **fields}
+    sets = {"stage": stage, "next_check_at": next_check_at, "updated_at": clock.now_ms(), "claims": 0,
+            "sweep": shards.partition(shards.LIVE, task.id), **fields}
     return update(task.id, sets, condition=f"lease_id = :lease AND {LIVE}",
                   values={":lease": task.lease_id, **LIVE_VALUES}, removes=("lease_id", "lease_until"))
 
@@ -243,7 +249,8 @@ def advance(task: Task, stage: str, *, next_check_at: int, **fields: Any) -> Tas
 def release(task: Task, *, retry_at: int, count_attempt: bool = False) -> Task | None:
     """Give the lease back without progress (e.g. an upstream check that is not ready yet). `count_attempt`
     keeps the claim counted, so a stage that keeps failing (a download) runs out of attempts."""
-    sets: dict[str, Any] = {"next_check_at": retry_at, "updated_at": clock.now_ms()}
+    sets: dict[str, Any] = {"next_check_at": retry_at, "updated_at": clock.now_ms(),
+                            "sweep": shards.partition(shards.LIVE, task.id)}
     if not count_attempt:
         sets["claims"] = 0
     return update(task.id, sets, condition=f"lease_id = :lease AND {LIVE}",
@@ -253,7 +260,8 @@ def release(task: Task, *, retry_at: int, count_attempt: bool = False) -> Task |
 def touch(task: Task, *, next_check_at: int) -> Task | None:
     """Push back the next check of an unclaimed (or abandoned) stage; None if someone moved it meanwhile."""
     now = clock.now_ms()
-    return update(task.id, {"next_check_at": next_check_at, "updated_at": now},
+    return update(task.id, {"next_check_at": next_check_at, "updated_at": now,
+                            "sweep": shards.partition(shards.LIVE, task.id)},
                   condition=f"#stage = :stage AND {LIVE} AND (attribute_not_exists(lease_until) OR lease_until < :now)",
                   values={":stage": task.stage, ":now": now, **LIVE_VALUES})
 
@@ -292,23 +300,37 @@ def cancel(task_id: str, owner: str) -> Task:
 
 
 def list_for(owner: str, *, limit: int = 20, after: str | None = None) -> tuple[list[Task], bool]:
-    """The owner's tasks, newest first, `limit` at a time after the task id `after` (a cursor)."""
-    kwargs: dict[str, Any] = {
-        "IndexName": OWNER_INDEX,
-        "KeyConditionExpression": Key("owner").eq(owner),
-        "ScanIndexForward": False,
-        "Limit": limit + 1,
-    }
+    """The owner's tasks, newest first, `limit` at a time after the task id `after` (a cursor). One query of the
+    owner index; for the event tenant, whose tasks spread over several owner keys, one per key, merged."""
+    cursor = None
     if after:
         try:
             cursor = get(after, owner)
         except NotFound:
             raise BadRequest(f"Invalid 'after': no task '{after}' to continue from.", param="after") from None
-        kwargs["ExclusiveStartKey"] = {"id": cursor.id, "owner": owner}
-    items = table.task_table().query(**kwargs)["Items"]
+    keys = shards.owner_keys(owner)
+    items: list[dict[str, Any]] = []
+    for key in keys:
+        kwargs: dict[str, Any] = {
+            "IndexName": OWNER_INDEX,
+            "KeyConditionExpression": Key("owner_key").eq(key),
+            "ScanIndexForward": False,
+            "Limit": limit + 1,
+        }
+        if cursor and len(keys) == 1:
+            kwargs["ExclusiveStartKey"] = {"id": cursor.id, "owner_key": key}
+        elif cursor:  # the cursor's own key is one of them: the others continue below its id
+            kwargs["KeyConditionExpression"] &= Key("id").lt(cursor.id)
+        items += [i for i in table.task_table().query(**kwargs)["Items"] if i.get("owner") == owner]
+    if len(keys) > 1:  # each key's page is newest first: the newest limit + 1 of them all
+        items = heapq.nlargest(limit + 1, items, key=lambda i: str(i["id"]))
     return [Task.from_item(i) for i in items[:limit]], len(items) > limit
 
 
-def due(*, now: int | None = None, limit: int = 100) -> list[str]:
-    """Ids of live tasks whose `next_check_at` has passed (the sweep's work)."""
-    return table.due(SWEEP_PARTITION, now=now, limit=limit)
+def due(*, now: int | None = None, limit: int | None = None) -> list[str]:
+    """Ids of live tasks whose `next_check_at` has passed, in every partition they may sit in (the sweep's
+    work; the sweep itself reads it shard by shard)."""
+    ids: list[str] = []
+    for partition in shards.every(shards.LIVE):
+        ids += table.due(partition, now=now)
+    return ids if limit is None else ids[:limit]

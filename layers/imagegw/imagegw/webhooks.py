@@ -18,7 +18,7 @@ pending (due or retrying), delivered, failed (given up: `last_error` says why) o
 
 That delivery state lives on the task item (`webhook_status`, `webhook_attempts`, `webhook_lease`,
 `webhook_error`) but is this module's alone: a terminal task whose webhook is due re-enters the sweep index
-under its own partition (SWEEP_PARTITION), and only the functions below move it, each one conditional write
+under its own partitions (`shards.WEBHOOK`), and only the functions below move it, each one conditional write
 through `tasks.update`.
 """
 
@@ -35,14 +35,13 @@ from urllib.parse import urlsplit
 import requests
 from aws_lambda_powertools import Logger
 
-from . import bus, clock, safe_fetch, settings, table, tasks, views
+from . import bus, clock, safe_fetch, settings, shards, table, tasks, views
 from .errors import BadRequest, GatewayError
 from .tasks import Task
 
 logger = Logger(child=True)
 
 TIMEOUT_S = (5, 15)
-SWEEP_PARTITION = "webhook"  # terminal tasks whose webhook is still to be delivered, in the sweep index
 REPUBLISH_AFTER_S = 60  # a due delivery the sweep re-published is not re-published again before this
 EVENT_TYPES = {"succeeded": "image.task.succeeded", "failed": "image.task.failed"}
 
@@ -123,15 +122,22 @@ def schedule(task: Task) -> bool:
     return True
 
 
-def republish_due(*, limit: int = 100) -> int:
+def republish_due(*, partition: str | None = None) -> int:
     """The sweep's part: re-publish "Webhook Due" for every delivery whose retry came due (or whose event was
-    lost), once per REPUBLISH_AFTER_S; how many."""
+    lost), once per REPUBLISH_AFTER_S; how many. `partition`: one sweep partition (a shard's); else all."""
     published = 0
-    for task_id in table.due(SWEEP_PARTITION, limit=limit):
-        if touch(task_id, next_at=clock.now_ms() + REPUBLISH_AFTER_S * 1000):
-            bus.publish(bus.WEBHOOK_DUE, task_id)
-            published += 1
+    for part in [partition] if partition else shards.every(shards.WEBHOOK):
+        for page in table.due_pages(part):
+            published += sum(1 for task_id in page if republish(task_id))
     return published
+
+
+def republish(task_id: str) -> bool:
+    """Re-publish "Webhook Due" for one delivery the sweep found due (unless another sweep just did)."""
+    if touch(task_id, next_at=clock.now_ms() + REPUBLISH_AFTER_S * 1000):
+        bus.publish(bus.WEBHOOK_DUE, task_id)
+        return True
+    return False
 
 
 def deliver_due(task_id: str) -> str | None:
@@ -200,7 +206,7 @@ _FREE = "(attribute_not_exists(webhook_lease) OR webhook_lease < :now)"
 def queue_first(task: Task, *, check_after_s: int = 60) -> Task | None:
     """Queue the first delivery of a terminal task's webhook (once: a second call finds it queued)."""
     now = clock.now_ms()
-    return tasks.update(task.id, {"webhook_status": "pending", "sweep": SWEEP_PARTITION,
+    return tasks.update(task.id, {"webhook_status": "pending", "sweep": shards.partition(shards.WEBHOOK, task.id),
                                   "next_check_at": now + check_after_s * 1000, "webhook_attempts": 0},
                         condition=f"NOT {tasks.LIVE} AND attribute_not_exists(webhook_status)",
                         values=tasks.LIVE_VALUES)

@@ -24,7 +24,9 @@ code; anything else is retried after a short backoff, STAGE_ATTEMPTS times in al
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +36,7 @@ from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger
 
-from . import bus, inputs, lifecycle, safe_fetch, settings, storage, tasks, transport, webhooks
+from . import bus, inputs, lifecycle, safe_fetch, settings, shards, storage, table, tasks, transport, webhooks
 from .batches import record as batch_record
 from .capabilities import routes_able_to
 from .clock import now_ms
@@ -55,6 +57,7 @@ DOWNLOAD_PARALLELISM = 4
 STAGE_ATTEMPTS = 3  # a step of a stage that raised something unexpected runs this many times in all
 STAGE_BACKOFF_S = 1.0  # before its second attempt; doubled before each next one (1 s, then 2 s)
 STAGE_TIME_MARGIN_S = 5  # a retry starts only while the Lambda has its backoff, one more attempt and this left
+SWEEP_TIME_MARGIN_S = 15  # a sweep starts no task once its Lambda has less than this left
 
 T = TypeVar("T")
 
@@ -231,17 +234,57 @@ def _store_sources(task: Task) -> Task | None:
     return _finish(task, "succeeded", images=images)
 
 
-def sweep(*, limit: int = 100) -> dict[str, int]:
-    """Advance every live task whose check is due; returns counts by action for logging and tests."""
-    counts = {"republished": 0, "checked": 0, "failed": 0, "webhooks": 0, "batches": 0, "errors": 0}
-    counts["webhooks"] = webhooks.republish_due(limit=limit)  # retries come due, "Webhook Due" events lost
-    counts["batches"] = batch_record.recheck_due(limit=limit)  # a stalled reader or a count that fell behind
-    for task_id in tasks.due(limit=limit):
+def sweep(*, partitions: list[str] | None = None) -> dict[str, int]:
+    """Advance whatever is due in the sweep partitions `partitions` (a "Sweep Shard" event's); by default in
+    every partition that may hold due work, and batches too (the whole sweep in one invocation). Each partition
+    is paged through to its end (no cap) and its due items are advanced by SWEEP_PARALLELISM threads; no item
+    is started after SWEEP_BUDGET_S or once the Lambda has less than SWEEP_TIME_MARGIN_S left (what is left is
+    still due at the next run: `stopped` says so). Returns counts by action for logging and tests."""
+    counts = {"republished": 0, "checked": 0, "failed": 0, "webhooks": 0, "batches": 0, "errors": 0, "stopped": 0}
+    if partitions is None:
+        counts["batches"] = batch_record.recheck_due()  # a stalled reader or a count that fell behind
+        partitions = [p for group in shards.groups() for p in group]
+    config = settings.current()
+    started = time.monotonic()
+    time_left_ms = _time_left_ms.get()
+
+    def time_is_up() -> bool:
+        return (time.monotonic() - started > config.sweep_budget_s
+                or (time_left_ms is not None and time_left_ms() < SWEEP_TIME_MARGIN_S * 1000))
+
+    def one(kind: str, task_id: str) -> str | None:
         try:
-            action = _sweep_task(task_id)
+            if kind == shards.WEBHOOK:  # a retry came due, or its "Webhook Due" event was lost
+                return "webhooks" if webhooks.republish(task_id) else None
+            return _sweep_task(task_id)
         except Exception:  # noqa: BLE001 - one task's trouble must not keep the sweep from the others
             logger.exception("the sweep could not advance a task", extra={"task_id": task_id})
-            action = "errors"
+            return "errors"
+
+    parallelism = max(1, config.sweep_parallelism)
+    slots = threading.BoundedSemaphore(parallelism)  # never more queued than running: the budget stays exact
+    futures = []
+    table.task_table()  # created once, before the threads share it
+    with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="sweep") as pool:
+        for partition in partitions:
+            kind = shards.kind_of(partition)
+            for page in table.due_pages(partition):
+                for task_id in page:
+                    if counts["stopped"] or time_is_up():
+                        counts["stopped"] += 1
+                        continue
+                    slots.acquire()
+                    future = pool.submit(contextvars.copy_context().run, one, kind, task_id)
+                    future.add_done_callback(lambda _: slots.release())
+                    futures.append(future)
+                if counts["stopped"]:
+                    break
+            if counts["stopped"]:
+                logger.info("the sweep ran out of time; the rest is due at the next run",
+                            extra={"partition": partition})
+                break
+    for future in futures:
+        action = future.result()
         if action:
             counts[action] += 1
     return counts

@@ -212,7 +212,7 @@ def publish_continue(batch_id: str, *, check: bool = False) -> None:
 
 # -- the sweep -----------------------------------------------------------------------------------------------
 
-def recheck_due(*, limit: int = 100) -> int:
+def recheck_due(*, limit: int | None = None) -> int:
     """The sweep's question: send every unfinished batch whose check came due a "Batch Continue" with `check`,
     its next check pushed back first (so two sweeps do not both send it); how many were sent."""
     sent = 0
