@@ -91,7 +91,7 @@ def publish_detail(detail_type: str, detail: dict) -> None:
 def publish_details(detail_type: str, details: list[dict]) -> None:
     """One event of `detail_type` per detail (up to 10 a PutEvents call)."""
     if details:
-        _sink.send(detail_type, details)
+        _sink.current.send(detail_type, details)
 
 
 def _entry(detail_type: str, detail: dict) -> dict:
