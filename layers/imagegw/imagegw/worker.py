@@ -205,6 +205,8 @@ def _call_upstream(task: Task, req: ImageRequest, routes: list[Route],
                 pacing.release(permit)
             if isinstance(outcome, Failed) and isinstance(outcome.error, RateLimited):
                 count("UpstreamRateLimited")
+                logger.warning("route failed, falling back" if index + 1 < len(routes) else "route rate limited",
+                               extra={"task_id": task.id, "provider": route.provider, "error": outcome.error.message})
                 busy = busy or (pacing.rate_limited(route, outcome.error, waits=task.waits), index)
                 continue
             if isinstance(outcome, Failed) and outcome.error.retriable and index + 1 < len(routes):
