@@ -85,9 +85,22 @@ class RateLimited(GatewayError):
     type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
 
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after_s: float | None = None):
+        super().__init__(message, param=param, code=code)
+        self.retry_after_s = retry_after_s  # what the provider's Retry-After asked for, when it said
+
     @property
     def retriable(self) -> bool:
         return True
+
+
+class UpstreamRateLimited(GatewayError):
+    """A task that waited for a provider's capacity (its own limits, or the provider's 429s) until its deadline."""
+
+    status = 429
+    type = "rate_limit_error"
+    default_code = "upstream_rate_limited"
 
 
 class UpstreamFailed(GatewayError):
@@ -154,6 +167,7 @@ class ServerError(GatewayError):
 _BY_TYPE_AND_CODE: dict[str, type[GatewayError]] = {
     "content_policy_violation": ContentPolicyViolation,
     "rate_limit_exceeded": RateLimited,
+    "upstream_rate_limited": UpstreamRateLimited,
     "upstream_timeout": UpstreamTimeout,
     "no_provider": NoProvider,
     "provider_config_invalid": ProviderConfigInvalid,

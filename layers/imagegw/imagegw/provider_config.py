@@ -2,8 +2,12 @@
 
 One JSON or YAML document (`PROVIDERS_FILE` locally, the SSM parameter `PROVIDERS_PARAM` when deployed):
 
-    {"providers": {<name>: {dialect, base_url?, api_key | api_key_env | api_key_secret, timeout_s?}},
-     "models": {<public model | "*">: [{provider, model?}, ...]}}
+    {"providers": {<name>: {dialect, base_url?, api_key | api_key_env | api_key_secret, timeout_s?,
+                            max_concurrency?, requests_per_minute?}},
+     "models": {<public model | "*">: [{provider, model?, max_concurrency?, requests_per_minute?}, ...]}}
+
+`max_concurrency` and `requests_per_minute` are a provider's limits (per account or key, so across every route
+to it and every function instance; absent: unlimited); on a route, that model's own limit on top (see `pacing`).
 
 `problems(data)` lists everything wrong with a document at once, each as `<JSON path>: <what is wrong>`
 (`providers.relay-a.base_url: required by dialect openai`), never one at a time and never quoting a key:
@@ -58,6 +62,8 @@ class ProviderConfig(BaseModel):
     api_key_env: str | None = None
     api_key_secret: str | None = None
     timeout_s: float = Field(default=120, gt=0, le=MAX_TIMEOUT_S)
+    max_concurrency: int | None = Field(default=None, ge=1, strict=True)  # requests in flight (all instances)
+    requests_per_minute: int | None = Field(default=None, ge=1, strict=True)  # requests started per minute
 
     @property
     def root_url(self) -> str:
@@ -71,6 +77,8 @@ class RouteConfig(BaseModel):
 
     provider: str = Field(min_length=1)
     model: str | None = Field(default=None, min_length=1)
+    max_concurrency: int | None = Field(default=None, ge=1, strict=True)  # this route's own, on top of the provider's
+    requests_per_minute: int | None = Field(default=None, ge=1, strict=True)
 
 
 class GatewayConfig(BaseModel):

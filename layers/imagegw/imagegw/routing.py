@@ -21,6 +21,9 @@ class Route:
     dialect: str
     upstream_model: str
     config: ProviderConfig = field(repr=False, compare=False)
+    #: the route entry's own limits (`models.<name>[i]`), on top of the provider's (`config`); None: none
+    max_concurrency: int | None = field(default=None, compare=False)
+    requests_per_minute: int | None = field(default=None, compare=False)
 
     @property
     def api_key(self) -> str | None:
@@ -37,7 +40,8 @@ def routes_for(public_model: str, config: GatewayConfig | None = None) -> list[R
                          f"the models it serves.", param="model", code="model_not_found")
     return [
         Route(provider=entry.provider, dialect=config.providers[entry.provider].dialect,
-              upstream_model=entry.model or public_model, config=config.providers[entry.provider])
+              upstream_model=entry.model or public_model, config=config.providers[entry.provider],
+              max_concurrency=entry.max_concurrency, requests_per_minute=entry.requests_per_minute)
         for entry in entries
     ]
 

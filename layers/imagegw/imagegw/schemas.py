@@ -74,6 +74,11 @@ class Task(_Strict):
     created_at: int
     updated_at: int
     completed_at: int | None = None
+    waiting_for: Literal["capacity", "rate_limit"] | None = Field(
+        default=None, description="A queued task waiting for its provider: its limits are reached (`capacity`), or it "
+                                  "answered 429 (`rate_limit`); the task is tried again, until its deadline")
+    queue_position: int | None = Field(default=None, ge=1, description="Its place in its provider's line (1 = next)")
+    next_attempt_at: int | None = Field(default=None, description="When it is tried again at the latest (epoch s)")
     data: list[TaskImage] | None = Field(default=None, description="The images, once the task succeeded")
     usage: dict[str, Any] | None = None
     error: TaskError | None = Field(default=None, description="Why the task failed")

@@ -74,6 +74,12 @@ class Settings:
     presign_expires_s: int = field(default=3600, metadata=_env(
         "PRESIGN_EXPIRES_S", "lifetime of the presigned image URLs the API hands out"))
 
+    # Pacing: providers' limits (provider configuration: max_concurrency, requests_per_minute).
+    pacing_max_wait_s: float = field(default=30.0, metadata=_env(
+        "PACING_MAX_WAIT_S", "longest backoff before a task waiting for a provider's capacity is tried again"))
+    pacing_line_max: int = field(default=2000, metadata=_env(
+        "PACING_LINE_MAX", "most task ids kept in a provider's line of waiting tasks (the rest rely on backoff)"))
+
     # Batches.
     batch_lines_per_run: int = field(default=2000, metadata=_env(
         "BATCH_LINES_PER_RUN", "lines of a batch file one invocation turns into tasks before handing over"))

@@ -92,7 +92,7 @@ def run(owner: str, request: ImageRequest, *, request_context: Mapping[str, Any]
                             claimed_for_s=settings.current().worker_lease_s, **fields)
         if task is None:  # a new id is never taken
             raise ServerError("The task could not be stored.")
-    ended = worker.run_claimed(task)
+    ended = worker.run_claimed(task, wait_until=wait_until)
     if ended is not None and ended.terminal:
         return ended
     return wait_for(task.id, wait_until)  # an async upstream's task, or one cancelled meanwhile

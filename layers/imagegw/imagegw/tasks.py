@@ -89,6 +89,10 @@ class Task:
     request_hash: str | None = None  # a sync request's body, hashed: its SDK's retry finds the task by it
     operation: str | None = None  # "edit" or "variation"; None: a generation
     inputs: dict[str, Any] | None = None  # an edit's or a variation's files in the bucket: {images: [keys], mask?}
+    waiting_for: str | None = None  # queued again for a provider's capacity: "capacity" or "rate_limit" (`pacing`)
+    waiting_since: int | None = None  # when it first had to wait
+    waits: int = 0  # how many times it was put back to wait (its backoff grows with it)
+    queue_position: int | None = None  # its place in its provider's line when it last joined it (1 = next)
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Task:
@@ -253,6 +257,16 @@ def release(task: Task, *, retry_at: int, count_attempt: bool = False) -> Task |
                             "sweep": shards.partition(shards.LIVE, task.id)}
     if not count_attempt:
         sets["claims"] = 0
+    return update(task.id, sets, condition=f"lease_id = :lease AND {LIVE}",
+                  values={":lease": task.lease_id, **LIVE_VALUES}, removes=("lease_id", "lease_until"))
+
+
+def wait(task: Task, *, retry_at: int, **fields: Any) -> Task | None:
+    """Put a claimed task back in line without progress: the upstream took nothing (no slot, or a 429), so the
+    task is `queued` again (the one way back in `status`), unleased, its claims not counted, tried again by
+    `retry_at` (or sooner, when a slot is handed to it); None if the lease was lost or it was cancelled."""
+    sets = {"status": "queued", "stage": "queued", "next_check_at": retry_at, "updated_at": clock.now_ms(),
+            "claims": 0, "progress": 0, "sweep": shards.partition(shards.LIVE, task.id), **fields}
     return update(task.id, sets, condition=f"lease_id = :lease AND {LIVE}",
                   values={":lease": task.lease_id, **LIVE_VALUES}, removes=("lease_id", "lease_until"))
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import socket
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -254,13 +256,30 @@ def error_message(payload: Any, keys: tuple[str, ...] = MESSAGE_KEYS) -> str:
     return ""
 
 
+def retry_after_s(headers: dict[str, str]) -> float | None:
+    """An answer's Retry-After (seconds, or an HTTP date) in seconds, at most an hour; None when absent or
+    unreadable."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return None if seconds != seconds else min(max(seconds, 0.0), 3600.0)
+
+
 def map_http_error(reply: HttpReply, secrets: tuple[str, ...] | list[str] = ()) -> GatewayError:
     message = upstream_message(reply, secrets)
     status = reply.status
     if status in (401, 403):
         return UpstreamFailed("The provider rejected the gateway's credentials.", code="provider_auth_failed")
     if status == 429:
-        return RateLimited(f"The provider is rate limiting requests{': ' + message if message else ''}.")
+        return RateLimited(f"The provider is rate limiting requests{': ' + message if message else ''}.",
+                           retry_after_s=retry_after_s(reply.headers))
     if status >= 500:
         return UpstreamFailed(f"The provider failed with HTTP {status}{': ' + message if message else ''}.")
     if status == 408:

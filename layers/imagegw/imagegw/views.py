@@ -36,6 +36,12 @@ def task_object_base(task: Task) -> dict[str, Any]:
         "created_at": _seconds(task.created_at),
         "updated_at": _seconds(task.updated_at),
     }
+    if task.status == "queued" and task.waiting_for:  # back in line for a provider's capacity (see `pacing`)
+        obj["waiting_for"] = task.waiting_for
+        if task.queue_position is not None:
+            obj["queue_position"] = int(task.queue_position)
+        if task.next_check_at:
+            obj["next_attempt_at"] = _seconds(task.next_check_at)
     if task.completed_at:
         obj["completed_at"] = _seconds(task.completed_at)
     if task.usage:

@@ -25,7 +25,9 @@ code; anything else is retried after a short backoff, STAGE_ATTEMPTS times in al
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -36,12 +38,13 @@ from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger
 
-from . import bus, inputs, lifecycle, safe_fetch, settings, shards, storage, table, tasks, transport, webhooks
+from . import bus, inputs, lifecycle, pacing, safe_fetch, settings, shards, storage, table, tasks, transport, webhooks
 from .batches import record as batch_record
 from .capabilities import routes_able_to
 from .clock import now_ms
 from .dialects import GENERATE, VARIATION, Done, Failed, HttpCall, HttpReply, Job, Outcome, Pending, get_dialect
-from .errors import GatewayError, ProviderConfigInvalid, ServerError, UpstreamFailed, UpstreamTimeout
+from .errors import (GatewayError, ProviderConfigInvalid, RateLimited, ServerError, UpstreamFailed,
+                     UpstreamRateLimited, UpstreamTimeout)
 from .observability import count
 from .request import ImageRequest, VariationRequest
 from .routing import Route, routes_for
@@ -114,23 +117,34 @@ def submit_queued(task_id: str) -> Task | None:
         logger.info("task not claimable (done, cancelled or taken)", extra={"task_id": task_id})
         return None
     if _past_deadline(task):
-        return _step(task, _finish, task, "failed", error=_deadline_error().task_error())
+        error = _waited_error(task) if task.waiting_for else _deadline_error()
+        return _step(task, _finish, task, "failed", error=error.task_error())
     return _submit(task)
 
 
 @_stage
-def run_claimed(task: Task) -> Task | None:
+def run_claimed(task: Task, *, wait_until: float | None = None) -> Task | None:
     """The sync fast path: a task its API request created already claimed (`tasks.create(claimed_for_s=)`) runs its
     submit stage in that request's own invocation, URL images downloaded there too: nothing goes over the bus,
-    nothing reads the table. An async upstream's task is left waiting (the request then waits on it)."""
-    return _submit(task, fetch_now=True)
+    nothing reads the table. An async upstream's task is left waiting (the request then waits on it). A provider
+    without capacity is waited for here until `wait_until` (time.monotonic()); then the task waits queued."""
+    return _submit(task, fetch_now=True, wait_until=wait_until)
 
 
-def _submit(task: Task, *, fetch_now: bool = False) -> Task | None:
+def _submit(task: Task, *, fetch_now: bool = False, wait_until: float | None = None) -> Task | None:
     req = _step(task, _request_of, task)
     routes = _step(task, _routes, task)
     job = _step(task, _job_of, task)
-    outcome, index = _step(task, _call_upstream, task, req, routes, job)
+    while True:
+        outcome, index = _step(task, _call_upstream, task, req, routes, job)
+        if not isinstance(outcome, pacing.Busy) or wait_until is None:
+            break
+        pause_s = (outcome.retry_at - now_ms()) / 1000
+        if outcome.reason == pacing.CAPACITY:  # a slot may come free at any time: look again soon
+            pause_s = min(pause_s, random.uniform(0.1, 0.4))
+        if time.monotonic() + pause_s >= wait_until or outcome.retry_at >= _deadline_ms(task):
+            break
+        time.sleep(max(0.0, pause_s))
     return _step(task, _apply, task, outcome, routes[index], index, fetch_now=fetch_now)
 
 
@@ -146,8 +160,14 @@ def _job_of(task: Task) -> Job:
     return Job(operation=task.operation, inputs=inputs.load(task.inputs or {}))
 
 
-def _call_upstream(task: Task, req: ImageRequest, routes: list[Route], job: Job) -> tuple[Outcome, int]:
+def _call_upstream(task: Task, req: ImageRequest, routes: list[Route],
+                   job: Job) -> tuple[Outcome | pacing.Busy, int]:
     """Submit to the task's route, falling back to the next while failures are retriable: (outcome, route index).
+
+    Each call first takes its route's limits (`pacing.acquire`) and gives them back when it returns. A route
+    without capacity, or whose provider still answers 429 after the transport's retries, is passed over for the
+    next; when no route served and one of them was only busy, the answer is that route's `pacing.Busy` (the task
+    waits: nothing was taken, nothing is paid, the route index stays).
 
     An unexpected exception once a request was handed to the transport ends the task rather than being retried:
     the provider may have taken (and billed) it, and the gateway never pays twice (transport does not retry a read
@@ -161,18 +181,36 @@ def _call_upstream(task: Task, req: ImageRequest, routes: list[Route], job: Job)
     try:
         outcome: Outcome = Failed(UpstreamTimeout("No route was tried."))
         index = task.route_index
+        busy: tuple[pacing.Busy, int] | None = None
         able = routes_able_to(job.operation, routes)
         for index in range(task.route_index, len(routes)):
             route = routes[index]
             if route not in able:  # a route that cannot edit (or vary) is skipped, as validation promised
                 continue
-            outcome = _refuse_unsafe_urls(get_dialect(route.dialect).submit(req, route, send, job))
+            permit = pacing.acquire(route, f"{task.id}#{task.lease_id}", waits=task.waits)
+            if isinstance(permit, pacing.Busy):
+                busy = busy or (permit, index)
+                continue
+            if task.waiting_for:
+                pacing.leave_line(route.provider, task.id)
+            try:
+                outcome = _refuse_unsafe_urls(get_dialect(route.dialect).submit(req, route, send, job))
+            finally:
+                pacing.release(permit)
+            if isinstance(outcome, Failed) and isinstance(outcome.error, RateLimited):
+                count("UpstreamRateLimited")
+                logger.warning("route failed, falling back" if index + 1 < len(routes) else "route rate limited",
+                               extra={"task_id": task.id, "provider": route.provider, "error": outcome.error.message})
+                busy = busy or (pacing.rate_limited(route, outcome.error, waits=task.waits), index)
+                continue
             if isinstance(outcome, Failed) and outcome.error.retriable and index + 1 < len(routes):
                 count("RouteFallbacks")
                 logger.warning("route failed, falling back", extra={"task_id": task.id, "provider": route.provider,
                                                                      "error": outcome.error.message})
                 continue
             break
+        if busy is not None and isinstance(outcome, Failed) and outcome.error.retriable:
+            return busy
         return outcome, index
     except GatewayError:
         raise
@@ -326,7 +364,10 @@ def poll_through(task: Task) -> Task:
 
 # -- applying an outcome ----------------------------------------------------------------------------------
 
-def _apply(task: Task, outcome: Outcome, route: Route, route_index: int, *, fetch_now: bool = False) -> Task | None:
+def _apply(task: Task, outcome: Outcome | pacing.Busy, route: Route, route_index: int, *,
+           fetch_now: bool = False) -> Task | None:
+    if isinstance(outcome, pacing.Busy):
+        return _apply_wait(task, outcome, route)
     upstream = {**task.upstream, "provider": route.provider, "model": route.upstream_model}
     if isinstance(outcome, Failed):
         return _finish(task, "failed", error=outcome.error.task_error(), upstream=upstream,
@@ -338,6 +379,31 @@ def _apply(task: Task, outcome: Outcome, route: Route, route_index: int, *, fetc
         return tasks.advance(task, "waiting", next_check_at=_next_check_at(task), upstream=upstream,
                              route_index=route_index, progress=max(task.progress, outcome.progress))
     return _apply_done(task, outcome, upstream, route_index, fetch_now=fetch_now)
+
+
+def _apply_wait(task: Task, busy: pacing.Busy, route: Route) -> Task | None:
+    """No route could take the task now: it waits queued in its provider's line until `busy.retry_at` (or a slot
+    is handed to it), never past its deadline; one whose next try would come after it fails upstream_rate_limited."""
+    since = task.waiting_since or now_ms()
+    waiting = dataclasses.replace(task, waiting_since=since, waiting_for=busy.reason)
+    if busy.retry_at >= _deadline_ms(task):
+        return _finish(task, "failed", error=_waited_error(waiting).task_error())
+    count("TasksWaiting")
+    logger.info("task waits for its provider", extra={"task_id": task.id, "provider": busy.provider,
+                                                      "reason": busy.reason, "retry_at": busy.retry_at})
+    position = pacing.join_line(busy.provider, task.id)
+    moved = tasks.wait(task, retry_at=busy.retry_at, waiting_for=busy.reason, waiting_since=since,
+                       waits=task.waits + 1, queue_position=position)
+    if moved is not None and busy.no_slot and pacing.has_free_slot(route):  # freed while it joined: not lost
+        pacing.wake_oldest(busy.provider)
+    return moved
+
+
+def _waited_error(task: Task) -> UpstreamRateLimited:
+    waited_s = max(0, now_ms() - (task.waiting_since or task.created_at)) // 1000
+    why = "answered 429" if task.waiting_for == pacing.RATE_LIMIT else "had no capacity"
+    return UpstreamRateLimited(f"The provider {why} for this task: it waited {waited_s} s, and its deadline "
+                               f"({settings.current().task_deadline_s} s) leaves no time to try again.")
 
 
 def _apply_done(task: Task, outcome: Done, upstream: dict[str, Any], route_index: int, *,

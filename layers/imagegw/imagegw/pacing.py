@@ -1,0 +1,227 @@
+"""Pacing: no provider gets more than its limits, across every function instance, and a task waits its turn.
+
+A provider's `max_concurrency` (requests in flight) and `requests_per_minute` (provider configuration; on a route
+entry too, for a model's own limit) hold for the provider's account, so they are kept in the task table, where
+every instance sees them, under their own ids (never in the sweep index nor the owner index, so the sweep and the
+task listings never read them):
+
+    limit#<key>#slot#<k>      a leased slot, k < max_concurrency: {holder, lease_until, expires_at}
+    limit#<key>#rpm#<minute>  a fixed one-minute window: {n, expires_at}
+    limit#<key>#line          the tasks waiting for the provider: {waiting: a string set of task ids}
+
+`<key>` is the provider's name, or `<provider>@<upstream model>` for a route's own limit. A slot is taken with
+a conditional write (`attribute_not_exists(holder) OR lease_until < :now`) and given back by a conditional
+write on its holder after the upstream call; a crashed worker's slot comes back when its lease passes (the
+route's `timeout_s` plus LEASE_MARGIN_S). A minute's count goes up by a conditional ADD while it is under the
+limit. A task needs every limit of its route (the provider's, then the route's); what it took is given back
+when one is refused.
+
+A task refused a slot (or answered 429 by the provider) waits `queued` in its provider's line: a worker that
+gives a slot back wakes the oldest task in that line (a "Task Queued" for it), so a freed slot is handed over
+rather than polled for, and the sweep is the safety net (the task's next check is a jittered, bounded backoff).
+`worker` decides when to ask (`acquire`, `release`) and what a task does meanwhile; this module only counts.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+
+from aws_lambda_powertools import Logger
+
+from . import bus, clock, settings, table
+from .errors import RateLimited
+from .observability import count
+from .routing import Route
+
+logger = Logger(child=True)
+
+LEASE_MARGIN_S = 30  # a slot's lease: the route's timeout_s plus this (the call ends by then, or its worker died)
+MINUTE_MS = 60_000
+BACKOFF_MS = 1000  # a task refused capacity is tried again after about this, doubling, up to PACING_MAX_WAIT_S
+WAKE_TRIES = 3  # a release tries to wake this many of the oldest waiters before giving up (they left meanwhile)
+_NAMES = {"#h": "holder", "#l": "lease_until", "#e": "expires_at", "#n": "n", "#w": "waiting"}
+
+
+def _names(*aliases: str) -> dict[str, str]:
+    """The ExpressionAttributeNames an expression uses (DynamoDB refuses unused ones)."""
+    return {alias: _NAMES[alias] for alias in aliases}
+
+
+CAPACITY = "capacity"  # the gateway's own limit is reached
+RATE_LIMIT = "rate_limit"  # the provider answered 429 (or a dialect's rate-limited error)
+
+
+@dataclass(frozen=True)
+class Limit:
+    key: str
+    max_concurrency: int | None
+    requests_per_minute: int | None
+
+
+@dataclass(frozen=True)
+class Busy:
+    """No capacity for the task now: which provider, why (CAPACITY or RATE_LIMIT), and when to try again (ms)."""
+
+    provider: str
+    reason: str
+    retry_at: int
+    no_slot: bool = False  # refused a slot (not a minute's count, not a 429): one freed meanwhile is handed over
+
+
+@dataclass
+class Permit:
+    """What a task took to make one upstream call: the slots to give back, the lines to wake."""
+
+    holder: str
+    slots: list[str] = field(default_factory=list)
+    providers: list[str] = field(default_factory=list)
+
+
+def limits(route: Route) -> list[Limit]:
+    """The limits a call on `route` needs, the provider's first; empty when it has none."""
+    found = []
+    if route.config.max_concurrency or route.config.requests_per_minute:
+        found.append(Limit(route.provider, route.config.max_concurrency, route.config.requests_per_minute))
+    if route.max_concurrency or route.requests_per_minute:
+        found.append(Limit(f"{route.provider}@{route.upstream_model}", route.max_concurrency,
+                           route.requests_per_minute))
+    return found
+
+
+def acquire(route: Route, holder: str | None = None, *, waits: int = 0) -> Permit | Busy:
+    """Every limit of `route` for one upstream call, or Busy (nothing kept) when one of them is reached."""
+    permit = Permit(holder or uuid.uuid4().hex, providers=[route.provider])
+    lease_ms = int((route.config.timeout_s + LEASE_MARGIN_S) * 1000)
+    for limit in limits(route):
+        if limit.max_concurrency:
+            slot = _take_slot(limit, permit.holder, lease_ms)
+            if slot is None:
+                release(permit, wake=False)
+                return Busy(route.provider, CAPACITY, clock.now_ms() + backoff_ms(waits), no_slot=True)
+            permit.slots.append(slot)
+        if limit.requests_per_minute and not _count_request(limit):
+            release(permit, wake=False)
+            next_minute = (clock.now_ms() // MINUTE_MS + 1) * MINUTE_MS
+            return Busy(route.provider, CAPACITY, next_minute + random.randint(0, BACKOFF_MS))
+    return permit
+
+
+def release(permit: Permit, *, wake: bool = True) -> None:
+    """Give the permit's slots back (only while still their holder), then wake the oldest waiting task."""
+    for slot in permit.slots:
+        table.update_if(slot, UpdateExpression="REMOVE #h, #l", ConditionExpression="#h = :h",
+                        ExpressionAttributeNames=_names("#h", "#l"), ExpressionAttributeValues={":h": permit.holder})
+    if wake and permit.slots:
+        for provider in permit.providers:
+            wake_oldest(provider)
+    permit.slots = []
+
+
+def rate_limited(route: Route, error: RateLimited, *, waits: int = 0) -> Busy:
+    """The provider answered 429 after the transport's retries: wait its Retry-After, or a backoff."""
+    after_ms = backoff_ms(waits)
+    if error.retry_after_s is not None:
+        after_ms = max(after_ms, int(error.retry_after_s * 1000) + random.randint(0, BACKOFF_MS // 4))
+    return Busy(route.provider, RATE_LIMIT, clock.now_ms() + after_ms)
+
+
+def backoff_ms(waits: int) -> int:
+    """A jittered exponential backoff (half to all of 1 s doubling per wait), at most PACING_MAX_WAIT_S."""
+    ceiling = min(BACKOFF_MS * 2 ** min(waits, 16), settings.current().pacing_max_wait_s * 1000)
+    return int(random.uniform(ceiling / 2, ceiling))
+
+
+def _slot_id(key: str, k: int) -> str:
+    return f"limit#{key}#slot#{k}"
+
+
+def _take_slot(limit: Limit, holder: str, lease_ms: int) -> str | None:
+    """One free (or abandoned) slot of `limit`, leased to `holder`; None when every slot is held."""
+    assert limit.max_concurrency
+    now = clock.now_ms()
+    ids = [_slot_id(limit.key, k) for k in range(limit.max_concurrency)]
+    held = table.get_many(ids, attributes=["holder", "lease_until"])
+    free = [i for i in ids if "holder" not in held.get(i, {}) or held[i].get("lease_until", 0) < now]
+    random.shuffle(free)  # concurrent takers rarely race for the same slot
+    for slot in free:
+        taken = table.update_if(
+            slot, UpdateExpression="SET #h = :h, #l = :until, #e = :exp",
+            ConditionExpression="attribute_not_exists(#h) OR #l < :now",
+            ExpressionAttributeNames=_names("#h", "#l", "#e"),
+            ExpressionAttributeValues={":h": holder, ":until": now + lease_ms, ":now": now,
+                                       ":exp": (now + lease_ms) // 1000 + 86400},
+            ReturnValues="UPDATED_NEW")
+        if taken is not None:
+            return slot
+    return None
+
+
+def _count_request(limit: Limit) -> bool:
+    """Count one request in this minute's window of `limit`; False (not counted) when the window is full."""
+    minute = clock.now_ms() // MINUTE_MS
+    counted = table.update_if(
+        f"limit#{limit.key}#rpm#{minute}", UpdateExpression="ADD #n :one SET #e = :exp",
+        ConditionExpression="attribute_not_exists(#n) OR #n < :limit", ExpressionAttributeNames=_names("#n", "#e"),
+        ExpressionAttributeValues={":one": 1, ":limit": limit.requests_per_minute,
+                                   ":exp": (minute + 2) * MINUTE_MS // 1000 + 3600},
+        ReturnValues="UPDATED_NEW")
+    return counted is not None
+
+
+# -- the line of waiting tasks ----------------------------------------------------------------------------------
+
+def _line_id(provider: str) -> str:
+    return f"limit#{provider}#line"
+
+
+def join_line(provider: str, task_id: str) -> int | None:
+    """Put the task in the provider's line; its place (1 = next), or None when the line is full (PACING_LINE_MAX:
+    the task then relies on its backoff and the sweep). Task ids sort by age, so the oldest is first."""
+    line = table.update_if(
+        _line_id(provider), UpdateExpression="ADD #w :id SET #e = :exp", ExpressionAttributeNames=_names("#w", "#e"),
+        ConditionExpression="attribute_not_exists(#w) OR size(#w) < :max OR contains(#w, :one)",
+        ExpressionAttributeValues={":id": {task_id}, ":one": task_id, ":max": settings.current().pacing_line_max,
+                                   ":exp": clock.now_ms() // 1000 + settings.current().task_deadline_s + 86400},
+        ReturnValues="ALL_NEW")
+    if line is None:
+        return None
+    waiting = sorted(line.get("waiting") or ())
+    return waiting.index(task_id) + 1 if task_id in waiting else None
+
+
+def leave_line(provider: str, task_id: str) -> None:
+    table.update(_line_id(provider), UpdateExpression="DELETE #w :id", ExpressionAttributeNames={"#w": "waiting"},
+                 ExpressionAttributeValues={":id": {task_id}})
+
+
+def wake_oldest(provider: str) -> str | None:
+    """Hand a freed slot over: take the oldest task out of the provider's line and publish its "Task Queued"
+    (one worker wins each id, by a conditional delete). The id woken, or None when the line is empty."""
+    for _ in range(WAKE_TRIES):
+        line = table.get(_line_id(provider)) or {}
+        waiting = sorted(line.get("waiting") or ())
+        if not waiting:
+            return None
+        oldest = waiting[0]
+        taken = table.update_if(_line_id(provider), UpdateExpression="DELETE #w :id",
+                                ConditionExpression="contains(#w, :one)", ExpressionAttributeNames={"#w": "waiting"},
+                                ExpressionAttributeValues={":id": {oldest}, ":one": oldest}, ReturnValues="NONE")
+        if taken is not None:
+            count("PacingWakes")
+            bus.publish(bus.TASK_QUEUED, oldest)
+            return oldest
+    return None
+
+
+def has_free_slot(route: Route) -> bool:
+    """Whether every concurrency limit of `route` has a slot free now (a read; nothing is taken)."""
+    now = clock.now_ms()
+    for limit in limits(route):
+        if limit.max_concurrency:
+            ids = [_slot_id(limit.key, k) for k in range(limit.max_concurrency)]
+            held = table.get_many(ids, attributes=["holder", "lease_until"])
+            if all("holder" in held.get(i, {}) and held[i].get("lease_until", 0) >= now for i in ids):
+                return False
+    return True

@@ -1,0 +1,193 @@
+"""Pacing: a provider's limits hold across parallel workers, and a 429 or a full provider means "wait", not "fail"."""
+
+import threading
+
+import pytest
+
+import submit_handler
+from imagegw import bus, pacing, provider_config, tasks, views, worker
+from imagegw.routing import routes_for
+from imagegw.schemas import Task as TaskModel
+from tests.apiclient import call
+from tests.conftest import API_KEY
+from tests.simulators.capacity_sim import CapacitySimulator
+
+MODEL = "dall-e-2"
+MAX_ROUNDS = 40  # every loop that drives waiting tasks is bounded
+
+
+@pytest.fixture(autouse=True)
+def no_transport_retries(monkeypatch):
+    """The transport's own 429 retries would hide the gateway's waiting; none here (each 429 reaches the worker)."""
+    monkeypatch.setenv("UPSTREAM_RETRIES", "0")
+
+
+def config(sim, **limits):
+    route = limits.pop("route", {})
+    return {"providers": {"p": {"dialect": "openai", "base_url": sim.base_url + "/v1", "api_key": sim.api_key,
+                                "timeout_s": 10, **limits}},
+            "models": {MODEL: [{"provider": "p", **route}]}}
+
+
+def queued():
+    return tasks.create("owner", MODEL, {"model": MODEL, "prompt": "a red fox", "size": "256x256",
+                                         "response_format": "b64_json"})
+
+
+def in_parallel(task_ids):
+    threads = [threading.Thread(target=worker.submit_queued, args=(task_id,)) for task_id in task_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+
+def drive_until_done(task_ids, fake_clock):
+    """What the sweep does for a waiting task, in rounds: when its next attempt comes, hand it to a worker again."""
+    for _ in range(MAX_ROUNDS):
+        live = [t for t in (tasks.get(i) for i in task_ids) if not t.terminal]
+        if not live:
+            return
+        due = max(t.next_check_at for t in live)
+        fake_clock.advance(max(0, due - pacing.clock.now_ms()) + 1)
+        in_parallel([t.id for t in live])
+    raise AssertionError("tasks still live after the bounded rounds")
+
+
+def test_tasks_answered_429_wait_and_then_all_succeed(aws, providers_file, quiet_bus, fake_clock):
+    with CapacitySimulator(limit=1, delay_s=0.2, retry_after="2") as sim:
+        providers_file(config(sim))  # no limit configured: the upstream's 429s are all the gateway learns
+        ids = [queued().id for _ in range(4)]
+        in_parallel(ids)
+        assert sim.refused >= 1  # sent at once, the upstream took one
+        waiting = [t for t in (tasks.get(i) for i in ids) if not t.terminal]
+        assert waiting and all(t.status == "queued" and t.waiting_for == "rate_limit" for t in waiting)
+        shown = views.task_object(waiting[0])
+        TaskModel.model_validate(shown)
+        assert shown["waiting_for"] == "rate_limit" and shown["status"] == "queued" and shown["progress"] == 0
+        assert all(t.next_check_at - t.updated_at >= 2000 for t in waiting)  # Retry-After: 2 is honoured
+        assert all(t.route_index == 0 and t.claims == 0 and t.error is None for t in waiting)  # nothing counted
+
+        drive_until_done(ids, fake_clock)
+        done = [tasks.get(i) for i in ids]
+        assert [t.status for t in done] == ["succeeded"] * 4
+        assert sim.served == 4
+
+
+def test_no_more_than_max_concurrency_calls_run_at_once_across_workers(aws, providers_file, inline_bus,
+                                                                      fake_clock):
+    with CapacitySimulator(limit=3, delay_s=0.3) as sim:
+        providers_file(config(sim, max_concurrency=3))
+        ids = [queued().id for _ in range(12)]
+        in_parallel(ids)  # twelve workers at once; slots freed wake the waiting (the inline bus runs them)
+        inline_bus.drain()
+        drive_until_done(ids, fake_clock)  # whatever the hand-overs left for the sweep
+        inline_bus.drain()
+        assert [tasks.get(i).status for i in ids] == ["succeeded"] * 12
+        assert sim.peak <= 3 and sim.peak >= 2
+        assert sim.refused == 0 and sim.served == 12
+        assert any(kind == bus.TASK_QUEUED for kind, _ in inline_bus.published)  # slots were handed over
+
+
+def test_a_crashed_workers_slot_comes_back_after_its_lease(aws, providers_file, fake_clock):
+    with CapacitySimulator(limit=1) as sim:
+        providers_file(config(sim, max_concurrency=1))
+        route = routes_for(MODEL)[0]
+        crashed = pacing.acquire(route, "crashed-worker")
+        assert isinstance(crashed, pacing.Permit)  # taken, and never given back
+        assert isinstance(pacing.acquire(route, "next"), pacing.Busy)
+        fake_clock.advance(int((route.config.timeout_s + pacing.LEASE_MARGIN_S) * 1000) - 1000)
+        assert isinstance(pacing.acquire(route, "next"), pacing.Busy)  # not before the lease passes
+        fake_clock.advance(2000)
+        again = pacing.acquire(route, "next")
+        assert isinstance(again, pacing.Permit)
+        pacing.release(crashed)  # the crashed worker's late release does not free the new holder's slot
+        assert isinstance(pacing.acquire(route, "third"), pacing.Busy)
+        pacing.release(again)
+        assert isinstance(pacing.acquire(route, "third"), pacing.Permit)
+
+
+def test_requests_per_minute_holds_across_workers(aws, providers_file, quiet_bus, fake_clock):
+    fake_clock.advance(60_000 - pacing.clock.now_ms() % 60_000 + 1000)  # one second into a minute
+    with CapacitySimulator(limit=100) as sim:
+        providers_file(config(sim, requests_per_minute=3))
+        ids = [queued().id for _ in range(7)]
+        in_parallel(ids)
+        assert sim.calls == 3
+        waiting = [t for t in (tasks.get(i) for i in ids) if not t.terminal]
+        assert len(waiting) == 4 and all(t.waiting_for == "capacity" for t in waiting)
+        assert all(t.next_check_at >= (pacing.clock.now_ms() // 60_000 + 1) * 60_000 for t in waiting)
+        in_parallel([t.id for t in waiting])  # tried again within the same minute: still no upstream call
+        assert sim.calls == 3
+        fake_clock.advance(60_000)
+        in_parallel([t.id for t in waiting])
+        assert sim.calls == 6  # the next minute's three
+        drive_until_done(ids, fake_clock)
+        assert [tasks.get(i).status for i in ids] == ["succeeded"] * 7 and sim.calls == 7
+
+
+def test_a_route_limit_is_needed_on_top_of_the_providers(aws, providers_file, fake_clock):
+    with CapacitySimulator(limit=10) as sim:
+        providers_file(config(sim, max_concurrency=5, route={"max_concurrency": 1}))
+        route = routes_for(MODEL)[0]
+        first = pacing.acquire(route, "a")
+        assert isinstance(first, pacing.Permit) and len(first.slots) == 2
+        assert isinstance(pacing.acquire(route, "b"), pacing.Busy)
+        assert pacing.has_free_slot(route) is False
+        pacing.release(first)
+        assert isinstance(pacing.acquire(route, "b"), pacing.Permit)
+
+
+def test_the_deadline_ends_a_task_that_waited_too_long(aws, providers_file, quiet_bus, fake_clock, monkeypatch):
+    monkeypatch.setenv("TASK_DEADLINE_S", "6")
+    with CapacitySimulator(limit=1, retry_after="1", always_busy=True) as sim:
+        providers_file(config(sim, max_concurrency=2))
+        task = queued()
+        first = worker.submit_queued(task.id)
+        assert first.status == "queued" and first.waiting_for == "rate_limit" and first.error is None
+        for _ in range(MAX_ROUNDS):
+            current = tasks.get(task.id)
+            if current.terminal:
+                break
+            fake_clock.advance(max(0, current.next_check_at - pacing.clock.now_ms()) + 1)
+            worker.submit_queued(task.id)
+        ended = tasks.get(task.id)
+        assert ended.status == "failed" and ended.error["code"] == "upstream_rate_limited"
+        assert "waited" in ended.error["message"] and "deadline (6 s)" in ended.error["message"]
+        assert sim.served == 0 and sim.refused >= 2
+        assert pacing.clock.now_ms() - ended.created_at <= 6000 + 1000  # never tried past its deadline
+
+
+def test_a_sync_request_without_a_slot_waits_then_answers_504_and_is_handed_the_slot(
+        aws, providers_file, quiet_bus, monkeypatch):
+    monkeypatch.setenv("SYNC_WAIT_S", "1")
+    with CapacitySimulator(limit=5) as sim:
+        providers_file(config(sim, max_concurrency=1))
+        held = pacing.acquire(routes_for(MODEL)[0], "someone-else")
+        reply = call(submit_handler.lambda_handler, "POST", "/v1/images/generations", key=API_KEY,
+                     body={"model": MODEL, "prompt": "a red fox", "size": "256x256",
+                           "response_format": "b64_json"})
+        assert reply.status == 504 and reply.json()["error"]["code"] == "generation_in_progress"
+        assert sim.calls == 0
+        task_id = reply.json()["error"]["message"].split("task ")[1].split(".")[0]
+        task = tasks.get(task_id)
+        assert task.status == "queued" and task.waiting_for == "capacity" and task.queue_position == 1
+        pacing.release(held)  # the slot is handed to the oldest waiting task
+        assert (bus.TASK_QUEUED, task_id) in quiet_bus.hand_offs
+        assert worker.submit_queued(task_id).status == "succeeded" and sim.served == 1
+
+
+def test_limits_are_checked_with_json_paths_and_unknown_keys_refused():
+    base = {"dialect": "openai", "base_url": "https://a.example", "api_key_env": "A_KEY"}
+    found = provider_config.problems({
+        "providers": {"p": {**base, "max_concurrency": 0, "requests_per_minute": "many"},
+                      "q": {**base, "max_concurency": 2}},
+        "models": {"m": [{"provider": "p", "requests_per_minute": 0, "max_concurrency": True}]}})
+    assert any(f.startswith("providers.p.max_concurrency: input should be greater than or equal to 1") for f in found)
+    assert any(f.startswith("providers.p.requests_per_minute: input should be a valid integer") for f in found)
+    assert "providers.q.max_concurency: unknown field (did you mean 'max_concurrency'?)" in found
+    assert any(f.startswith("models.m.0.requests_per_minute: input should be greater than or equal to 1")
+               for f in found)
+    assert any(f.startswith("models.m.0.max_concurrency: input should be a valid integer") for f in found)
+    assert provider_config.problems({"providers": {"p": {**base, "max_concurrency": 8, "requests_per_minute": 60}},
+                                     "models": {"m": [{"provider": "p", "max_concurrency": 2}]}}) == []
