@@ -382,8 +382,14 @@ def _apply(task: Task, outcome: Outcome | pacing.Busy, route: Route, route_index
 
 
 def _apply_wait(task: Task, busy: pacing.Busy, route: Route) -> Task | None:
-    """No route could take the task now: it waits queued in its provider's line until `busy.retry_at` (or a slot
-    is handed to it), never past its deadline; one whose next try would come after it fails upstream_rate_limited."""
+    """No route could take the task now: it waits queued in its provider's line, never past its deadline; one
+    whose next try would come after it fails upstream_rate_limited.
+
+    Refused a slot, it is left to the hand-overs (a worker giving a slot back wakes the oldest waiter): its next
+    check is only the safety net, PACING_MAX_WAIT_S away, for hand-overs that were lost. Refused a minute's count
+    or answered 429, it is tried again at `busy.retry_at` (a woken task may come sooner). The task is put back
+    before it joins the line (a wake reaches a task that can be claimed), and a slot freed while it joined is
+    handed over all the same (the re-check)."""
     since = task.waiting_since or now_ms()
     waiting = dataclasses.replace(task, waiting_since=since, waiting_for=busy.reason)
     if busy.retry_at >= _deadline_ms(task):
@@ -391,10 +397,16 @@ def _apply_wait(task: Task, busy: pacing.Busy, route: Route) -> Task | None:
     count("TasksWaiting")
     logger.info("task waits for its provider", extra={"task_id": task.id, "provider": busy.provider,
                                                       "reason": busy.reason, "retry_at": busy.retry_at})
-    position = pacing.join_line(busy.provider, task.id)
-    moved = tasks.wait(task, retry_at=busy.retry_at, waiting_for=busy.reason, waiting_since=since,
-                       waits=task.waits + 1, queue_position=position)
-    if moved is not None and busy.no_slot and pacing.has_free_slot(route):  # freed while it joined: not lost
+    retry_at = busy.retry_at
+    if busy.no_slot:
+        retry_at = max(retry_at, now_ms() + int(settings.current().pacing_max_wait_s * 1000))
+    moved = tasks.wait(task, retry_at=min(retry_at, _deadline_ms(task) + 1), waiting_for=busy.reason,
+                       waiting_since=since, waits=task.waits + 1,
+                       queue_position=pacing.place(busy.provider, since))
+    if moved is None:
+        return None
+    pacing.join_line(busy.provider, task.id, since)
+    if busy.no_slot and pacing.has_free_slot(route):  # freed while it joined: not lost
         pacing.wake_oldest(busy.provider)
     return moved
 
