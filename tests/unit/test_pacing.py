@@ -259,3 +259,34 @@ def test_a_lost_wake_is_recovered_by_the_sweep(aws, providers_file, quiet_bus, f
         fake_clock.advance(30_001)
         assert worker.sweep()["republished"] == 1
         assert worker.submit_queued(task.id).status == "succeeded" and sim.served == 1
+
+
+@pytest.mark.parametrize("found_by", ["sweep", "read"])
+def test_a_task_still_waiting_at_its_deadline_fails_rate_limited_saying_how_long(
+        aws, providers_file, quiet_bus, fake_clock, monkeypatch, found_by):
+    monkeypatch.setenv("TASK_DEADLINE_S", "40")
+    monkeypatch.setenv("PACING_MAX_WAIT_S", "30")
+    with CapacitySimulator(limit=5) as sim:
+        providers_file(config(sim, max_concurrency=1))
+        pacing.acquire(routes_for(MODEL)[0], "someone-else")  # never given back
+        task = queued()
+        fake_clock.advance(3_000)
+        assert worker.submit_queued(task.id).status == "queued"
+        fake_clock.advance(38_000)  # past the deadline, before anyone tried it again
+        if found_by == "sweep":
+            assert worker.sweep()["failed"] == 1
+        else:
+            worker.poll_through(tasks.get(task.id))
+        ended = tasks.get(task.id)
+        assert ended.status == "failed" and ended.error["code"] == "upstream_rate_limited"
+        assert "had no capacity" in ended.error["message"] and "waited 38 s" in ended.error["message"]
+        assert sim.calls == 0
+
+
+def test_a_task_not_waiting_at_its_deadline_still_times_out(aws, providers_file, quiet_bus, fake_clock,
+                                                             monkeypatch):
+    monkeypatch.setenv("TASK_DEADLINE_S", "40")
+    with CapacitySimulator(limit=5):
+        task = queued()  # its "Task Queued" was lost: never tried
+        fake_clock.advance(41_000)
+        assert worker.poll_through(tasks.get(task.id)).error["code"] == "upstream_timeout"

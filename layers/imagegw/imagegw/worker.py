@@ -10,7 +10,8 @@ Each step claims its stage first (see `tasks`), so redelivered events and concur
 
 The task deadline (`TASK_DEADLINE_S` after creation) holds on every path: no check is ever scheduled past it,
 so the sweep finds the task by then; a read, a claim or a check that finds the task overdue fails it with
-`upstream_timeout`. An async upstream is checked at most once a second (`CheckPolicy.min_gap_ms`), however many
+`upstream_timeout` (`upstream_rate_limited`, saying how long it waited, when it was queued waiting for its
+provider's capacity). An async upstream is checked at most once a second (`CheckPolicy.min_gap_ms`), however many
 clients read the task, and a client that reads about once a second sees the result within about a second.
 Images of a task that ends any other way than succeeded (cancelled meanwhile, failed half-way) are removed
 from the bucket: no orphan objects. What else a task's end sets off (metrics, events, webhooks, its batch's
@@ -629,11 +630,17 @@ def _next_check_at(task: Task, delay_ms: int | None = None) -> int:
 
 def _give_up_if_overdue(task: Task, *, only_past_deadline: bool = False) -> bool:
     """Fail a live task past its deadline (or, for the sweep, one whose stage keeps failing: its workers
-    die); True when it was failed here."""
+    die); True when it was failed here. A task found waiting for its provider's capacity fails
+    `upstream_rate_limited` (saying how long it waited), any other `upstream_timeout`."""
     overdue = _past_deadline(task)
     if not overdue and (only_past_deadline or task.claims < MAX_CLAIMS):
         return False
-    reason = _deadline_error() if overdue else UpstreamTimeout("The task kept failing to make progress.")
+    if not overdue:
+        reason: GatewayError = UpstreamTimeout("The task kept failing to make progress.")
+    elif task.stage == "queued" and task.waiting_for:  # it waited for its provider's capacity all along
+        reason = _waited_error(task)
+    else:
+        reason = _deadline_error()
     failed = tasks.fail_unclaimed(task.id, reason.task_error())
     if failed:
         lifecycle.ended(failed)
