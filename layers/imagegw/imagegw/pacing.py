@@ -203,6 +203,11 @@ def leave_line(provider: str, task_id: str) -> None:
     table.delete(_wait_id(provider, task_id))
 
 
+def in_line(providers: list[str], task_id: str) -> bool:
+    """Whether the task waits in one of these providers' lines (one read): not when it was woken meanwhile."""
+    return bool(table.get_many([_wait_id(p, task_id) for p in dict.fromkeys(providers)], attributes=["id"]))
+
+
 def wake_oldest(provider: str) -> str | None:
     """Hand a freed slot over: take the oldest task out of the provider's line (one query reading WAKE_TRIES
     index keys, then a conditional delete: one worker wins each waiter) and publish its "Task Queued". The id

@@ -279,7 +279,8 @@ def sweep(*, partitions: list[str] | None = None) -> dict[str, int]:
     is paged through to its end (no cap) and its due items are advanced by SWEEP_PARALLELISM threads; no item
     is started after SWEEP_BUDGET_S or once the Lambda has less than SWEEP_TIME_MARGIN_S left (what is left is
     still due at the next run: `stopped` says so). Returns counts by action for logging and tests."""
-    counts = {"republished": 0, "checked": 0, "failed": 0, "webhooks": 0, "batches": 0, "errors": 0, "stopped": 0}
+    counts = {"republished": 0, "deferred": 0, "checked": 0, "failed": 0, "webhooks": 0, "batches": 0, "errors": 0,
+              "stopped": 0}
     if partitions is None:
         counts["batches"] = batch_record.recheck_due()  # a stalled reader or a count that fell behind
         partitions = [p for group in shards.groups() for p in group]
@@ -342,12 +343,31 @@ def _sweep_task(task_id: str) -> str | None:
     if task.stage == "waiting":
         check_waiting(task_id)
         return "checked"
+    if task.stage == "queued" and task.waiting_for == pacing.CAPACITY and _left_to_hand_overs(task):
+        # Still in its provider's line while every slot is in use: those slots' releases hand over, nothing was
+        # lost. Look again a safety net later rather than send it to be refused (and rejoin the line). Woken
+        # (out of the line: its "Task Queued" was lost), or a slot free with nobody taking it: re-sent below.
+        if tasks.touch(task, next_check_at=_next_check_at(task, int(settings.current().pacing_max_wait_s * 1000))):
+            return "deferred"
+        return None
     if task.stage in ("queued", "generated"):
         # Its event was lost or its worker died (lease expired): nudge the stage's function again.
         if tasks.touch(task, next_check_at=_next_check_at(task, REPUBLISH_AFTER_S * 1000)):
             bus.publish(bus.TASK_QUEUED if task.stage == "queued" else bus.TASK_GENERATED, task_id)
             return "republished"
     return None
+
+
+def _left_to_hand_overs(task: Task) -> bool:
+    """Whether a waiting task gets its slot by a hand-over: no route it may still take has a slot free now (a
+    route without a concurrency limit always has one) and it is still in a line; False when its routes cannot
+    be had."""
+    try:
+        routes = routes_for(task.model)[task.route_index:]
+    except GatewayError:
+        return False
+    return (bool(routes) and not any(pacing.has_free_slot(route) for route in routes)
+            and pacing.in_line([route.provider for route in routes], task.id))
 
 
 def poll_through(task: Task) -> Task:
