@@ -78,6 +78,7 @@ class AwsCalls:
     def __init__(self, monkeypatch):
         self.lock = threading.Lock()
         self.by_operation: Counter[str] = Counter()
+        self.seconds_by_operation: Counter[str] = Counter()
         self.seconds = 0.0
         original = botocore.client.BaseClient._make_api_call
         calls = self
@@ -90,6 +91,7 @@ class AwsCalls:
                 with calls.lock:
                     calls.by_operation[operation] += 1
                     calls.seconds += time.monotonic() - started
+                    calls.seconds_by_operation[operation] += time.monotonic() - started
 
         monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", timed)
 
@@ -148,6 +150,7 @@ def test_a_paced_burst_keeps_the_provider_at_its_limit(aws, providers_file, monk
               f"{republished} re-published by the sweep)")
         print(f"  AWS calls                {sum(aws_calls.by_operation.values())} taking {aws_calls.seconds:.1f} s "
               f"in all ({', '.join(f'{op} {n}' for op, n in aws_calls.by_operation.most_common(6))})")
+        print(f"  AWS seconds by operation {', '.join(f'{op} {s:.0f} s' for op, s in aws_calls.seconds_by_operation.most_common(6))}")
         assert not pooled.errors, pooled.errors[:3]
         assert succeeded == N and len(statuses) == N
         assert sim.peak <= L
