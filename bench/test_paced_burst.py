@@ -20,8 +20,11 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import botocore.client
 
 import submit_handler
 from imagegw import bus, storage, worker
@@ -68,7 +71,33 @@ def _s3_event(key: str, size: int, etag: str) -> dict:
     return event
 
 
+class AwsCalls:
+    """Every AWS call the gateway makes (moto in process here): how many, of which operation, and how long they
+    took in all (summed over threads: above the wall time when calls overlap)."""
+
+    def __init__(self, monkeypatch):
+        self.lock = threading.Lock()
+        self.by_operation: Counter[str] = Counter()
+        self.seconds_by_operation: Counter[str] = Counter()
+        self.seconds = 0.0
+        original = botocore.client.BaseClient._make_api_call
+        calls = self
+
+        def timed(client, operation, params):
+            started = time.monotonic()
+            try:
+                return original(client, operation, params)
+            finally:
+                with calls.lock:
+                    calls.by_operation[operation] += 1
+                    calls.seconds += time.monotonic() - started
+                    calls.seconds_by_operation[operation] += time.monotonic() - started
+
+        monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", timed)
+
+
 def test_a_paced_burst_keeps_the_provider_at_its_limit(aws, providers_file, monkeypatch):  # noqa: F811
+    aws_calls = AwsCalls(monkeypatch)
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "ERROR")
     monkeypatch.setenv("UPSTREAM_RETRIES", "0")  # each 429 reaches the gateway (and is counted here)
@@ -86,7 +115,7 @@ def test_a_paced_burst_keeps_the_provider_at_its_limit(aws, providers_file, monk
 
         def sweeper():
             while not stop.wait(SWEEP_EVERY_S):
-                sweeps.append(worker.sweep(limit=100))
+                sweeps.append(worker.sweep())
 
         with ThreadPoolExecutor(max_workers=WORKERS) as pool, bus.use(PooledBus(pool)) as pooled:
             sweep_thread = threading.Thread(target=sweeper, daemon=True)
@@ -119,6 +148,9 @@ def test_a_paced_burst_keeps_the_provider_at_its_limit(aws, providers_file, monk
         print(f"  wall time / ideal        {elapsed:.1f} s / {ideal_s:.1f} s = {ratio:.2f}")
         print(f"  invocations              {pooled.invocations} ({pooled.invocations / N:.2f} per task; "
               f"{republished} re-published by the sweep)")
+        print(f"  AWS calls                {sum(aws_calls.by_operation.values())} taking {aws_calls.seconds:.1f} s "
+              f"in all ({', '.join(f'{op} {n}' for op, n in aws_calls.by_operation.most_common(6))})")
+        print(f"  AWS seconds by operation {', '.join(f'{op} {s:.0f} s' for op, s in aws_calls.seconds_by_operation.most_common(6))}")
         assert not pooled.errors, pooled.errors[:3]
         assert succeeded == N and len(statuses) == N
         assert sim.peak <= L

@@ -192,3 +192,108 @@ def test_limits_are_checked_with_json_paths_and_unknown_keys_refused():
     assert any(f.startswith("models.m.0.max_concurrency: input should be a valid integer") for f in found)
     assert provider_config.problems({"providers": {"p": {**base, "max_concurrency": 8, "requests_per_minute": 60}},
                                      "models": {"m": [{"provider": "p", "max_concurrency": 2}]}}) == []
+
+
+def test_the_line_is_one_item_per_task_woken_oldest_first_each_by_one_worker(aws, quiet_bus, fake_clock):
+    now = pacing.clock.now_ms()
+    for k, task_id in enumerate(["t-late", "t-first", "t-mid"]):  # joined in any order: the line sorts by `since`
+        pacing.join_line("p", task_id, since=now + {0: 300, 1: 100, 2: 200}[k])
+    pacing.join_line("p", "t-first", since=now + 100)  # joining again is the same write
+    pacing.join_line("q", "t-other", since=now)  # another provider's line
+    assert pacing.place("p", now + 250) == 3 and pacing.place("p", now) == 1
+    assert tasks.table.get("limit#p#wait#t-first")["sweep"] == "line#p"
+    woken: list[str | None] = []
+    threads = [threading.Thread(target=lambda: woken.append(pacing.wake_oldest("p"))) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(w for w in woken if w) == ["t-first", "t-late", "t-mid"]  # each waiter woken once
+    assert pacing.wake_oldest("p") is None and pacing.wake_oldest("q") == "t-other"
+    assert sorted(task_id for _, task_id in quiet_bus.hand_offs) == ["t-first", "t-late", "t-mid", "t-other"]
+    pacing.join_line("p", "t-gone", since=now)
+    pacing.leave_line("p", "t-gone")
+    assert pacing.wake_oldest("p") is None
+
+
+def test_the_sweep_never_reads_a_line(aws, quiet_bus, fake_clock):
+    from imagegw import shards
+
+    pacing.join_line("p", "not-a-task", since=0)
+    assert not shards.is_partition("line#p")
+    assert all("line#p" not in group for group in shards.groups())
+    counts = worker.sweep()
+    assert counts["republished"] == counts["errors"] == counts["failed"] == 0
+    assert tasks.table.get("limit#p#wait#not-a-task") is not None and quiet_bus.hand_offs == []
+
+
+def test_a_task_refused_a_slot_is_left_to_the_hand_overs(aws, providers_file, quiet_bus, fake_clock, monkeypatch):
+    monkeypatch.setenv("PACING_MAX_WAIT_S", "30")
+    with CapacitySimulator(limit=5) as sim:
+        providers_file(config(sim, max_concurrency=1))
+        held = pacing.acquire(routes_for(MODEL)[0], "someone-else")
+        first, second = queued(), queued()
+        assert worker.submit_queued(first.id).status == "queued"
+        fake_clock.advance(5)
+        waiting = worker.submit_queued(second.id)
+        assert waiting.waiting_for == "capacity" and waiting.queue_position == 2
+        # its next check is the safety net, not a backoff: the sweep leaves it alone while slots are handed over
+        assert waiting.next_check_at - pacing.clock.now_ms() >= 29_000
+        fake_clock.advance(5_000)
+        assert worker.sweep()["republished"] == 0
+        fake_clock.advance(26_000)  # their safety net came, but every slot is still in use: no hand-over was lost
+        swept = worker.sweep()
+        assert swept["republished"] == 0 and swept["deferred"] == 2 and quiet_bus.hand_offs == []
+        assert tasks.get(second.id).next_check_at - pacing.clock.now_ms() >= 29_000
+        pacing.release(held)  # the oldest is woken first
+        assert quiet_bus.hand_offs == [(bus.TASK_QUEUED, first.id)]
+        assert worker.submit_queued(first.id).status == "succeeded"  # its release wakes the next
+        assert quiet_bus.hand_offs[-1] == (bus.TASK_QUEUED, second.id)
+        assert worker.submit_queued(second.id).status == "succeeded" and sim.served == 2
+
+
+def test_a_lost_wake_is_recovered_by_the_sweep(aws, providers_file, quiet_bus, fake_clock, monkeypatch):
+    monkeypatch.setenv("PACING_MAX_WAIT_S", "30")
+    with CapacitySimulator(limit=5) as sim:
+        providers_file(config(sim, max_concurrency=1))
+        held = pacing.acquire(routes_for(MODEL)[0], "someone-else")
+        task = queued()
+        assert worker.submit_queued(task.id).status == "queued"
+        pacing.release(held)
+        assert quiet_bus.hand_offs == [(bus.TASK_QUEUED, task.id)]  # ... and that event is lost
+        held = pacing.acquire(routes_for(MODEL)[0], "someone-else")  # the slot taken meanwhile: no slot is free
+        fake_clock.advance(30_001)
+        assert worker.sweep()["republished"] == 1  # out of the line: only the sweep can send it again
+        pacing.release(held)
+        assert worker.submit_queued(task.id).status == "succeeded" and sim.served == 1
+
+
+@pytest.mark.parametrize("found_by", ["sweep", "read"])
+def test_a_task_still_waiting_at_its_deadline_fails_rate_limited_saying_how_long(
+        aws, providers_file, quiet_bus, fake_clock, monkeypatch, found_by):
+    monkeypatch.setenv("TASK_DEADLINE_S", "40")
+    monkeypatch.setenv("PACING_MAX_WAIT_S", "30")
+    with CapacitySimulator(limit=5) as sim:
+        providers_file(config(sim, max_concurrency=1))
+        pacing.acquire(routes_for(MODEL)[0], "someone-else")  # never given back
+        task = queued()
+        fake_clock.advance(3_000)
+        assert worker.submit_queued(task.id).status == "queued"
+        fake_clock.advance(38_000)  # past the deadline, before anyone tried it again
+        if found_by == "sweep":
+            assert worker.sweep()["failed"] == 1
+        else:
+            worker.poll_through(tasks.get(task.id))
+        ended = tasks.get(task.id)
+        assert ended.status == "failed" and ended.error["code"] == "upstream_rate_limited"
+        assert "had no capacity" in ended.error["message"] and "waited 38 s" in ended.error["message"]
+        assert sim.calls == 0
+
+
+def test_a_task_not_waiting_at_its_deadline_still_times_out(aws, providers_file, quiet_bus, fake_clock,
+                                                             monkeypatch):
+    monkeypatch.setenv("TASK_DEADLINE_S", "40")
+    with CapacitySimulator(limit=5):
+        task = queued()  # its "Task Queued" was lost: never tried
+        fake_clock.advance(41_000)
+        assert worker.poll_through(tasks.get(task.id)).error["code"] == "upstream_timeout"

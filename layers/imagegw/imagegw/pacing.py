@@ -3,11 +3,13 @@
 A provider's `max_concurrency` (requests in flight) and `requests_per_minute` (provider configuration; on a route
 entry too, for a model's own limit) hold for the provider's account, so they are kept in the task table, where
 every instance sees them, under their own ids (never in the sweep index nor the owner index, so the sweep and the
-task listings never read them):
+task listings never read them; a line's items sit in the sweep index, but under a partition of their own that
+the sweep never reads, see `shards.line`):
 
     limit#<key>#slot#<k>      a leased slot, k < max_concurrency: {holder, lease_until, expires_at}
     limit#<key>#rpm#<minute>  a fixed one-minute window: {n, expires_at}
-    limit#<key>#line          the tasks waiting for the provider: {waiting: a string set of task ids}
+    limit#<provider>#wait#<task id>  a task waiting in the provider's line: {sweep: "line#<provider>",
+                              next_check_at: when the task first had to wait, expires_at}
 
 `<key>` is the provider's name, or `<provider>@<upstream model>` for a route's own limit. A slot is taken with
 a conditional write (`attribute_not_exists(holder) OR lease_until < :now`) and given back by a conditional
@@ -18,7 +20,11 @@ when one is refused.
 
 A task refused a slot (or answered 429 by the provider) waits `queued` in its provider's line: a worker that
 gives a slot back wakes the oldest task in that line (a "Task Queued" for it), so a freed slot is handed over
-rather than polled for, and the sweep is the safety net (the task's next check is a jittered, bounded backoff).
+rather than polled for. Joining and waking cost the same however long the line is: a join is one put, a wake one
+query reading the oldest few index keys and one conditional delete. A task refused a slot is then left to the
+hand-overs: its next check is PACING_MAX_WAIT_S away (never past its deadline), so the sweep re-sends it only
+when hand-overs were lost (a wake whose event never came, a worker that died holding a slot). A task refused a
+minute's count or answered 429 waits its jittered, bounded backoff (or Retry-After), in the line meanwhile.
 `worker` decides when to ask (`acquire`, `release`) and what a task does meanwhile; this module only counts.
 """
 
@@ -30,7 +36,7 @@ from dataclasses import dataclass, field
 
 from aws_lambda_powertools import Logger
 
-from . import bus, clock, settings, table
+from . import bus, clock, settings, shards, table
 from .errors import RateLimited
 from .observability import count
 from .routing import Route
@@ -41,7 +47,7 @@ LEASE_MARGIN_S = 30  # a slot's lease: the route's timeout_s plus this (the call
 MINUTE_MS = 60_000
 BACKOFF_MS = 1000  # a task refused capacity is tried again after about this, doubling, up to PACING_MAX_WAIT_S
 WAKE_TRIES = 3  # a release tries to wake this many of the oldest waiters before giving up (they left meanwhile)
-_NAMES = {"#h": "holder", "#l": "lease_until", "#e": "expires_at", "#n": "n", "#w": "waiting"}
+_NAMES = {"#h": "holder", "#l": "lease_until", "#e": "expires_at", "#n": "n"}
 
 
 def _names(*aliases: str) -> dict[str, str]:
@@ -172,43 +178,44 @@ def _count_request(limit: Limit) -> bool:
 
 # -- the line of waiting tasks ----------------------------------------------------------------------------------
 
-def _line_id(provider: str) -> str:
-    return f"limit#{provider}#line"
+def _wait_id(provider: str, task_id: str) -> str:
+    return f"limit#{provider}#wait#{task_id}"
 
 
-def join_line(provider: str, task_id: str) -> int | None:
-    """Put the task in the provider's line; its place (1 = next), or None when the line is full (PACING_LINE_MAX:
-    the task then relies on its backoff and the sweep). Task ids sort by age, so the oldest is first."""
-    line = table.update_if(
-        _line_id(provider), UpdateExpression="ADD #w :id SET #e = :exp", ExpressionAttributeNames=_names("#w", "#e"),
-        ConditionExpression="attribute_not_exists(#w) OR size(#w) < :max OR contains(#w, :one)",
-        ExpressionAttributeValues={":id": {task_id}, ":one": task_id, ":max": settings.current().pacing_line_max,
-                                   ":exp": clock.now_ms() // 1000 + settings.current().task_deadline_s + 86400},
-        ReturnValues="ALL_NEW")
-    if line is None:
-        return None
-    waiting = sorted(line.get("waiting") or ())
-    return waiting.index(task_id) + 1 if task_id in waiting else None
+def place(provider: str, since: int) -> int | None:
+    """The place (1 = next) a task waiting since `since` (ms) takes in the provider's line: one query counting
+    the index keys of the waiters ahead of it, at most PACING_LINE_MAX of them (None when there are more)."""
+    most = settings.current().pacing_line_max
+    ahead = table.count_in_index(shards.line(provider), before=since, limit=most)
+    return ahead + 1 if ahead < most else None
+
+
+def join_line(provider: str, task_id: str, since: int) -> None:
+    """Put the task in the provider's line: one item of its own, in the sweep index under the line's partition
+    (`line#<provider>`, never swept) sorted by `since` (when the task first had to wait), so a task that is
+    refused again keeps its place. Joining again is the same write."""
+    table.task_table().put_item(Item={
+        "id": _wait_id(provider, task_id), "sweep": shards.line(provider), "next_check_at": since,
+        "expires_at": clock.now_ms() // 1000 + settings.current().task_deadline_s + 86400})
 
 
 def leave_line(provider: str, task_id: str) -> None:
-    table.update(_line_id(provider), UpdateExpression="DELETE #w :id", ExpressionAttributeNames={"#w": "waiting"},
-                 ExpressionAttributeValues={":id": {task_id}})
+    table.delete(_wait_id(provider, task_id))
+
+
+def in_line(providers: list[str], task_id: str) -> bool:
+    """Whether the task waits in one of these providers' lines (one read): not when it was woken meanwhile."""
+    return bool(table.get_many([_wait_id(p, task_id) for p in dict.fromkeys(providers)], attributes=["id"]))
 
 
 def wake_oldest(provider: str) -> str | None:
-    """Hand a freed slot over: take the oldest task out of the provider's line and publish its "Task Queued"
-    (one worker wins each id, by a conditional delete). The id woken, or None when the line is empty."""
-    for _ in range(WAKE_TRIES):
-        line = table.get(_line_id(provider)) or {}
-        waiting = sorted(line.get("waiting") or ())
-        if not waiting:
-            return None
-        oldest = waiting[0]
-        taken = table.update_if(_line_id(provider), UpdateExpression="DELETE #w :id",
-                                ConditionExpression="contains(#w, :one)", ExpressionAttributeNames={"#w": "waiting"},
-                                ExpressionAttributeValues={":id": {oldest}, ":one": oldest}, ReturnValues="NONE")
-        if taken is not None:
+    """Hand a freed slot over: take the oldest task out of the provider's line (one query reading WAKE_TRIES
+    index keys, then a conditional delete: one worker wins each waiter) and publish its "Task Queued". The id
+    woken, or None when the line is empty (or every waiter read was taken by other workers meanwhile)."""
+    prefix = f"limit#{provider}#wait#"
+    for item_id in table.oldest_in_index(shards.line(provider), limit=WAKE_TRIES):
+        if table.delete_if_exists(item_id):
+            oldest = item_id[len(prefix):]
             count("PacingWakes")
             bus.publish(bus.TASK_QUEUED, oldest)
             return oldest

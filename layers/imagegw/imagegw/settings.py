@@ -76,9 +76,10 @@ class Settings:
 
     # Pacing: providers' limits (provider configuration: max_concurrency, requests_per_minute).
     pacing_max_wait_s: float = field(default=30.0, metadata=_env(
-        "PACING_MAX_WAIT_S", "longest backoff before a task waiting for a provider's capacity is tried again"))
+        "PACING_MAX_WAIT_S", "longest backoff before a task waiting for a provider's capacity is tried again; a task "
+        "refused a slot waits this long for a hand-over before the sweep re-sends it"))
     pacing_line_max: int = field(default=2000, metadata=_env(
-        "PACING_LINE_MAX", "most task ids kept in a provider's line of waiting tasks (the rest rely on backoff)"))
+        "PACING_LINE_MAX", "most waiting tasks counted ahead of a task for its queue_position (one query)"))
 
     # Batches.
     batch_lines_per_run: int = field(default=2000, metadata=_env(

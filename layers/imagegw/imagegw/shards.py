@@ -30,6 +30,7 @@ from . import settings, table
 LIVE = "inflight"  # live tasks
 WEBHOOK = "webhook"  # terminal tasks whose webhook is still to be delivered
 KINDS = (LIVE, WEBHOOK)
+LINE = "line"  # a provider's line of waiting tasks (`pacing`): in the sweep index, but never swept
 MAX_SHARDS = 64  # the template's SweepShards MaxValue: no item ever sits in a higher shard
 OWNER_SHARDS = 16  # owner keys of the event tenant (a constant: changing it would strand listings)
 
@@ -93,6 +94,12 @@ def is_partition(value: str) -> bool:
 
 def kind_of(value: str) -> str:
     return value.split("#", 1)[0]
+
+
+def line(provider: str) -> str:
+    """The sweep-index partition of the tasks waiting in `provider`'s line (`pacing`), sorted by when they began
+    to wait. Not a sweep partition: `every`, `groups` and `is_partition` never name it, so no sweep reads it."""
+    return f"{LINE}#{provider}"
 
 
 def owner_key(owner: str, task_id: str) -> str:

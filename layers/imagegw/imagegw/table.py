@@ -75,6 +75,18 @@ def update(key: str, **kwargs: Any) -> dict[str, Any]:
     return plain(task_table().update_item(Key={"id": key}, **kwargs).get("Attributes") or {})
 
 
+def delete(key: str) -> None:
+    """Delete the item `key` (nothing happens when there is none)."""
+    task_table().delete_item(Key={"id": key})
+
+
+def delete_if_exists(key: str) -> bool:
+    """Delete the item `key`; False when there was none (another worker deleted it first)."""
+    deleted = _unless_condition_fails(
+        lambda: task_table().delete_item(Key={"id": key}, ConditionExpression="attribute_exists(id)"))
+    return deleted is not None
+
+
 def get(key: str) -> dict[str, Any] | None:
     """The item, read consistently, with plain numbers; None when there is none."""
     item = task_table().get_item(Key={"id": key}, ConsistentRead=True).get("Item")
@@ -129,3 +141,19 @@ def has_due(partition: str, *, now: int | None = None) -> bool:
     resp = task_table().query(IndexName=SWEEP_INDEX, Limit=1, ProjectionExpression="id",
                               KeyConditionExpression=Key("sweep").eq(partition) & Key("next_check_at").lte(now))
     return bool(resp["Items"])
+
+
+def oldest_in_index(partition: str, *, limit: int) -> list[str]:
+    """Ids of the first `limit` items in the sweep index under `partition`, lowest `next_check_at` first (one
+    query, however many items the partition holds)."""
+    resp = task_table().query(IndexName=SWEEP_INDEX, Limit=limit, ProjectionExpression="id",
+                              KeyConditionExpression=Key("sweep").eq(partition))
+    return [item["id"] for item in resp["Items"]]
+
+
+def count_in_index(partition: str, *, before: int, limit: int) -> int:
+    """How many items in the sweep index under `partition` have a `next_check_at` below `before`, counted up to
+    `limit` (one query page)."""
+    resp = task_table().query(IndexName=SWEEP_INDEX, Limit=limit, Select="COUNT",
+                              KeyConditionExpression=Key("sweep").eq(partition) & Key("next_check_at").lt(before))
+    return int(resp["Count"])

@@ -10,7 +10,8 @@ Each step claims its stage first (see `tasks`), so redelivered events and concur
 
 The task deadline (`TASK_DEADLINE_S` after creation) holds on every path: no check is ever scheduled past it,
 so the sweep finds the task by then; a read, a claim or a check that finds the task overdue fails it with
-`upstream_timeout`. An async upstream is checked at most once a second (`CheckPolicy.min_gap_ms`), however many
+`upstream_timeout` (`upstream_rate_limited`, saying how long it waited, when it was queued waiting for its
+provider's capacity). An async upstream is checked at most once a second (`CheckPolicy.min_gap_ms`), however many
 clients read the task, and a client that reads about once a second sees the result within about a second.
 Images of a task that ends any other way than succeeded (cancelled meanwhile, failed half-way) are removed
 from the bucket: no orphan objects. What else a task's end sets off (metrics, events, webhooks, its batch's
@@ -278,7 +279,8 @@ def sweep(*, partitions: list[str] | None = None) -> dict[str, int]:
     is paged through to its end (no cap) and its due items are advanced by SWEEP_PARALLELISM threads; no item
     is started after SWEEP_BUDGET_S or once the Lambda has less than SWEEP_TIME_MARGIN_S left (what is left is
     still due at the next run: `stopped` says so). Returns counts by action for logging and tests."""
-    counts = {"republished": 0, "checked": 0, "failed": 0, "webhooks": 0, "batches": 0, "errors": 0, "stopped": 0}
+    counts = {"republished": 0, "deferred": 0, "checked": 0, "failed": 0, "webhooks": 0, "batches": 0, "errors": 0,
+              "stopped": 0}
     if partitions is None:
         counts["batches"] = batch_record.recheck_due()  # a stalled reader or a count that fell behind
         partitions = [p for group in shards.groups() for p in group]
@@ -341,12 +343,31 @@ def _sweep_task(task_id: str) -> str | None:
     if task.stage == "waiting":
         check_waiting(task_id)
         return "checked"
+    if task.stage == "queued" and task.waiting_for == pacing.CAPACITY and _left_to_hand_overs(task):
+        # Still in its provider's line while every slot is in use: those slots' releases hand over, nothing was
+        # lost. Look again a safety net later rather than send it to be refused (and rejoin the line). Woken
+        # (out of the line: its "Task Queued" was lost), or a slot free with nobody taking it: re-sent below.
+        if tasks.touch(task, next_check_at=_next_check_at(task, int(settings.current().pacing_max_wait_s * 1000))):
+            return "deferred"
+        return None
     if task.stage in ("queued", "generated"):
         # Its event was lost or its worker died (lease expired): nudge the stage's function again.
         if tasks.touch(task, next_check_at=_next_check_at(task, REPUBLISH_AFTER_S * 1000)):
             bus.publish(bus.TASK_QUEUED if task.stage == "queued" else bus.TASK_GENERATED, task_id)
             return "republished"
     return None
+
+
+def _left_to_hand_overs(task: Task) -> bool:
+    """Whether a waiting task gets its slot by a hand-over: no route it may still take has a slot free now (a
+    route without a concurrency limit always has one) and it is still in a line; False when its routes cannot
+    be had."""
+    try:
+        routes = routes_for(task.model)[task.route_index:]
+    except GatewayError:
+        return False
+    return (bool(routes) and not any(pacing.has_free_slot(route) for route in routes)
+            and pacing.in_line([route.provider for route in routes], task.id))
 
 
 def poll_through(task: Task) -> Task:
@@ -382,8 +403,14 @@ def _apply(task: Task, outcome: Outcome | pacing.Busy, route: Route, route_index
 
 
 def _apply_wait(task: Task, busy: pacing.Busy, route: Route) -> Task | None:
-    """No route could take the task now: it waits queued in its provider's line until `busy.retry_at` (or a slot
-    is handed to it), never past its deadline; one whose next try would come after it fails upstream_rate_limited."""
+    """No route could take the task now: it waits queued in its provider's line, never past its deadline; one
+    whose next try would come after it fails upstream_rate_limited.
+
+    Refused a slot, it is left to the hand-overs (a worker giving a slot back wakes the oldest waiter): its next
+    check is only the safety net, PACING_MAX_WAIT_S away, for hand-overs that were lost. Refused a minute's count
+    or answered 429, it is tried again at `busy.retry_at` (a woken task may come sooner). The task is put back
+    before it joins the line (a wake reaches a task that can be claimed), and a slot freed while it joined is
+    handed over all the same (the re-check)."""
     since = task.waiting_since or now_ms()
     waiting = dataclasses.replace(task, waiting_since=since, waiting_for=busy.reason)
     if busy.retry_at >= _deadline_ms(task):
@@ -391,10 +418,16 @@ def _apply_wait(task: Task, busy: pacing.Busy, route: Route) -> Task | None:
     count("TasksWaiting")
     logger.info("task waits for its provider", extra={"task_id": task.id, "provider": busy.provider,
                                                       "reason": busy.reason, "retry_at": busy.retry_at})
-    position = pacing.join_line(busy.provider, task.id)
-    moved = tasks.wait(task, retry_at=busy.retry_at, waiting_for=busy.reason, waiting_since=since,
-                       waits=task.waits + 1, queue_position=position)
-    if moved is not None and busy.no_slot and pacing.has_free_slot(route):  # freed while it joined: not lost
+    retry_at = busy.retry_at
+    if busy.no_slot:
+        retry_at = max(retry_at, now_ms() + int(settings.current().pacing_max_wait_s * 1000))
+    moved = tasks.wait(task, retry_at=min(retry_at, _deadline_ms(task) + 1), waiting_for=busy.reason,
+                       waiting_since=since, waits=task.waits + 1,
+                       queue_position=pacing.place(busy.provider, since))
+    if moved is None:
+        return None
+    pacing.join_line(busy.provider, task.id, since)
+    if busy.no_slot and pacing.has_free_slot(route):  # freed while it joined: not lost
         pacing.wake_oldest(busy.provider)
     return moved
 
@@ -617,11 +650,17 @@ def _next_check_at(task: Task, delay_ms: int | None = None) -> int:
 
 def _give_up_if_overdue(task: Task, *, only_past_deadline: bool = False) -> bool:
     """Fail a live task past its deadline (or, for the sweep, one whose stage keeps failing: its workers
-    die); True when it was failed here."""
+    die); True when it was failed here. A task found waiting for its provider's capacity fails
+    `upstream_rate_limited` (saying how long it waited), any other `upstream_timeout`."""
     overdue = _past_deadline(task)
     if not overdue and (only_past_deadline or task.claims < MAX_CLAIMS):
         return False
-    reason = _deadline_error() if overdue else UpstreamTimeout("The task kept failing to make progress.")
+    if not overdue:
+        reason: GatewayError = UpstreamTimeout("The task kept failing to make progress.")
+    elif task.stage == "queued" and task.waiting_for:  # it waited for its provider's capacity all along
+        reason = _waited_error(task)
+    else:
+        reason = _deadline_error()
     failed = tasks.fail_unclaimed(task.id, reason.task_error())
     if failed:
         lifecycle.ended(failed)
