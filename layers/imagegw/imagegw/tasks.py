@@ -1,6 +1,7 @@
 """The task state machine over DynamoDB.
 
-Public `status` only moves forward: queued -> in_progress -> succeeded | failed | cancelled. Inside
+Public `status` moves forward: queued -> in_progress -> succeeded | failed | cancelled, with one way back:
+`wait` returns a task the upstream took nothing from (no slot of its provider's limits, or a 429) to queued. Inside
 in_progress, an internal `stage` says what the next step is and which function takes it:
 
     queued     --submit-->  waiting (async upstream, checked by poll)  --poll-->  generated | done
