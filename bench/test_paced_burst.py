@@ -101,6 +101,7 @@ def test_a_paced_burst_keeps_the_provider_at_its_limit(aws, providers_file, monk
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "ERROR")
     monkeypatch.setenv("UPSTREAM_RETRIES", "0")  # each 429 reaches the gateway (and is counted here)
+    monkeypatch.setenv("SWEEP_BUDGET_S", "10")  # a sweep ends within the join below, before moto is torn down
     with CapacitySimulator(limit=L, delay_s=T_S, retry_after="1") as sim:
         providers_file({"providers": {"p": {"dialect": "openai", "base_url": sim.base_url + "/v1",
                                             "api_key": sim.api_key, "max_concurrency": L, "timeout_s": 60}},
@@ -133,7 +134,8 @@ def test_a_paced_burst_keeps_the_provider_at_its_limit(aws, providers_file, monk
                     time.sleep(0.5)
             elapsed = time.monotonic() - started
             stop.set()
-            sweep_thread.join(30)
+            sweep_thread.join(60)
+        assert not sweep_thread.is_alive(), "the sweeper did not stop"
         assert results is not None, f"no results file after {elapsed:.0f} s (served {sim.served} of {N})"
         statuses = [json.loads(line)["status"] for line in results.splitlines() if line.strip()]
         succeeded = statuses.count("succeeded")
