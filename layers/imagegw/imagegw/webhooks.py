@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import requests
 from aws_lambda_powertools import Logger
 
-from . import bus, clock, safe_fetch, settings, shards, table, tasks, views
+from . import bus, clock, safe_fetch, settings, shards, tasks, views
 from .errors import BadRequest, GatewayError
 from .tasks import Task
 
@@ -120,16 +120,6 @@ def schedule(task: Task) -> bool:
         return False
     bus.publish(bus.WEBHOOK_DUE, task.id)
     return True
-
-
-def republish_due(*, partition: str | None = None) -> int:
-    """The sweep's part: re-publish "Webhook Due" for every delivery whose retry came due (or whose event was
-    lost), once per REPUBLISH_AFTER_S; how many. `partition`: one sweep partition (a shard's); else all."""
-    published = 0
-    for part in [partition] if partition else shards.every(shards.WEBHOOK):
-        for page in table.due_pages(part):
-            published += sum(1 for task_id in page if republish(task_id))
-    return published
 
 
 def republish(task_id: str) -> bool:
