@@ -184,3 +184,73 @@ def test_a_sweep_stops_when_the_lambda_has_little_time_left(aws, recording):
     counts = poll_handler.lambda_handler(SCHEDULE, Short())
     assert counts["stopped"] == 4 and recording.hand_offs == []
     assert set(ids) <= set(tasks.due())
+
+
+# -- which retired partitions a sweep reads: the shard counts recorded in the layout item -----------------------
+
+class CountingQueries:
+    """Every DynamoDB Query the gateway makes, by the partition it names (the sweep's cost per run)."""
+
+    def __init__(self):
+        import json
+
+        self.partitions: list[str] = []
+
+        def counted(params, **_):
+            self.partitions.append(json.loads(params["body"])["ExpressionAttributeValues"][":v0"]["S"])
+
+        table.task_table().meta.client.meta.events.register("before-call.dynamodb.Query", counted)
+
+
+def test_with_one_shard_count_ever_used_a_sweep_reads_no_retired_partition(aws, monkeypatch, recording):
+    due_tasks(3)
+    queries = CountingQueries()
+    assert worker.sweep()["republished"] == 3
+    assert set(queries.partitions) == {"inflight", "webhook", "batch"}  # not inflight#0..63, webhook#0..63
+
+
+def test_after_going_from_four_shards_to_one_the_sweep_reads_the_four_and_nothing_else(aws, monkeypatch,
+                                                                                      recording):
+    monkeypatch.setenv("SWEEP_SHARDS", "4")
+    ids = due_tasks(12)
+    monkeypatch.setenv("SWEEP_SHARDS", "1")
+    assert shards.retired(shards.LIVE) == [f"inflight#{k}" for k in range(4)]
+    queries = CountingQueries()
+    assert worker.sweep()["republished"] == 12
+    assert sorted(i for _, i in recording.hand_offs) == sorted(ids)
+    retired = {f"{kind}#{k}" for kind in ("inflight", "webhook") for k in range(4)}
+    assert set(queries.partitions) == {"inflight", "webhook", "batch"} | retired
+
+
+def test_a_table_from_before_shards_keeps_its_bare_partition_swept(aws, monkeypatch, recording):
+    # written before the layout item existed: a task under the bare name, and no stamp for it
+    legacy = due_tasks(1)[0]
+    table.delete(shards.LAYOUT_ID)
+    shards.forget()
+    monkeypatch.setenv("SWEEP_SHARDS", "4")
+    due_tasks(1)  # the first write under four shards records four, and one for the tasks of before
+    assert shards.retired(shards.LIVE) == ["inflight"]
+    assert legacy in [i for _, i in (worker.sweep(), recording.hand_offs)[1]]
+
+
+def test_a_retired_count_is_struck_off_once_unused_and_empty_and_not_before(aws, monkeypatch, recording):
+    from imagegw import clock
+    from tests.fakes import ShiftedClock
+
+    monkeypatch.setenv("SWEEP_SHARDS", "4")
+    [waiting] = due_tasks(1)
+    tasks.touch(tasks.get(waiting), next_check_at=clock.now_ms() + 10 * 3600 * 1000)  # not due, still there
+    monkeypatch.setenv("SWEEP_SHARDS", "1")
+    due_tasks(1)
+    later = ShiftedClock((shards.STALE_AFTER_S + 60) * 1000)
+    with clock.use(later):
+        shards.groups()
+        assert 4 in shards.layout()  # stale, but its partition still holds a task
+        tasks.cancel(waiting, "owner")  # the task leaves its partition
+        shards.groups()
+        assert 4 not in shards.layout() and shards.retired(shards.LIVE) == []
+    # a process of the old deployment stamping four again brings it back
+    monkeypatch.setenv("SWEEP_SHARDS", "4")
+    shards.forget()
+    due_tasks(1)
+    assert 4 in shards.layout()

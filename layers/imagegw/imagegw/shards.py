@@ -10,8 +10,14 @@ by a stable hash of the task id:
 
 Changing N strands nothing. Every transition of a live task (claim, advance, release, touch) writes its
 partition again under the N in force, so a task moves to its new shard on its next step; and until every
-task has moved, the sweep also reads the partitions N does not use (`retired`: the bare name and shards N up
-to MAX_SHARDS), each with one cheap query for due items first. SWEEP_SHARDS is at most MAX_SHARDS.
+task has moved, the sweep also reads the partitions N does not use (`retired`), each with one cheap query for
+due items first. Which those are is recorded rather than guessed: the first write under a shard count in each
+process (and again every REGISTER_EVERY_S) stamps that count in one item, `meta#sweep-shards`
+(`{"n1": <ms>, "n4": <ms>}`), so a sweep reads that item and the partitions of the counts it names, not every
+partition any count up to MAX_SHARDS could have used. The item names `n1` from its first write (tables from
+before shards keep their tasks under the bare names). A count no process has stamped for STALE_AFTER_S and
+whose partitions hold nothing is struck off (set to 0, by a conditional write: a stamp meanwhile keeps it).
+SWEEP_SHARDS is at most MAX_SHARDS.
 
 Batch records keep their one partition `batch`: one record per batch file, written a few times per run of
 BATCH_LINES_PER_RUN lines, far from any partition's limit.
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 
-from . import settings, table
+from . import clock, settings, table
 
 LIVE = "inflight"  # live tasks
 WEBHOOK = "webhook"  # terminal tasks whose webhook is still to be delivered
@@ -33,6 +39,10 @@ KINDS = (LIVE, WEBHOOK)
 LINE = "line"  # a provider's line of waiting tasks (`pacing`): in the sweep index, but never swept
 MAX_SHARDS = 64  # the template's SweepShards MaxValue: no item ever sits in a higher shard
 OWNER_SHARDS = 16  # owner keys of the event tenant (a constant: changing it would strand listings)
+LAYOUT_ID = "meta#sweep-shards"  # the shard counts items were written under (no index attribute: never listed)
+REGISTER_EVERY_S = 300  # a process stamps its shard count again this often
+STALE_AFTER_S = 4 * REGISTER_EVERY_S  # no process stamped a count for this long: none writes under it any more
+_stamped: dict[tuple[str, int], int] = {}  # (table, count) -> when this process last stamped it (ms)
 
 
 def shard_of(key: str, count: int) -> int:
@@ -54,9 +64,39 @@ def _name(kind: str, shard: int | None) -> str:
 
 
 def partition(kind: str, task_id: str) -> str:
-    """The sweep partition of a task of `kind` (LIVE or WEBHOOK) under the shard count in force."""
+    """The sweep partition a task of `kind` (LIVE or WEBHOOK) is written to, under the shard count in force
+    (stamped in the layout item first, when this process has not done so lately)."""
     count = shard_count()
+    _stamp(count)
     return _name(kind, None if count == 1 else shard_of(task_id, count))
+
+
+def _stamp(count: int) -> None:
+    now = clock.now_ms()
+    key = (settings.current().task_table, count)
+    last = _stamped.get(key)
+    if last is not None and 0 <= now - last < REGISTER_EVERY_S * 1000:
+        return
+    expression = "SET #n = :now" if count == 1 else "SET #n = :now, n1 = if_not_exists(n1, :now)"
+    table.update(LAYOUT_ID, UpdateExpression=expression, ExpressionAttributeNames={"#n": f"n{count}"},
+                 ExpressionAttributeValues={":now": now})
+    _stamped[key] = now
+
+
+def forget() -> None:
+    """Forget this process's stamps (tests start each with an empty table)."""
+    _stamped.clear()
+
+
+def _names_of(count: int) -> list[int | None]:
+    return [None] if count == 1 else list(range(count))
+
+
+def layout() -> dict[int, int]:
+    """The shard counts items may still sit under: count -> when a process last stamped it (ms); one read."""
+    item = table.get(LAYOUT_ID) or {}
+    return {int(name[1:]): int(stamp) for name, stamp in item.items()
+            if name[:1] == "n" and name[1:].isdigit() and 1 <= int(name[1:]) <= MAX_SHARDS and stamp}
 
 
 def current(kind: str, shard: int | None = None) -> list[str]:
@@ -72,19 +112,42 @@ def every(kind: str) -> list[str]:
     return [kind] + [_name(kind, k) for k in range(MAX_SHARDS)]
 
 
-def retired(kind: str) -> list[str]:
-    """The partitions of `kind` that nothing is written to now, but where items written under an earlier
-    shard count may still wait."""
+def retired(kind: str, counts: dict[int, int] | None = None) -> list[str]:
+    """The partitions of `kind` that nothing is written to now, but where items written under an earlier shard
+    count (one of `counts`, by default those the layout item names) may still wait."""
     now = set(current(kind))
-    return [p for p in every(kind) if p not in now]
+    found: list[str] = []
+    for count in sorted(layout() if counts is None else counts):
+        found += [p for p in (_name(kind, k) for k in _names_of(count)) if p not in now and p not in found]
+    return found
 
 
 def groups() -> list[list[str]]:
     """What one scheduled run sweeps, a group per "Sweep Shard" event: each shard in force (its live tasks and
-    its webhooks), then each retired partition where something is due (one query each, reading one entry)."""
+    its webhooks), then each retired partition where something is due (one query each, reading one entry).
+    Retired counts that nothing uses any more are struck off the layout on the way."""
     count = shard_count()
     found = [[_name(kind, None if count == 1 else k) for kind in KINDS] for k in range(count)]
-    return found + [[p] for kind in KINDS for p in retired(kind) if table.has_due(p)]
+    counts = layout()
+    _strike_off_unused(counts, count)
+    return found + [[p] for kind in KINDS for p in retired(kind, counts) if table.has_due(p)]
+
+
+def _strike_off_unused(counts: dict[int, int], in_force: int) -> None:
+    """Strike off the layout each count other than `in_force` that no process stamped for STALE_AFTER_S and
+    whose retired partitions hold nothing (due or not); the condition keeps a count stamped meanwhile."""
+    now = clock.now_ms()
+    in_use = set(current(LIVE)) | set(current(WEBHOOK))
+    for count, stamp in list(counts.items()):
+        if count == in_force or now - stamp < STALE_AFTER_S * 1000:
+            continue
+        partitions = [p for kind in KINDS for p in (_name(kind, k) for k in _names_of(count)) if p not in in_use]
+        if any(table.holds_any(p) for p in partitions):
+            continue
+        if table.update_if(LAYOUT_ID, UpdateExpression="SET #n = :zero", ConditionExpression="#n = :stamp",
+                           ExpressionAttributeNames={"#n": f"n{count}"},
+                           ExpressionAttributeValues={":stamp": stamp, ":zero": 0}) is not None:
+            del counts[count]
 
 
 def is_partition(value: str) -> bool:

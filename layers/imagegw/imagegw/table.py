@@ -143,6 +143,13 @@ def has_due(partition: str, *, now: int | None = None) -> bool:
     return bool(resp["Items"])
 
 
+def holds_any(partition: str) -> bool:
+    """Whether anything sits in the sweep index under `partition`, due or not (one query, one entry)."""
+    resp = task_table().query(IndexName=SWEEP_INDEX, Limit=1, ProjectionExpression="id",
+                              KeyConditionExpression=Key("sweep").eq(partition))
+    return bool(resp["Items"])
+
+
 def oldest_in_index(partition: str, *, limit: int) -> list[str]:
     """Ids of the first `limit` items in the sweep index under `partition`, lowest `next_check_at` first (one
     query, however many items the partition holds)."""
