@@ -42,7 +42,7 @@ OWNER_SHARDS = 16  # owner keys of the event tenant (a constant: changing it wou
 LAYOUT_ID = "meta#sweep-shards"  # the shard counts items were written under (no index attribute: never listed)
 REGISTER_EVERY_S = 300  # a process stamps its shard count again this often
 STALE_AFTER_S = 4 * REGISTER_EVERY_S  # no process stamped a count for this long: none writes under it any more
-_stamped: dict[tuple[str, int], int] = {}  # (table, count) -> when this process last stamped it (ms)
+_stamped: dict[tuple[str | None, int], int] = {}  # (table, count) -> when this process last stamped it (ms)
 
 
 def shard_of(key: str, count: int) -> int:
