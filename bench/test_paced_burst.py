@@ -53,7 +53,7 @@ class PooledBus:
     def send(self, detail_type: str, details: list[dict]) -> None:
         if detail_type == bus.TASK_QUEUED:
             for detail in details:
-                self._invoke(bus_event(detail_type, detail["task_id"]))
+                self._invoke(bus_event(detail_type, **detail))
         elif detail_type == batch_jobs.BATCH_CONTINUE:
             for detail in details:
                 self._invoke({**bus_event(detail_type, ""), "detail": detail})

@@ -76,10 +76,10 @@ def call(handler, method: str, path: str, *, key: str | None = None, body: Any =
     return Reply(out["statusCode"], merged, text)
 
 
-def bus_event(detail_type: str, task_id: str) -> dict[str, Any]:
+def bus_event(detail_type: str, task_id: str, **extra: str) -> dict[str, Any]:
     return {"version": "0", "id": "test", "detail-type": detail_type, "source": "imagegw",
             "account": "123456789012", "time": "2026-11-21T12:00:00Z", "region": "us-east-1", "resources": [],
-            "detail": {"task_id": task_id}}
+            "detail": {"task_id": task_id, **extra}}
 
 
 class InlineBus:
@@ -102,7 +102,7 @@ class InlineBus:
         for detail in details:
             self.published.append((detail_type, detail["task_id"]))
             thread = threading.Thread(target=self.targets[detail_type],
-                                      args=(bus_event(detail_type, detail["task_id"]), FakeContext()), daemon=True)
+                                      args=(bus_event(detail_type, **detail), FakeContext()), daemon=True)
             self.threads.append(thread)
             thread.start()
 

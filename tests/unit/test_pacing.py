@@ -5,7 +5,7 @@ import threading
 import pytest
 
 import submit_handler
-from imagegw import bus, pacing, provider_config, tasks, views, worker
+from imagegw import bus, lifecycle, pacing, provider_config, tasks, views, worker
 from imagegw.routing import routes_for
 from imagegw.schemas import Task as TaskModel
 from tests.apiclient import call
@@ -172,7 +172,9 @@ def test_a_sync_request_without_a_slot_waits_then_answers_504_and_is_handed_the_
         assert sim.calls == 0
         task_id = reply.json()["error"]["message"].split("task ")[1].split(".")[0]
         task = tasks.get(task_id)
-        assert task.status == "queued" and task.waiting_for == "capacity" and task.queue_position == 1
+        assert task.status == "queued" and task.waiting_for == "capacity"
+        shown = call(submit_handler.lambda_handler, "GET", f"/v1/images/tasks/{task_id}", key=API_KEY).json()
+        assert shown["waiting_for"] == "capacity" and shown["queue_position"] == 1
         pacing.release(held)  # the slot is handed to the oldest waiting task
         assert (bus.TASK_QUEUED, task_id) in quiet_bus.hand_offs
         assert worker.submit_queued(task_id).status == "succeeded" and sim.served == 1
@@ -236,7 +238,8 @@ def test_a_task_refused_a_slot_is_left_to_the_hand_overs(aws, providers_file, qu
         assert worker.submit_queued(first.id).status == "queued"
         fake_clock.advance(5)
         waiting = worker.submit_queued(second.id)
-        assert waiting.waiting_for == "capacity" and waiting.queue_position == 2
+        assert waiting.waiting_for == "capacity"
+        assert worker.with_queue_position(tasks.get(second.id)).queue_position == 2  # the first is ahead of it
         # its next check is the safety net, not a backoff: the sweep leaves it alone while slots are handed over
         assert waiting.next_check_at - pacing.clock.now_ms() >= 29_000
         fake_clock.advance(5_000)
@@ -297,3 +300,55 @@ def test_a_task_not_waiting_at_its_deadline_still_times_out(aws, providers_file,
         task = queued()  # its "Task Queued" was lost: never tried
         fake_clock.advance(41_000)
         assert worker.poll_through(tasks.get(task.id)).error["code"] == "upstream_timeout"
+
+
+# -- hand-overs reach a task that can take them -----------------------------------------------------------------
+
+def two_waiting(sim, providers_file, fake_clock):
+    """One slot, held elsewhere; two tasks waiting for it, the first ahead of the second."""
+    providers_file(config(sim, max_concurrency=1))
+    held = pacing.acquire(routes_for(MODEL)[0], "someone-else")
+    first, second = queued(), queued()
+    assert worker.submit_queued(first.id).waiting_for == "capacity"
+    fake_clock.advance(5)
+    assert worker.submit_queued(second.id).waiting_for == "capacity"
+    return held, first.id, second.id
+
+
+def test_a_task_cancelled_while_in_line_leaves_it_and_the_slot_goes_to_the_next(aws, providers_file, quiet_bus,
+                                                                              fake_clock):
+    with CapacitySimulator(limit=5) as sim:
+        held, first, second = two_waiting(sim, providers_file, fake_clock)
+        lifecycle.ended(tasks.cancel(first, "owner"))  # what the API's cancel does
+        assert tasks.table.get(f"limit#p#wait#{first}") is None  # out of the line
+        pacing.release(held)
+        assert quiet_bus.hand_offs[-1] == (bus.TASK_QUEUED, second)
+        assert worker.submit_queued(second, woken_by="p").status == "succeeded" and sim.served == 1
+
+
+def test_a_wake_that_finds_its_task_ended_goes_on_to_the_next_in_line(aws, providers_file, quiet_bus, fake_clock):
+    with CapacitySimulator(limit=5) as sim:
+        held, first, second = two_waiting(sim, providers_file, fake_clock)
+        tasks.cancel(first, "owner")  # ended without its line item removed (that cleanup's write was lost)
+        pacing.release(held)
+        assert quiet_bus.hand_offs[-1] == (bus.TASK_QUEUED, first)  # the oldest in line, though it has ended
+        assert worker.submit_queued(first, woken_by="p") is None
+        assert quiet_bus.hand_offs[-1] == (bus.TASK_QUEUED, second)  # the wake went on
+        assert worker.submit_queued(second, woken_by="p").status == "succeeded" and sim.served == 1
+
+
+def test_a_woken_task_does_not_delete_its_line_item_again(aws, providers_file, quiet_bus, fake_clock):
+    import json
+
+    deleted = []
+    with CapacitySimulator(limit=5) as sim:
+        held, first, second = two_waiting(sim, providers_file, fake_clock)
+        client = tasks.table.task_table().meta.client
+        client.meta.events.register("before-call.dynamodb.DeleteItem",
+                                    lambda params, **_: deleted.append(json.loads(params["body"])["Key"]["id"]["S"]))
+        pacing.release(held)
+        assert deleted == [f"limit#p#wait#{first}"]  # the wake took it out of the line
+        assert worker.submit_queued(first, woken_by="p").status == "succeeded"
+        # once; its own release then woke the second (taking that one's line item)
+        assert deleted == [f"limit#p#wait#{first}", f"limit#p#wait#{second}"]
+        assert quiet_bus.hand_offs[-1] == (bus.TASK_QUEUED, second)

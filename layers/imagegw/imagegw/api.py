@@ -260,7 +260,7 @@ def list_tasks(limit: Annotated[int, Query(ge=1, le=100)] = 20,
          tags=["tasks"], responses=RESPONSES["get_task"])
 def get_task(task_id: TaskId):
     task = worker.poll_through(tasks.get(task_id, app.context["owner"]))
-    return _json(200, views.task_object(task))
+    return _json(200, views.task_object(worker.with_queue_position(task)))
 
 
 @app.post("/v1/images/tasks/<task_id>/cancel", summary="Cancel a task that is not finished", tags=["tasks"],

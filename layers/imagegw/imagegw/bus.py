@@ -73,9 +73,10 @@ _sink: Seam[Sink] = Seam(EventBridge())
 use = _sink.use
 
 
-def publish(detail_type: str, task_id: str) -> None:
-    """An internal hand-off: the detail is just the task id."""
-    _sink.current.send(detail_type, [{"task_id": task_id}])
+def publish(detail_type: str, task_id: str, **extra: str) -> None:
+    """An internal hand-off: the detail is the task id (and, for a task woken in a provider's line, `woken_by`:
+    that provider)."""
+    _sink.current.send(detail_type, [{"task_id": task_id, **extra}])
 
 
 def publish_all(detail_type: str, task_ids: list[str]) -> None:

@@ -9,7 +9,9 @@ request that came invalid over the bus or in a batch file.
   was the caller's own doing);
 - its webhook's first delivery, when it asked for one (`webhooks.schedule`);
 - its batch's count, when it came from a batch file (`batches.record.task_ended`), which has the batch's
-  results written after its last task.
+  results written after its last task;
+- its place in a provider's line, when it ends while waiting there (cancelled, or failed by its deadline), so
+  that no freed slot is handed to it (`pacing.leave_line`).
 
 Each of these is a notification about a task that is already final and readable: one that fails is logged
 and the others still happen (the sweep index re-drives webhooks and batches whose step was lost).
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from aws_lambda_powertools import Logger
 
-from . import bus, storage, views, webhooks
+from . import bus, pacing, storage, views, webhooks
 from .batches import record as batch_record
 from .observability import count
 from .tasks import Task
@@ -51,6 +53,11 @@ def ended(task: Task) -> None:
         webhooks.schedule(task)
     except Exception:  # noqa: BLE001 - the sweep publishes it when its check comes due
         logger.exception("could not queue or publish Webhook Due", extra={"task_id": task.id})
+    if task.waiting_on and task.status != "succeeded":
+        try:
+            pacing.leave_line(task.waiting_on, task.id)
+        except Exception:  # noqa: BLE001 - a wake that finds it ended passes the slot on (worker.submit_queued)
+            logger.exception("could not take the task out of its provider's line", extra={"task_id": task.id})
     try:
         batch_record.task_ended(task)  # a batch's task: count it, and have the batch finished after its last
     except Exception:  # noqa: BLE001 - the task is final either way; a lost count leaves the batch to the sweep

@@ -210,14 +210,16 @@ def in_line(providers: list[str], task_id: str) -> bool:
 
 def wake_oldest(provider: str) -> str | None:
     """Hand a freed slot over: take the oldest task out of the provider's line (one query reading WAKE_TRIES
-    index keys, then a conditional delete: one worker wins each waiter) and publish its "Task Queued". The id
-    woken, or None when the line is empty (or every waiter read was taken by other workers meanwhile)."""
+    index keys, then a conditional delete: one worker wins each waiter) and publish its "Task Queued", marked
+    `woken_by` the provider (its worker then knows its line item is gone, and passes the wake on should the task
+    have ended meanwhile). The id woken, or None when the line is empty (or every waiter read was taken by other
+    workers meanwhile)."""
     prefix = f"limit#{provider}#wait#"
     for item_id in table.oldest_in_index(shards.line(provider), limit=WAKE_TRIES):
         if table.delete_if_exists(item_id):
             oldest = item_id[len(prefix):]
             count("PacingWakes")
-            bus.publish(bus.TASK_QUEUED, oldest)
+            bus.publish(bus.TASK_QUEUED, oldest, woken_by=provider)
             return oldest
     return None
 

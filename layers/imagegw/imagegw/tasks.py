@@ -93,7 +93,8 @@ class Task:
     waiting_for: str | None = None  # queued again for a provider's capacity: "capacity" or "rate_limit" (`pacing`)
     waiting_since: int | None = None  # when it first had to wait
     waits: int = 0  # how many times it was put back to wait (its backoff grows with it)
-    queue_position: int | None = None  # its place in its provider's line when it last joined it (1 = next)
+    waiting_on: str | None = None  # the provider whose line it joined (`pacing`)
+    queue_position: int | None = None  # its place in that line, counted when the task is read (1 = next)
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Task:

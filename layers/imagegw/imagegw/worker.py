@@ -112,15 +112,24 @@ def _stage(run: Callable[..., Task | None]) -> Callable[..., Task | None]:
 
 
 @_stage
-def submit_queued(task_id: str) -> Task | None:
+def submit_queued(task_id: str, *, woken_by: str | None = None) -> Task | None:
+    """The submit stage of a queued task. `woken_by`: a provider's line handed it a freed slot (its line item is
+    gone already); should the task no longer take it (ended, or taken by another worker), the wake goes on to the
+    next task in that line, so the slot is not left idle."""
+    woken_by = woken_by if isinstance(woken_by, str) and woken_by else None
     task = tasks.claim(task_id, "queued", lease_s=settings.current().worker_lease_s)
     if task is None:
         logger.info("task not claimable (done, cancelled or taken)", extra={"task_id": task_id})
+        if woken_by:
+            pacing.wake_oldest(woken_by)
         return None
     if _past_deadline(task):
         error = _waited_error(task) if task.waiting_for else _deadline_error()
-        return _step(task, _finish, task, "failed", error=error.task_error())
-    return _submit(task)
+        ended = _step(task, _finish, task, "failed", error=error.task_error())
+        if woken_by:
+            pacing.wake_oldest(woken_by)
+        return ended
+    return _submit(task, woken_by=woken_by)
 
 
 @_stage
@@ -132,12 +141,13 @@ def run_claimed(task: Task, *, wait_until: float | None = None) -> Task | None:
     return _submit(task, fetch_now=True, wait_until=wait_until)
 
 
-def _submit(task: Task, *, fetch_now: bool = False, wait_until: float | None = None) -> Task | None:
+def _submit(task: Task, *, fetch_now: bool = False, wait_until: float | None = None,
+            woken_by: str | None = None) -> Task | None:
     req = _step(task, _request_of, task)
     routes = _step(task, _routes, task)
     job = _step(task, _job_of, task)
     while True:
-        outcome, index = _step(task, _call_upstream, task, req, routes, job)
+        outcome, index = _step(task, _call_upstream, task, req, routes, job, woken_by)
         if not isinstance(outcome, pacing.Busy) or wait_until is None:
             break
         pause_s = (outcome.retry_at - now_ms()) / 1000
@@ -161,8 +171,8 @@ def _job_of(task: Task) -> Job:
     return Job(operation=task.operation, inputs=inputs.load(task.inputs or {}))
 
 
-def _call_upstream(task: Task, req: ImageRequest, routes: list[Route],
-                   job: Job) -> tuple[Outcome | pacing.Busy, int]:
+def _call_upstream(task: Task, req: ImageRequest, routes: list[Route], job: Job,
+                   woken_by: str | None = None) -> tuple[Outcome | pacing.Busy, int]:
     """Submit to the task's route, falling back to the next while failures are retriable: (outcome, route index).
 
     Each call first takes its route's limits (`pacing.acquire`) and gives them back when it returns. A route
@@ -172,7 +182,10 @@ def _call_upstream(task: Task, req: ImageRequest, routes: list[Route],
 
     An unexpected exception once a request was handed to the transport ends the task rather than being retried:
     the provider may have taken (and billed) it, and the gateway never pays twice (transport does not retry a read
-    timeout either). One before that (building the request) is `_step`'s to retry."""
+    timeout either). One before that (building the request) is `_step`'s to retry.
+
+    A task that waited leaves its provider's line when it gets a slot, unless that line woke it (the wake took
+    its line item already)."""
     sent: list[HttpCall] = []
 
     def send(call: HttpCall) -> HttpReply:
@@ -192,8 +205,9 @@ def _call_upstream(task: Task, req: ImageRequest, routes: list[Route],
             if isinstance(permit, pacing.Busy):
                 busy = busy or (permit, index)
                 continue
-            if task.waiting_for:
-                pacing.leave_line(route.provider, task.id)
+            line = task.waiting_on or (route.provider if task.waiting_for else None)  # (or a task from before)
+            if line and line != woken_by:
+                pacing.leave_line(line, task.id)
             try:
                 outcome = _refuse_unsafe_urls(get_dialect(route.dialect).submit(req, route, send, job))
             finally:
@@ -383,6 +397,14 @@ def poll_through(task: Task) -> Task:
     return task
 
 
+def with_queue_position(task: Task) -> Task:
+    """A task waiting in a provider's line with its place in it now (one query): counted for a client reading
+    the task, rather than at every wait of every task of a burst, when nobody may read it."""
+    if task.status == "queued" and task.waiting_on and task.waiting_since:
+        return dataclasses.replace(task, queue_position=pacing.place(task.waiting_on, task.waiting_since))
+    return task
+
+
 # -- applying an outcome ----------------------------------------------------------------------------------
 
 def _apply(task: Task, outcome: Outcome | pacing.Busy, route: Route, route_index: int, *,
@@ -422,8 +444,7 @@ def _apply_wait(task: Task, busy: pacing.Busy, route: Route) -> Task | None:
     if busy.no_slot:
         retry_at = max(retry_at, now_ms() + int(settings.current().pacing_max_wait_s * 1000))
     moved = tasks.wait(task, retry_at=min(retry_at, _deadline_ms(task) + 1), waiting_for=busy.reason,
-                       waiting_since=since, waits=task.waits + 1,
-                       queue_position=pacing.place(busy.provider, since))
+                       waiting_since=since, waits=task.waits + 1, waiting_on=busy.provider)
     if moved is None:
         return None
     pacing.join_line(busy.provider, task.id, since)
