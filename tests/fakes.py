@@ -17,7 +17,7 @@ class RecordingBus:
     def send(self, detail_type: str, details: list[dict]) -> None:
         for detail in details:
             self.events.append((detail_type, detail))
-            if "task_id" in detail and set(detail) <= {"task_id", "woken_by"}:
+            if "task_id" in detail and set(detail) <= {"task_id", "woken_by", "slot"}:
                 self.hand_offs.append((detail_type, detail["task_id"]))
 
     def of(self, detail_type: str) -> list[dict[str, Any]]:

@@ -33,5 +33,6 @@ def lambda_handler(event: dict, context) -> dict | None:
         intake.accept(event)
         return None
     logger.append_keys(task_id=bus_event.detail["task_id"])
-    worker.submit_queued(bus_event.detail["task_id"], woken_by=bus_event.detail.get("woken_by"))
+    detail = bus_event.detail
+    worker.submit_queued(detail["task_id"], woken_by=detail.get("woken_by"), slot=detail.get("slot"))
     return None

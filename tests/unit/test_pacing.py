@@ -262,13 +262,14 @@ def test_a_lost_wake_is_recovered_by_the_sweep(aws, providers_file, quiet_bus, f
         held = pacing.acquire(routes_for(MODEL)[0], "someone-else")
         task = queued()
         assert worker.submit_queued(task.id).status == "queued"
-        pacing.release(held)
+        pacing.release(held)  # the slot is handed to the task ...
         assert quiet_bus.hand_offs == [(bus.TASK_QUEUED, task.id)]  # ... and that event is lost
-        held = pacing.acquire(routes_for(MODEL)[0], "someone-else")  # the slot taken meanwhile: no slot is free
+        assert quiet_bus.events[-1][1] == {"task_id": task.id, "woken_by": "p", "slot": "limit#p#slot#0"}
+        assert isinstance(pacing.acquire(routes_for(MODEL)[0], "someone-else"), pacing.Busy)  # the task's slot
         fake_clock.advance(30_001)
         assert worker.sweep()["republished"] == 1  # out of the line: only the sweep can send it again
-        pacing.release(held)
-        assert worker.submit_queued(task.id).status == "succeeded" and sim.served == 1
+        assert worker.submit_queued(task.id).status == "succeeded" and sim.served == 1  # on its own slot
+        assert not isinstance(pacing.acquire(routes_for(MODEL)[0], "someone-else"), pacing.Busy)  # and gave it back
 
 
 @pytest.mark.parametrize("found_by", ["sweep", "read"])
@@ -304,6 +305,11 @@ def test_a_task_not_waiting_at_its_deadline_still_times_out(aws, providers_file,
 
 # -- hand-overs reach a task that can take them -----------------------------------------------------------------
 
+def delivered(bus_sink):
+    """Run the submit stage as the last "Task Queued" event asks (its detail: task id, woken_by, slot)."""
+    return worker.submit_queued(**bus_sink.of(bus.TASK_QUEUED)[-1])
+
+
 def two_waiting(sim, providers_file, fake_clock):
     """One slot, held elsewhere; two tasks waiting for it, the first ahead of the second."""
     providers_file(config(sim, max_concurrency=1))
@@ -323,7 +329,7 @@ def test_a_task_cancelled_while_in_line_leaves_it_and_the_slot_goes_to_the_next(
         assert tasks.table.get(f"limit#p#wait#{first}") is None  # out of the line
         pacing.release(held)
         assert quiet_bus.hand_offs[-1] == (bus.TASK_QUEUED, second)
-        assert worker.submit_queued(second, woken_by="p").status == "succeeded" and sim.served == 1
+        assert delivered(quiet_bus).status == "succeeded" and sim.served == 1
 
 
 def test_a_wake_that_finds_its_task_ended_goes_on_to_the_next_in_line(aws, providers_file, quiet_bus, fake_clock):
@@ -332,9 +338,9 @@ def test_a_wake_that_finds_its_task_ended_goes_on_to_the_next_in_line(aws, provi
         tasks.cancel(first, "owner")  # ended without its line item removed (that cleanup's write was lost)
         pacing.release(held)
         assert quiet_bus.hand_offs[-1] == (bus.TASK_QUEUED, first)  # the oldest in line, though it has ended
-        assert worker.submit_queued(first, woken_by="p") is None
+        assert delivered(quiet_bus) is None
         assert quiet_bus.hand_offs[-1] == (bus.TASK_QUEUED, second)  # the wake went on
-        assert worker.submit_queued(second, woken_by="p").status == "succeeded" and sim.served == 1
+        assert delivered(quiet_bus).status == "succeeded" and sim.served == 1
 
 
 def test_a_woken_task_does_not_delete_its_line_item_again(aws, providers_file, quiet_bus, fake_clock):
@@ -348,7 +354,36 @@ def test_a_woken_task_does_not_delete_its_line_item_again(aws, providers_file, q
                                     lambda params, **_: deleted.append(json.loads(params["body"])["Key"]["id"]["S"]))
         pacing.release(held)
         assert deleted == [f"limit#p#wait#{first}"]  # the wake took it out of the line
-        assert worker.submit_queued(first, woken_by="p").status == "succeeded"
+        assert delivered(quiet_bus).status == "succeeded"
         # once; its own release then woke the second (taking that one's line item)
         assert deleted == [f"limit#p#wait#{first}", f"limit#p#wait#{second}"]
         assert quiet_bus.hand_offs[-1] == (bus.TASK_QUEUED, second)
+
+
+def test_a_freed_slot_goes_to_the_task_in_line_not_to_whoever_asks_first(aws, providers_file, quiet_bus,
+                                                                         fake_clock):
+    with CapacitySimulator(limit=5) as sim:
+        held, first, second = two_waiting(sim, providers_file, fake_clock)
+        pacing.release(held)
+        assert isinstance(pacing.acquire(routes_for(MODEL)[0], "a-newcomer"), pacing.Busy)  # handed, not free
+        slot_calls = []
+        tasks.table.task_table().meta.client.meta.events.register(
+            "before-call.dynamodb.*", lambda params, model, **_: slot_calls.append(model.name)
+            if "#slot#" in params["body"].decode() else None)
+        assert delivered(quiet_bus).status == "succeeded" and sim.served == 1
+        # the woken task neither read nor took a slot: its one slot write is handing it on to the second
+        assert slot_calls == ["UpdateItem"]
+        assert quiet_bus.of(bus.TASK_QUEUED)[-1] == {"task_id": second, "woken_by": "p", "slot": "limit#p#slot#0"}
+        assert delivered(quiet_bus).status == "succeeded" and sim.served == 2
+
+
+def test_a_slot_passed_on_to_an_empty_line_is_freed(aws, providers_file, quiet_bus, fake_clock):
+    with CapacitySimulator(limit=5) as sim:
+        providers_file(config(sim, max_concurrency=1))
+        held = pacing.acquire(routes_for(MODEL)[0], "someone-else")
+        task = queued()
+        assert worker.submit_queued(task.id).status == "queued"
+        pacing.release(held)  # handed to the task
+        tasks.cancel(task.id, "owner")  # ended before its event came (and still "in line" for all it knows)
+        assert delivered(quiet_bus) is None
+        assert not isinstance(pacing.acquire(routes_for(MODEL)[0], "a-newcomer"), pacing.Busy)  # free again

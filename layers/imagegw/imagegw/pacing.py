@@ -19,9 +19,14 @@ limit. A task needs every limit of its route (the provider's, then the route's);
 when one is refused.
 
 A task refused a slot (or answered 429 by the provider) waits `queued` in its provider's line: a worker that
-gives a slot back wakes the oldest task in that line (a "Task Queued" for it), so a freed slot is handed over
-rather than polled for. Joining and waking cost the same however long the line is: a join is one put, a wake one
-query reading the oldest few index keys and one conditional delete. A task refused a slot is then left to the
+gives a slot back hands it to the oldest task in that line, rather than freeing it for whoever asks first: it
+takes the task out of the line, writes the task as the slot's holder (`task#<id>`, a fresh lease), and
+publishes the task's "Task Queued" with `woken_by` (the provider) and `slot`. The woken task's worker calls
+upstream on that slot without asking for one (no read, no write), or, should the task no longer need it (ended,
+or taken by another worker), hands it on to the next in line (`pass_on`). A permit holding more than the
+provider's one slot (a route's own limit too) is given back and the oldest waiter only woken. Joining and
+waking cost the same however long the line is: a join is one put, a wake one query reading the oldest few index
+keys, one conditional delete and the hand-over's one conditional write. A task refused a slot is then left to the
 hand-overs: its next check is PACING_MAX_WAIT_S away (never past its deadline), so the sweep re-sends it only
 when hand-overs were lost (a wake whose event never came, a worker that died holding a slot). A task refused a
 minute's count or answered 429 waits its jittered, bounded backoff (or Retry-After), in the line meanwhile.
@@ -46,6 +51,7 @@ logger = Logger(child=True)
 LEASE_MARGIN_S = 30  # a slot's lease: the route's timeout_s plus this (the call ends by then, or its worker died)
 MINUTE_MS = 60_000
 BACKOFF_MS = 1000  # a task refused capacity is tried again after about this, doubling, up to PACING_MAX_WAIT_S
+PASS_ON_LEASE_MS = 150_000  # a slot passed on by a task that did not use it: leased to the next this long
 WAKE_TRIES = 3  # a release tries to wake this many of the oldest waiters before giving up (they left meanwhile)
 _NAMES = {"#h": "holder", "#l": "lease_until", "#e": "expires_at", "#n": "n"}
 
@@ -83,6 +89,31 @@ class Permit:
     holder: str
     slots: list[str] = field(default_factory=list)
     providers: list[str] = field(default_factory=list)
+    lease_ms: int = 0  # how long a slot handed on from this permit is leased to its new holder
+
+
+@dataclass(frozen=True)
+class Wake:
+    """A task woken in `provider`'s line, with the `slot` handed to it (None: only woken, it asks for one)."""
+
+    provider: str
+    slot: str | None = None
+
+
+def holder_of(task_id: str) -> str:
+    """Who holds a slot for the task `task_id`: the same for every worker of the task, so a slot handed to it,
+    or held by a worker of it that died, is its own again when it asks (at most one worker runs a task)."""
+    return f"task#{task_id}"
+
+
+def wake_of(provider: object, slot: object) -> Wake | None:
+    """The wake a "Task Queued" event's detail names (`woken_by`, `slot`), checked; None when it names none. A
+    slot that is not one of the provider's is ignored (the task then asks for one)."""
+    if not isinstance(provider, str) or not provider:
+        return None
+    if isinstance(slot, str) and slot.startswith(f"limit#{provider}#slot#"):
+        return Wake(provider, slot)
+    return Wake(provider)
 
 
 def limits(route: Route) -> list[Limit]:
@@ -96,13 +127,15 @@ def limits(route: Route) -> list[Limit]:
     return found
 
 
-def acquire(route: Route, holder: str | None = None, *, waits: int = 0) -> Permit | Busy:
-    """Every limit of `route` for one upstream call, or Busy (nothing kept) when one of them is reached."""
-    permit = Permit(holder or uuid.uuid4().hex, providers=[route.provider])
+def acquire(route: Route, holder: str | None = None, *, waits: int = 0, handed: str | None = None) -> Permit | Busy:
+    """Every limit of `route` for one upstream call, or Busy (nothing kept) when one of them is reached. `handed`:
+    a slot already leased to `holder` by a hand-over, used for its limit without asking again."""
     lease_ms = int((route.config.timeout_s + LEASE_MARGIN_S) * 1000)
+    permit = Permit(holder or uuid.uuid4().hex, providers=[route.provider], lease_ms=lease_ms)
     for limit in limits(route):
         if limit.max_concurrency:
-            slot = _take_slot(limit, permit.holder, lease_ms)
+            mine = handed is not None and handed.startswith(f"limit#{limit.key}#slot#")
+            slot = handed if mine else _take_slot(limit, permit.holder, lease_ms)
             if slot is None:
                 release(permit, wake=False)
                 return Busy(route.provider, CAPACITY, clock.now_ms() + backoff_ms(waits), no_slot=True)
@@ -115,14 +148,33 @@ def acquire(route: Route, holder: str | None = None, *, waits: int = 0) -> Permi
 
 
 def release(permit: Permit, *, wake: bool = True) -> None:
-    """Give the permit's slots back (only while still their holder), then wake the oldest waiting task."""
-    for slot in permit.slots:
-        table.update_if(slot, UpdateExpression="REMOVE #h, #l", ConditionExpression="#h = :h",
-                        ExpressionAttributeNames=_names("#h", "#l"), ExpressionAttributeValues={":h": permit.holder})
-    if wake and permit.slots:
+    """Give the permit's slots back (only while still their holder) and wake the oldest waiting task; a permit of
+    the provider's one slot hands it to that task instead."""
+    slots, permit.slots = permit.slots, []
+    if wake and len(slots) == 1 and len(permit.providers) == 1 \
+            and slots[0].startswith(f"limit#{permit.providers[0]}#slot#"):
+        if wake_oldest(permit.providers[0], slot=slots[0], holder=permit.holder, lease_ms=permit.lease_ms):
+            return
+    for slot in slots:
+        _free(slot, permit.holder)
+    if wake and slots:
         for provider in permit.providers:
-            wake_oldest(provider)
-    permit.slots = []
+            wake_oldest(provider)  # nobody was in line, or a permit of several slots: a task that joined meanwhile
+
+
+def pass_on(wake: Wake, task_id: str, lease_ms: int = PASS_ON_LEASE_MS) -> None:
+    """A woken task that will not use its wake (it ended, or another worker has it): the slot it was handed goes
+    to the next task in line (freed when there is none), or the next task is woken."""
+    if wake.slot is None:
+        wake_oldest(wake.provider)
+    elif not wake_oldest(wake.provider, slot=wake.slot, holder=holder_of(task_id), lease_ms=lease_ms):
+        _free(wake.slot, holder_of(task_id))
+        wake_oldest(wake.provider)
+
+
+def _free(slot: str, holder: str) -> None:
+    table.update_if(slot, UpdateExpression="REMOVE #h, #l", ConditionExpression="#h = :h",
+                    ExpressionAttributeNames=_names("#h", "#l"), ExpressionAttributeValues={":h": holder})
 
 
 def rate_limited(route: Route, error: RateLimited, *, waits: int = 0) -> Busy:
@@ -149,12 +201,13 @@ def _take_slot(limit: Limit, holder: str, lease_ms: int) -> str | None:
     now = clock.now_ms()
     ids = [_slot_id(limit.key, k) for k in range(limit.max_concurrency)]
     held = table.get_many(ids, attributes=["holder", "lease_until"])
+    own = [i for i in ids if held.get(i, {}).get("holder") == holder]  # handed to it, its event lost
     free = [i for i in ids if "holder" not in held.get(i, {}) or held[i].get("lease_until", 0) < now]
     random.shuffle(free)  # concurrent takers rarely race for the same slot
-    for slot in free:
+    for slot in own[:1] + free:
         taken = table.update_if(
             slot, UpdateExpression="SET #h = :h, #l = :until, #e = :exp",
-            ConditionExpression="attribute_not_exists(#h) OR #l < :now",
+            ConditionExpression="attribute_not_exists(#h) OR #l < :now OR #h = :h",
             ExpressionAttributeNames=_names("#h", "#l", "#e"),
             ExpressionAttributeValues={":h": holder, ":until": now + lease_ms, ":now": now,
                                        ":exp": (now + lease_ms) // 1000 + 86400},
@@ -208,20 +261,33 @@ def in_line(providers: list[str], task_id: str) -> bool:
     return bool(table.get_many([_wait_id(p, task_id) for p in dict.fromkeys(providers)], attributes=["id"]))
 
 
-def wake_oldest(provider: str) -> str | None:
-    """Hand a freed slot over: take the oldest task out of the provider's line (one query reading WAKE_TRIES
-    index keys, then a conditional delete: one worker wins each waiter) and publish its "Task Queued", marked
-    `woken_by` the provider (its worker then knows its line item is gone, and passes the wake on should the task
-    have ended meanwhile). The id woken, or None when the line is empty (or every waiter read was taken by other
-    workers meanwhile)."""
+def wake_oldest(provider: str, *, slot: str | None = None, holder: str = "", lease_ms: int = 0) -> str | None:
+    """Take the oldest task out of the provider's line (one query reading WAKE_TRIES index keys, then a
+    conditional delete: one worker wins each waiter) and publish its "Task Queued", marked `woken_by` the
+    provider (its worker then knows its line item is gone, and passes the wake on should the task have ended
+    meanwhile). With `slot` (leased to `holder`): the slot is handed to that task, one conditional write making
+    it the holder with a fresh lease of `lease_ms`, and named in the event. The id woken, or None when the line
+    is empty (or every waiter read was taken by other workers meanwhile)."""
     prefix = f"limit#{provider}#wait#"
     for item_id in table.oldest_in_index(shards.line(provider), limit=WAKE_TRIES):
         if table.delete_if_exists(item_id):
             oldest = item_id[len(prefix):]
             count("PacingWakes")
-            bus.publish(bus.TASK_QUEUED, oldest, woken_by=provider)
+            if slot is not None and _hand(slot, holder, holder_of(oldest), lease_ms):
+                bus.publish(bus.TASK_QUEUED, oldest, woken_by=provider, slot=slot)
+            else:  # nothing to hand, or the slot's lease passed and someone else took it: only woken
+                bus.publish(bus.TASK_QUEUED, oldest, woken_by=provider)
             return oldest
     return None
+
+
+def _hand(slot: str, holder: str, to: str, lease_ms: int) -> bool:
+    now = clock.now_ms()
+    return table.update_if(
+        slot, UpdateExpression="SET #h = :to, #l = :until, #e = :exp", ConditionExpression="#h = :h",
+        ExpressionAttributeNames=_names("#h", "#l", "#e"),
+        ExpressionAttributeValues={":h": holder, ":to": to, ":until": now + lease_ms,
+                                   ":exp": (now + lease_ms) // 1000 + 86400}) is not None
 
 
 def has_free_slot(route: Route) -> bool:

@@ -111,25 +111,30 @@ def _stage(run: Callable[..., Task | None]) -> Callable[..., Task | None]:
     return staged
 
 
+def submit_queued(task_id: str, *, woken_by: object = None, slot: object = None) -> Task | None:
+    """The submit stage of a queued task. `woken_by` (and `slot`): its provider's line woke it (its line item is
+    gone already) and handed it that slot, which its upstream call uses without asking for one. A wake the task
+    does not use (it ended, or another worker has it, or it took another route) goes on to the next task in line,
+    so a freed slot is never left idle."""
+    wake = pacing.wake_of(woken_by, slot)
+    used: list[str] = []  # what the upstream call made of the wake (see _call_upstream)
+    try:
+        return _submit_queued(task_id, wake, used)
+    finally:
+        if wake is not None and not used:
+            pacing.pass_on(wake, task_id)
+
+
 @_stage
-def submit_queued(task_id: str, *, woken_by: str | None = None) -> Task | None:
-    """The submit stage of a queued task. `woken_by`: a provider's line handed it a freed slot (its line item is
-    gone already); should the task no longer take it (ended, or taken by another worker), the wake goes on to the
-    next task in that line, so the slot is not left idle."""
-    woken_by = woken_by if isinstance(woken_by, str) and woken_by else None
+def _submit_queued(task_id: str, wake: pacing.Wake | None, used: list[str]) -> Task | None:
     task = tasks.claim(task_id, "queued", lease_s=settings.current().worker_lease_s)
     if task is None:
         logger.info("task not claimable (done, cancelled or taken)", extra={"task_id": task_id})
-        if woken_by:
-            pacing.wake_oldest(woken_by)
         return None
     if _past_deadline(task):
         error = _waited_error(task) if task.waiting_for else _deadline_error()
-        ended = _step(task, _finish, task, "failed", error=error.task_error())
-        if woken_by:
-            pacing.wake_oldest(woken_by)
-        return ended
-    return _submit(task, woken_by=woken_by)
+        return _step(task, _finish, task, "failed", error=error.task_error())
+    return _submit(task, wake=wake, used=used)
 
 
 @_stage
@@ -142,12 +147,13 @@ def run_claimed(task: Task, *, wait_until: float | None = None) -> Task | None:
 
 
 def _submit(task: Task, *, fetch_now: bool = False, wait_until: float | None = None,
-            woken_by: str | None = None) -> Task | None:
+            wake: pacing.Wake | None = None, used: list[str] | None = None) -> Task | None:
     req = _step(task, _request_of, task)
     routes = _step(task, _routes, task)
     job = _step(task, _job_of, task)
     while True:
-        outcome, index = _step(task, _call_upstream, task, req, routes, job, woken_by)
+        outcome, index = _step(task, _call_upstream, task, req, routes, job, wake, used)
+        wake = None  # a second look (the sync path waiting for a slot) asks as anyone does
         if not isinstance(outcome, pacing.Busy) or wait_until is None:
             break
         pause_s = (outcome.retry_at - now_ms()) / 1000
@@ -172,7 +178,7 @@ def _job_of(task: Task) -> Job:
 
 
 def _call_upstream(task: Task, req: ImageRequest, routes: list[Route], job: Job,
-                   woken_by: str | None = None) -> tuple[Outcome | pacing.Busy, int]:
+                   wake: pacing.Wake | None = None, used: list[str] | None = None) -> tuple[Outcome | pacing.Busy, int]:
     """Submit to the task's route, falling back to the next while failures are retriable: (outcome, route index).
 
     Each call first takes its route's limits (`pacing.acquire`) and gives them back when it returns. A route
@@ -185,7 +191,9 @@ def _call_upstream(task: Task, req: ImageRequest, routes: list[Route], job: Job,
     timeout either). One before that (building the request) is `_step`'s to retry.
 
     A task that waited leaves its provider's line when it gets a slot, unless that line woke it (the wake took
-    its line item already)."""
+    its line item already). A slot handed with the wake is used on a route of that provider without asking;
+    `used` records that the wake was used (its slot went into a permit, or, woken without one, the task asked),
+    so that `submit_queued` passes on a wake that was not."""
     sent: list[HttpCall] = []
 
     def send(call: HttpCall) -> HttpReply:
@@ -201,12 +209,17 @@ def _call_upstream(task: Task, req: ImageRequest, routes: list[Route], job: Job,
             route = routes[index]
             if route not in able:  # a route that cannot edit (or vary) is skipped, as validation promised
                 continue
-            permit = pacing.acquire(route, f"{task.id}#{task.lease_id}", waits=task.waits)
+            handed = wake.slot if wake is not None and wake.provider == route.provider else None
+            permit = pacing.acquire(route, pacing.holder_of(task.id), waits=task.waits, handed=handed)
+            if used is not None and wake is not None and (
+                    wake.slot is None or (handed is not None and not isinstance(permit, pacing.Busy)
+                                          and handed in permit.slots)):
+                used.append(wake.slot or wake.provider)
             if isinstance(permit, pacing.Busy):
                 busy = busy or (permit, index)
                 continue
             line = task.waiting_on or (route.provider if task.waiting_for else None)  # (or a task from before)
-            if line and line != woken_by:
+            if line and (wake is None or line != wake.provider):
                 pacing.leave_line(line, task.id)
             try:
                 outcome = _refuse_unsafe_urls(get_dialect(route.dialect).submit(req, route, send, job))
