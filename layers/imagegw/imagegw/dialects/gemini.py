@@ -28,6 +28,8 @@ key) is provider_auth_failed too. The README's "Dialects" table lists the rules.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from typing import Any
 from urllib.parse import quote
@@ -39,7 +41,7 @@ from ..routing import Route
 from ..scrub import fragment
 from ..transport import HttpCall, HttpReply, Send
 from .base import GENERATE, Dialect, Done, Failed, ImageOut, Job, Outcome
-from .openai_shaped import decode_b64, usage
+from .openai_shaped import usage
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 MODELS_PATH = "/v1beta/models/"
@@ -155,6 +157,19 @@ def _text(value: Any) -> str:
     return fragment(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
 
 
+def decode(data: str) -> ImageOut:
+    """Base64 image bytes (Google's standard alphabet; line breaks tolerated); anything else, or nothing, is the
+    upstream's failure."""
+    try:
+        raw = base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if not raw:
+        raise UpstreamFailed("The provider sent an image that is not valid base64.", code="bad_upstream_response",
+                             retriable=False)
+    return ImageOut(data=raw)
+
+
 def _get(item: Any, *names: str) -> Any:
     """The first of `names` present in a dict (Google's camelCase, or the snake_case some relays answer)."""
     if isinstance(item, dict):
@@ -183,7 +198,7 @@ def content_images(payload: dict[str, Any]) -> tuple[list[ImageOut], list[str]]:
             inline = _get(part, "inlineData", "inline_data")
             data, mime = _get(inline, "data"), _get(inline, "mimeType", "mime_type")
             if isinstance(data, str) and data.strip() and (not isinstance(mime, str) or mime.startswith("image/")):
-                found.append(ImageOut(data=decode_b64(data.strip())))
+                found.append(decode(data))
         if not found:
             reasons.append(_text(_get(candidate, "finishReason", "finish_reason")) or "none")
         images += found
@@ -200,7 +215,7 @@ def predict_images(payload: dict[str, Any]) -> tuple[list[ImageOut], list[str]]:
     for item in predictions if isinstance(predictions, list) else []:
         data = _get(item, "bytesBase64Encoded", "bytes_base64_encoded")
         if isinstance(data, str) and data.strip():
-            images.append(ImageOut(data=decode_b64(data.strip())))
+            images.append(decode(data))
         elif reason := _text(_get(item, "raiFilteredReason", "rai_filtered_reason")):
             reasons.append(reason)
     return images, reasons
