@@ -107,8 +107,8 @@ class GeminiSimulator(LoopbackSimulator):
             failure = self.behaviour.failures.pop(0) if self.behaviour.failures else None
         if failure:
             status, google_status = failure
-            details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": self.behaviour.retry_delay}] \
-                if status == 429 else None
+            retry = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": self.behaviour.retry_delay}
+            details = [retry] if status == 429 else None
             return error(status, google_status, "You exceeded your current quota, please check your plan and billing "
                          "details." if status == 429 else "The model is overloaded. Please try again later.", details)
         if method == "generateContent":
@@ -141,7 +141,8 @@ class GeminiSimulator(LoopbackSimulator):
         if not isinstance(config, dict):
             return 'Invalid value at \'generation_config\': expected an object.'
         if unknown := sorted(set(config) - CONFIG_FIELDS):
-            return f'Invalid JSON payload received. Unknown name "{unknown[0]}" at \'generation_config\': Cannot find field.'
+            return (f'Invalid JSON payload received. Unknown name "{unknown[0]}" at \'generation_config\': '
+                    'Cannot find field.')
         modalities = config.get("responseModalities")
         if not isinstance(modalities, list) or "IMAGE" not in modalities or \
                 not set(modalities) <= {"TEXT", "IMAGE"}:

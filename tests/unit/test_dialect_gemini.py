@@ -207,7 +207,8 @@ def test_imagen_predictions_filtered_ones_missing_and_none_is_a_refusal():
 
 def test_unexpected_shapes_are_the_upstreams_failure_never_a_crash():
     for body in (b"[1, 2]", b"not json", json.dumps(gemini_answer({"inlineData": {"data": "@@@"}})).encode(),
-                 json.dumps({"candidates": "x"}).encode(), json.dumps({"predictions": [{"bytesBase64Encoded": 5}]}).encode()):
+                 json.dumps({"candidates": "x"}).encode(),
+                 json.dumps({"predictions": [{"bytesBase64Encoded": 5}]}).encode()):
         outcome = DIALECT.submit(parse_request({"prompt": "p"}), route(), lambda c, b=body: HttpReply(200, {}, b))
         assert isinstance(outcome, Failed) and outcome.error.status in (400, 502), body
         assert outcome.error.code in ("bad_upstream_response", "no_image", "content_policy_violation"), body
@@ -297,7 +298,7 @@ def test_sync_two_gemini_images_as_b64_nothing_downloaded(gemini):
     assert sim.image_downloads == 0  # inline bytes: no result URL exists that could expire
     keys = s3_objects()
     assert len(keys) == 2 and len(body["data"]) == 2
-    for entry, key in zip(body["data"], keys):
+    for entry, key in zip(body["data"], keys, strict=True):
         raw = base64.b64decode(entry["b64_json"])
         assert raw == s3_image(key) and Image.open(io.BytesIO(raw)).size == (1344, 768)
         assert "revised_prompt" not in entry or entry["revised_prompt"] is None
