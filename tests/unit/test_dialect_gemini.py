@@ -422,3 +422,14 @@ def test_a_wrong_key_fails_provider_auth_failed(gemini, inline_bus, fake_clock):
     assert task["status"] == "failed" and task["error"]["code"] == "provider_auth_failed"
     assert not any("AIzaSyWrongKey" in text for text in answers)
     assert first.generations
+
+
+def test_a_gemini_provider_needs_only_a_key():
+    from imagegw import provider_config
+
+    def document(**provider):
+        return {"providers": {"g": {"dialect": "gemini", **provider}}, "models": {"m": [{"provider": "g"}]}}
+
+    assert provider_config.problems(document(api_key_env="GEMINI_API_KEY")) == []
+    assert provider_config.problems(document(base_url="https://relay.example/v1beta", api_key_env="K")) == []
+    assert any("a key source is required by dialect gemini" in p for p in provider_config.problems(document()))
