@@ -433,3 +433,23 @@ def test_a_gemini_provider_needs_only_a_key():
     assert provider_config.problems(document(api_key_env="GEMINI_API_KEY")) == []
     assert provider_config.problems(document(base_url="https://relay.example/v1beta", api_key_env="K")) == []
     assert any("a key source is required by dialect gemini" in p for p in provider_config.problems(document()))
+
+
+@pytest.mark.parametrize("status, google_status", [(400, "INVALID_ARGUMENT"), (403, "PERMISSION_DENIED"),
+                                                   (429, "RESOURCE_EXHAUSTED"), (500, "INTERNAL"), (200, None)])
+def test_an_upstream_echoing_the_key_leaks_nothing(monkeypatch, status, google_status):
+    from tests.simulators.loopback import Answer
+
+    monkeypatch.setenv("UPSTREAM_BACKOFF_S", "0.01")
+    key = "zz9/Plural+Z-alpha=GOOGLEKEY"  # no known shape: only the exact match can catch it
+    with GeminiSimulator(api_key=key) as sim:
+        def echo(request):
+            text = f"Bad request; you sent x-goog-api-key={request.headers.get('x-goog-api-key')} ({key[:16]}...)"
+            if status == 200:  # a 2xx whose block reason quotes the key
+                return Answer(200, {"promptFeedback": {"blockReason": text}})
+            return Answer(status, {"error": {"code": status, "message": text, "status": google_status}})
+
+        sim.intercept = echo
+        outcome = DIALECT.submit(parse_request({"prompt": "p"}), route(base_url=sim.base_url, key=key), transport.send)
+        assert isinstance(outcome, Failed)
+        assert key not in outcome.error.message and key[:16] not in outcome.error.message, outcome.error.message
