@@ -13,6 +13,7 @@ import threading
 
 from .async_relay_sim import AsyncRelaySimulator
 from .envelope_sim import EnvelopeSimulator
+from .gemini_sim import GeminiSimulator
 from .grok_sim import GrokSimulator
 from .jimeng_sim import JimengSimulator
 from .loopback import Captured, LoopbackSimulator
@@ -20,7 +21,7 @@ from .openai_sim import OpenAISimulator
 
 BASE_PORT = int(os.environ.get("SIM_BASE_PORT", "4701"))
 SIMULATORS = (("openai", OpenAISimulator), ("jimeng", JimengSimulator), ("envelope", EnvelopeSimulator),
-              ("grok", GrokSimulator), ("async-relay", AsyncRelaySimulator))
+              ("grok", GrokSimulator), ("async-relay", AsyncRelaySimulator), ("gemini", GeminiSimulator))
 
 
 def _printing(name: str, sim: LoopbackSimulator) -> None:

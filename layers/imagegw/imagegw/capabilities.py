@@ -1,8 +1,8 @@
 """One capability table per model: what it accepts, used to validate (400 before any upstream call) and to
 translate (sizes, ratios, which optional parameters may be sent on).
 
-Lookup: the exact upstream model name, then a name prefix (`gpt-image`, `jimeng`, `grok`), then the route's
-dialect default, then `GENERIC` (any `WxH` within sane bounds, an aspect ratio, or `auto`).
+Lookup: the exact upstream model name, then a name prefix (`gpt-image`, `jimeng`, `grok`, `gemini`, `imagen`),
+then the route's dialect default, then `GENERIC` (any `WxH` within sane bounds, an aspect ratio, or `auto`).
 """
 
 from __future__ import annotations
@@ -63,11 +63,26 @@ GROK = Capability(sizes=frozenset({"960x960", "720x1280", "1280x720", "1168x784"
                                     "20:9", "1:2", "2:1", "auto"}),
                   resolutions=frozenset({"1k", "2k"}), prompt_max=1000, edits=None,
                   qualities=frozenset({"low", "medium", "high"}), maps_pixel_sizes=True)
+# Google's Generative Language API (`gemini` dialect): an aspect ratio from its list (a pixel size maps to the
+# nearest), one image per generateContent call (n fans out) and 1-4 per Imagen call; no edits here. Gemini 2.x
+# image models have one output size (1k); later ones take imageSize 1K/2K/4K. Imagen 4 standard and ultra take
+# sampleImageSize 1K/2K; Imagen's prompt is at most 480 tokens (about 4 characters each).
+GEMINI_RATIOS = frozenset({"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"})
+IMAGEN_RATIOS = frozenset({"1:1", "3:4", "4:3", "9:16", "16:9"})
+GEMINI_IMAGE = Capability(ratios=GEMINI_RATIOS, resolutions=frozenset({"1k"}), n_max=4, maps_pixel_sizes=True,
+                          edits=None)
+GEMINI_IMAGE_SIZED = Capability(ratios=GEMINI_RATIOS, n_max=4, maps_pixel_sizes=True, edits=None)
+IMAGEN = Capability(ratios=IMAGEN_RATIOS, resolutions=frozenset({"1k"}), n_max=4, prompt_max=1920,
+                    maps_pixel_sizes=True, edits=None)
+IMAGEN_SIZED = Capability(ratios=IMAGEN_RATIOS, resolutions=frozenset({"1k", "2k"}), n_max=4, prompt_max=1920,
+                          maps_pixel_sizes=True, edits=None)
 GENERIC = Capability()
 
 CAPABILITIES: dict[str, Capability] = {"dall-e-2": DALLE2, "dall-e-3": DALLE3}
-_BY_PREFIX = (("gpt-image", GPT_IMAGE), ("jimeng", JIMENG), ("grok", GROK))
-_BY_DIALECT = {"jimeng": JIMENG, "grok": GROK}
+_BY_PREFIX = (("gpt-image", GPT_IMAGE), ("jimeng", JIMENG), ("grok", GROK),
+              ("gemini-2", GEMINI_IMAGE), ("gemini", GEMINI_IMAGE_SIZED),
+              ("imagen-4.0-fast", IMAGEN), ("imagen-4", IMAGEN_SIZED), ("imagen", IMAGEN))
+_BY_DIALECT = {"jimeng": JIMENG, "grok": GROK, "gemini": GEMINI_IMAGE}
 
 
 def capability_for(model: str, dialect: str | None = None) -> Capability:

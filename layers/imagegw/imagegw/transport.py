@@ -272,6 +272,27 @@ def retry_after_s(headers: dict[str, str]) -> float | None:
     return None if seconds != seconds else min(max(seconds, 0.0), 3600.0)
 
 
+def retry_delay_s(reply: HttpReply) -> float | None:
+    """Google's retry hint, which its APIs send in the body rather than as Retry-After: the `retryDelay`
+    ("37s", "1.5s") of a `google.rpc.RetryInfo` in `error.details`; seconds, at most an hour, or None."""
+    try:
+        payload = json.loads(reply.body)
+    except ValueError:
+        return None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    for detail in details if isinstance(details, list) else ():
+        delay = detail.get("retryDelay") if isinstance(detail, dict) else None
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                seconds = float(delay[:-1])
+            except ValueError:
+                continue
+            if seconds == seconds:  # not NaN
+                return min(max(seconds, 0.0), 3600.0)
+    return None
+
+
 def map_http_error(reply: HttpReply, secrets: tuple[str, ...] | list[str] = ()) -> GatewayError:
     message = upstream_message(reply, secrets)
     status = reply.status
@@ -279,7 +300,7 @@ def map_http_error(reply: HttpReply, secrets: tuple[str, ...] | list[str] = ()) 
         return UpstreamFailed("The provider rejected the gateway's credentials.", code="provider_auth_failed")
     if status == 429:
         return RateLimited(f"The provider is rate limiting requests{': ' + message if message else ''}.",
-                           retry_after_s=retry_after_s(reply.headers))
+                           retry_after_s=retry_after_s(reply.headers) or retry_delay_s(reply))
     if status >= 500:
         return UpstreamFailed(f"The provider failed with HTTP {status}{': ' + message if message else ''}.")
     if status == 408:
