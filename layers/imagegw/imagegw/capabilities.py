@@ -1,8 +1,8 @@
 """One capability table per model: what it accepts, used to validate (400 before any upstream call) and to
 translate (sizes, ratios, which optional parameters may be sent on).
 
-Lookup: the exact upstream model name, then a name prefix (`gpt-image`, `jimeng`, `grok`), then the route's
-dialect default, then `GENERIC` (any `WxH` within sane bounds, an aspect ratio, or `auto`).
+Lookup: the exact upstream model name, then a name prefix (`gpt-image`, `jimeng`, `grok`, `midjourney`),
+then the route's dialect default, then `GENERIC` (any `WxH` within sane bounds, an aspect ratio, or `auto`).
 """
 
 from __future__ import annotations
@@ -63,11 +63,15 @@ GROK = Capability(sizes=frozenset({"960x960", "720x1280", "1280x720", "1168x784"
                                     "20:9", "1:2", "2:1", "auto"}),
                   resolutions=frozenset({"1k", "2k"}), prompt_max=1000, edits=None,
                   qualities=frozenset({"low", "medium", "high"}), maps_pixel_sizes=True)
+# Midjourney through a midjourney-proxy relay: one 2x2 grid per job (n 1-4: the grid, or that many quadrants);
+# `size` is any WxH or ratio (sent as `--ar W:H`); the prompt fits Discord's 6000-character command option with
+# room for the `--ar` appended to it.
+MIDJOURNEY = Capability(n_max=4, prompt_max=5980, edits=None)
 GENERIC = Capability()
 
 CAPABILITIES: dict[str, Capability] = {"dall-e-2": DALLE2, "dall-e-3": DALLE3}
-_BY_PREFIX = (("gpt-image", GPT_IMAGE), ("jimeng", JIMENG), ("grok", GROK))
-_BY_DIALECT = {"jimeng": JIMENG, "grok": GROK}
+_BY_PREFIX = (("gpt-image", GPT_IMAGE), ("jimeng", JIMENG), ("grok", GROK), ("midjourney", MIDJOURNEY))
+_BY_DIALECT = {"jimeng": JIMENG, "grok": GROK, "midjourney": MIDJOURNEY}
 
 
 def capability_for(model: str, dialect: str | None = None) -> Capability:
