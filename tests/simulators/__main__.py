@@ -16,11 +16,12 @@ from .envelope_sim import EnvelopeSimulator
 from .grok_sim import GrokSimulator
 from .jimeng_sim import JimengSimulator
 from .loopback import Captured, LoopbackSimulator
+from .midjourney_sim import MidjourneySimulator
 from .openai_sim import OpenAISimulator
 
 BASE_PORT = int(os.environ.get("SIM_BASE_PORT", "4701"))
 SIMULATORS = (("openai", OpenAISimulator), ("jimeng", JimengSimulator), ("envelope", EnvelopeSimulator),
-              ("grok", GrokSimulator), ("async-relay", AsyncRelaySimulator))
+              ("grok", GrokSimulator), ("async-relay", AsyncRelaySimulator), ("midjourney", MidjourneySimulator))
 
 
 def _printing(name: str, sim: LoopbackSimulator) -> None:
