@@ -423,7 +423,7 @@ def test_each_fault_ends_the_task_clearly_falling_back_only_when_retriable(
     else:
         assert task["status"] == "failed" and task["error"]["code"] == end, task
         assert s3_objects() == []
-    assert bool(good.requests) is second_served
+    assert bad.submits and bool(good.requests) is second_served
     if fault == "nude":
         assert "nude" in task["error"]["message"] and task["error"]["type"] == "invalid_request_error"
     if end == "upstream_error":
@@ -432,3 +432,16 @@ def test_each_fault_ends_the_task_clearly_falling_back_only_when_retriable(
     logs = [json.dumps(vars(record), default=str) for record in caplog.records]
     for text in [stored, json.dumps(task), *logs]:
         assert bad.api_key not in text and good.api_key not in text
+
+
+def test_a_single_route_answering_429_waits_then_ends_rate_limited(mj, inline_bus, fake_clock, monkeypatch):
+    monkeypatch.setenv("TASK_DEADLINE_S", "240")
+    sim = mj()
+    sim.intercept = always(429, {"error": "Too Many Requests"}, {"Retry-After": "1"})
+    task_id = generate({"model": "midjourney", "prompt": "a quiet harbour"}, query={"async": "true"}).json()["id"]
+    inline_bus.drain()
+    waiting = get_task(task_id).json()
+    assert waiting["status"] == "queued" and waiting["waiting_for"] == "rate_limit", waiting
+    task = run_to_end(inline_bus, fake_clock, task_id, rounds=10)
+    assert task["status"] == "failed" and task["error"]["code"] == "upstream_rate_limited", task
+    assert len(sim.submits) >= 2 and sim.checks == [] and s3_objects() == []
