@@ -54,7 +54,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 _SECRET_ID = re.compile(r"^(arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:)?[A-Za-z0-9/_+=.@-]{1,512}$")
 _URL = re.compile(r"^https?://[^\s/@?#]+(/[^\s]*)?$", re.I)
 _KEY_FIELDS = ("api_key", "api_key_env", "api_key_secret")
-BEARER = "bearer"
+BEARER: Literal["bearer"] = "bearer"
 AuthScheme = Literal["bearer", "mj-api-secret"]
 _AUTH_SCHEMES: tuple[str, ...] = get_args(AuthScheme)
 
@@ -172,7 +172,8 @@ def _provider_problems(providers: Any) -> list[str]:
         elif isinstance(base_url, str) and base_url and not _URL.match(base_url):
             found.append(f"{where}.base_url: must be an http(s) URL with a host and no credentials")
         auth = provider.get("auth")
-        schemes = getattr(get_dialect(dialect), "auth_schemes", frozenset({BEARER})) if needs else frozenset()
+        schemes = getattr(get_dialect(dialect), "auth_schemes", frozenset({BEARER})) \
+            if needs and isinstance(dialect, str) else frozenset()
         if isinstance(auth, str) and auth != BEARER and auth in _AUTH_SCHEMES and auth not in schemes:
             found.append(f"{where}.auth: dialect {dialect} sends its key as {' or '.join(sorted(schemes)) or 'nothing'}"
                          f", not {auth}")

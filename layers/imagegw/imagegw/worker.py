@@ -526,7 +526,7 @@ def _store_tiles(task: Task, url: str, sources: list[dict[str, Any]]) -> list[di
     cells = [(int(index), int(columns), int(rows)) for index, columns, rows in (s["tile"] for s in sources)]
     parts = tiles.cut(data, content_type, cells)
     return [_image_item(source["index"], storage.store_bytes(_key_prefix(task, source["index"]), part),
-                        source.get("revised_prompt")) for source, part in zip(sources, parts)]
+                        source.get("revised_prompt")) for source, part in zip(sources, parts, strict=True)]
 
 
 def _unsafe_result_url(reason: str) -> UpstreamFailed:
