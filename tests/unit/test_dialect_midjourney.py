@@ -24,6 +24,7 @@ from imagegw.request import parse_request
 from imagegw.routing import Route
 from tests.apiclient import call
 from tests.conftest import API_KEY, s3_objects
+from tests.simulators.fault_sim import bomb_png
 from tests.simulators.loopback import Answer
 from tests.simulators.midjourney_sim import QUADRANT_COLOURS, Behaviour, MidjourneySimulator, grid_png
 
@@ -448,3 +449,16 @@ def test_a_single_route_answering_429_waits_then_ends_rate_limited(mj, inline_bu
     task = run_to_end(inline_bus, fake_clock, task_id, rounds=10)
     assert task["status"] == "failed" and task["error"]["code"] == "upstream_rate_limited", task
     assert len(sim.submits) >= 2 and sim.checks == [] and s3_objects() == []
+
+
+@pytest.mark.parametrize("grid, code", [
+    (Answer(200, bomb_png(), {"Content-Type": "image/png"}), "upstream_invalid_image"),
+    (Answer(200, b"<html>not here</html>", {"Content-Type": "text/html"}), "not_an_image"),
+], ids=["decompression bomb", "not an image"])
+def test_a_grid_the_gateway_will_not_decode_fails_before_any_tile_is_stored(mj, inline_bus, grid, code):
+    sim = mj(Behaviour(checks_to_finish=1))
+    sim.intercept = lambda request: grid if request.path.startswith("/grid/") else None
+    accepted = generate({"model": "midjourney", "prompt": "a harbour", "n": 4}, query={"async": "true"})
+    task, _ = finish(accepted.json()["id"], inline_bus)
+    assert task["status"] == "failed" and task["error"]["code"] == code, task
+    assert s3_objects() == [] and len([r for r in sim.requests if r.path.startswith("/grid/")]) == 1
