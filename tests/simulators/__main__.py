@@ -17,11 +17,13 @@ from .gemini_sim import GeminiSimulator
 from .grok_sim import GrokSimulator
 from .jimeng_sim import JimengSimulator
 from .loopback import Captured, LoopbackSimulator
+from .midjourney_sim import MidjourneySimulator
 from .openai_sim import OpenAISimulator
 
 BASE_PORT = int(os.environ.get("SIM_BASE_PORT", "4701"))
 SIMULATORS = (("openai", OpenAISimulator), ("jimeng", JimengSimulator), ("envelope", EnvelopeSimulator),
-              ("grok", GrokSimulator), ("async-relay", AsyncRelaySimulator), ("gemini", GeminiSimulator))
+              ("grok", GrokSimulator), ("async-relay", AsyncRelaySimulator), ("gemini", GeminiSimulator),
+              ("midjourney", MidjourneySimulator))
 
 
 def _printing(name: str, sim: LoopbackSimulator) -> None:

@@ -1,8 +1,9 @@
 """One capability table per model: what it accepts, used to validate (400 before any upstream call) and to
 translate (sizes, ratios, which optional parameters may be sent on).
 
-Lookup: the exact upstream model name, then a name prefix (`gpt-image`, `jimeng`, `grok`, `gemini`, `imagen`),
-then the route's dialect default, then `GENERIC` (any `WxH` within sane bounds, an aspect ratio, or `auto`).
+Lookup: the exact upstream model name, then a name prefix (`gpt-image`, `jimeng`, `grok`, `gemini`, `imagen`,
+`midjourney`), then the route's dialect default, then `GENERIC` (any `WxH` within sane bounds, an aspect ratio,
+or `auto`).
 """
 
 from __future__ import annotations
@@ -76,13 +77,18 @@ IMAGEN = Capability(ratios=IMAGEN_RATIOS, resolutions=frozenset({"1k"}), n_max=4
                     maps_pixel_sizes=True, edits=None)
 IMAGEN_SIZED = Capability(ratios=IMAGEN_RATIOS, resolutions=frozenset({"1k", "2k"}), n_max=4, prompt_max=1920,
                           maps_pixel_sizes=True, edits=None)
+# Midjourney through a midjourney-proxy relay: one 2x2 grid per job (n 1-4: the grid, or that many quadrants);
+# `size` is any WxH or ratio (sent as `--ar W:H`); the prompt fits Discord's 6000-character command option with
+# room for the `--ar` appended to it.
+MIDJOURNEY = Capability(n_max=4, prompt_max=5980, edits=None)
 GENERIC = Capability()
 
 CAPABILITIES: dict[str, Capability] = {"dall-e-2": DALLE2, "dall-e-3": DALLE3}
 _BY_PREFIX = (("gpt-image", GPT_IMAGE), ("jimeng", JIMENG), ("grok", GROK),
               ("gemini-2", GEMINI_IMAGE), ("gemini", GEMINI_IMAGE_SIZED),
-              ("imagen-4.0-fast", IMAGEN), ("imagen-4", IMAGEN_SIZED), ("imagen", IMAGEN))
-_BY_DIALECT = {"jimeng": JIMENG, "grok": GROK, "gemini": GEMINI_IMAGE}
+              ("imagen-4.0-fast", IMAGEN), ("imagen-4", IMAGEN_SIZED), ("imagen", IMAGEN),
+              ("midjourney", MIDJOURNEY))
+_BY_DIALECT = {"jimeng": JIMENG, "grok": GROK, "gemini": GEMINI_IMAGE, "midjourney": MIDJOURNEY}
 
 
 def capability_for(model: str, dialect: str | None = None) -> Capability:

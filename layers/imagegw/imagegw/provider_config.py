@@ -2,12 +2,15 @@
 
 One JSON or YAML document (`PROVIDERS_FILE` locally, the SSM parameter `PROVIDERS_PARAM` when deployed):
 
-    {"providers": {<name>: {dialect, base_url?, api_key | api_key_env | api_key_secret, timeout_s?,
+    {"providers": {<name>: {dialect, base_url?, api_key | api_key_env | api_key_secret, auth?, timeout_s?,
                             max_concurrency?, requests_per_minute?}},
      "models": {<public model | "*">: [{provider, model?, max_concurrency?, requests_per_minute?}, ...]}}
 
 `max_concurrency` and `requests_per_minute` are a provider's limits (per account or key, so across every route
 to it and every function instance; absent: unlimited); on a route, that model's own limit on top (see `pacing`).
+`auth` is how the key is sent: "bearer" (`Authorization: Bearer <key>`, the default) or "mj-api-secret" (the
+`mj-api-secret` header midjourney-proxy itself reads), the latter only for a dialect that lists it in its
+`auth_schemes`.
 
 `problems(data)` lists everything wrong with a document at once, each as `<JSON path>: <what is wrong>`
 (`providers.relay-a.base_url: required by dialect openai`), never one at a time and never quoting a key:
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 from aws_lambda_powertools import Logger
@@ -51,6 +54,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 _SECRET_ID = re.compile(r"^(arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:)?[A-Za-z0-9/_+=.@-]{1,512}$")
 _URL = re.compile(r"^https?://[^\s/@?#]+(/[^\s]*)?$", re.I)
 _KEY_FIELDS = ("api_key", "api_key_env", "api_key_secret")
+BEARER: Literal["bearer"] = "bearer"
+AuthScheme = Literal["bearer", "mj-api-secret"]
+_AUTH_SCHEMES: tuple[str, ...] = get_args(AuthScheme)
 
 
 class ProviderConfig(BaseModel):
@@ -61,6 +67,7 @@ class ProviderConfig(BaseModel):
     api_key: str | None = Field(default=None, repr=False)
     api_key_env: str | None = None
     api_key_secret: str | None = None
+    auth: AuthScheme = BEARER  # how the key is sent (see the module docstring)
     timeout_s: float = Field(default=120, gt=0, le=MAX_TIMEOUT_S)
     max_concurrency: int | None = Field(default=None, ge=1, strict=True)  # requests in flight (all instances)
     requests_per_minute: int | None = Field(default=None, ge=1, strict=True)  # requests started per minute
@@ -164,6 +171,12 @@ def _provider_problems(providers: Any) -> list[str]:
             found.append(f"{where}.base_url: required by dialect {dialect}")
         elif isinstance(base_url, str) and base_url and not _URL.match(base_url):
             found.append(f"{where}.base_url: must be an http(s) URL with a host and no credentials")
+        auth = provider.get("auth")
+        schemes = getattr(get_dialect(dialect), "auth_schemes", frozenset({BEARER})) \
+            if needs and isinstance(dialect, str) else frozenset()
+        if isinstance(auth, str) and auth != BEARER and auth in _AUTH_SCHEMES and auth not in schemes:
+            found.append(f"{where}.auth: dialect {dialect} sends its key as {' or '.join(sorted(schemes)) or 'nothing'}"
+                         f", not {auth}")
         sources = [field for field in _KEY_FIELDS if provider.get(field) not in (None, "")]
         if "key" in needs and not sources:
             found.append(f"{where}: a key source is required by dialect {dialect}: api_key_secret (deployed), "

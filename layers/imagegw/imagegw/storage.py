@@ -168,6 +168,27 @@ def store_from_url(
         return StoredImage.of(key, image.content_type, image.raw.bytes_read, watch.header if watch else header)
 
 
+def fetch_image(
+    url: str,
+    *,
+    max_bytes: int | None = None,
+    resolver: safe_fetch.Resolver | None = None,
+    max_seconds: float | None = None,
+) -> tuple[bytes, str]:
+    """Download `url` whole (the same SSRF guard, byte cap and time budget as `store_from_url`), its header
+    checked against the pixel budget before the rest is read: (bytes, content type). For images the worker
+    must decode (tiles cut from a grid); anything else is streamed by `store_from_url`."""
+    with safe_fetch.open_image(
+        url,
+        max_bytes=max_bytes if max_bytes is not None else _max_image_bytes(),
+        resolver=resolver,
+        allow_loopback=safe_fetch.loopback_allowed(),
+        max_seconds=max_seconds if max_seconds is not None else _max_download_s(),
+    ) as image:
+        _watch_frames(image, _streamed_header(image))  # GIF/WebP frames counted as the rest is read
+        return image.raw.read(), image.content_type
+
+
 def presigned_url(key: str, expires_s: int | None = None) -> str:
     if expires_s is None:
         expires_s = settings.current().presign_expires_s

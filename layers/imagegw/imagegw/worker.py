@@ -482,12 +482,15 @@ def _apply_done(task: Task, outcome: Done, upstream: dict[str, Any], route_index
                 kept = storage.store_bytes(_key_prefix(task, index), image.data)
                 stored.append(_image_item(index, kept, image.revised_prompt))
             else:
-                sources.append({"index": index, "url": image.url, "revised_prompt": image.revised_prompt})
+                sources.append({"index": index, "url": image.url, "revised_prompt": image.revised_prompt,
+                                "tile": list(image.tile) if image.tile else None})
     except GatewayError as exc:
         return _finish(task, "failed", error=exc.task_error(), upstream=upstream)
     fields = {"upstream": upstream, "route_index": route_index, "usage": outcome.usage or {"images": len(stored)}}
     sources = [{k: v for k, v in s.items() if v is not None} for s in sources]
-    if sources and fetch_now:  # someone waits: download here, rather than hand the stage to the fetch function
+    # Someone waits: download here, rather than hand the stage to the fetch function; tiles are cut by the fetch
+    # stage only (Pillow stays out of an API request's invocation).
+    if sources and fetch_now and not any("tile" in source for source in sources):
         try:
             stored += _download(task, sources)
             sources = []
@@ -520,9 +523,18 @@ def _finish(task: Task, status: str, **fields: Any) -> Task | None:
 
 
 def _download(task: Task, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Store the images at `sources` (in parallel, streamed, SSRF-guarded); their task image items."""
+    """Store the images at `sources` (in parallel, streamed, SSRF-guarded); their task image items. Sources
+    that are tiles of one URL (`ImageOut.tile`) are one download, cut into its tiles."""
+    grids: dict[str, list[dict[str, Any]]] = {}
+    jobs: list[Callable[[], list[dict[str, Any]]]] = []
+    for source in sources:
+        if source.get("tile"):
+            grids.setdefault(source["url"], []).append(source)
+        else:
+            jobs.append(functools.partial(_store_urls, task, [source]))
+    jobs += [functools.partial(_store_tiles, task, url, tiled) for url, tiled in grids.items()]
     with ThreadPoolExecutor(max_workers=DOWNLOAD_PARALLELISM) as pool:
-        return list(pool.map(lambda source: _store_url(task, source), sources))
+        return [item for items in pool.map(lambda job: job(), jobs) for item in items]
 
 
 def _store_url(task: Task, source: dict[str, Any]) -> dict[str, Any]:
@@ -531,6 +543,24 @@ def _store_url(task: Task, source: dict[str, Any]) -> dict[str, Any]:
     except safe_fetch.UnsafeURL as exc:  # the provider's URL, not the caller's request, is at fault
         raise _unsafe_result_url(exc.message) from None
     return _image_item(source["index"], kept, source.get("revised_prompt"))
+
+
+def _store_urls(task: Task, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [_store_url(task, source) for source in sources]
+
+
+def _store_tiles(task: Task, url: str, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fetch `url` once and store each source's tile of it as its own image."""
+    from . import tiles  # Pillow: loaded by the fetch stage when it has tiles to cut, never at start
+
+    try:
+        data, content_type = storage.fetch_image(url)
+    except safe_fetch.UnsafeURL as exc:
+        raise _unsafe_result_url(exc.message) from None
+    cells = [(int(index), int(columns), int(rows)) for index, columns, rows in (s["tile"] for s in sources)]
+    parts = tiles.cut(data, content_type, cells)
+    return [_image_item(source["index"], storage.store_bytes(_key_prefix(task, source["index"]), part),
+                        source.get("revised_prompt")) for source, part in zip(sources, parts, strict=True)]
 
 
 def _unsafe_result_url(reason: str) -> UpstreamFailed:

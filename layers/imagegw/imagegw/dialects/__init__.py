@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "grok": "imagegw.dialects.grok:GrokDialect",
     "async-relay": "imagegw.dialects.async_relay:AsyncRelayDialect",
     "gemini": "imagegw.dialects.gemini:GeminiDialect",
+    "midjourney": "imagegw.dialects.midjourney:MidjourneyDialect",
     "local": "imagegw.dialects.local:LocalDialect",
 }
 

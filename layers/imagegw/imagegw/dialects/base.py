@@ -31,6 +31,11 @@ class ImageOut:
     url: str | None = None
     data: bytes | None = field(default=None, repr=False)
     revised_prompt: str | None = None
+    #: (index, columns, rows): this image is cell `index` (row-major from 0) of the image at `url` cut into
+    #: columns x rows equal cells (e.g. a quadrant of a 2x2 grid); None: the whole image. URL images only.
+    #: The worker's fetch stage cuts it (Pillow, never in an API request's invocation) and fetches a URL that
+    #: several tiles name once.
+    tile: tuple[int, int, int] | None = None
 
 
 GENERATE, EDIT, VARIATION = "generate", "edit", "variation"
