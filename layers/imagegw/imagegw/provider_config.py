@@ -2,7 +2,7 @@
 
 One JSON or YAML document (`PROVIDERS_FILE` locally, the SSM parameter `PROVIDERS_PARAM` when deployed):
 
-    {"providers": {<name>: {dialect, base_url?, api_key | api_key_env | api_key_secret, timeout_s?,
+    {"providers": {<name>: {dialect, base_url?, api_key | api_key_env | api_key_secret, region?, timeout_s?,
                             max_concurrency?, requests_per_minute?}},
      "models": {<public model | "*">: [{provider, model?, max_concurrency?, requests_per_minute?}, ...]}}
 
@@ -51,6 +51,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 _SECRET_ID = re.compile(r"^(arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:)?[A-Za-z0-9/_+=.@-]{1,512}$")
 _URL = re.compile(r"^https?://[^\s/@?#]+(/[^\s]*)?$", re.I)
 _KEY_FIELDS = ("api_key", "api_key_env", "api_key_secret")
+_REGION = r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$"  # an AWS region name: us-east-1, ap-southeast-2, us-gov-west-1
 
 
 class ProviderConfig(BaseModel):
@@ -61,6 +62,7 @@ class ProviderConfig(BaseModel):
     api_key: str | None = Field(default=None, repr=False)
     api_key_env: str | None = None
     api_key_secret: str | None = None
+    region: str | None = Field(default=None, pattern=_REGION)  # an AWS region (the bedrock dialect's)
     timeout_s: float = Field(default=120, gt=0, le=MAX_TIMEOUT_S)
     max_concurrency: int | None = Field(default=None, ge=1, strict=True)  # requests in flight (all instances)
     requests_per_minute: int | None = Field(default=None, ge=1, strict=True)  # requests started per minute
@@ -164,6 +166,8 @@ def _provider_problems(providers: Any) -> list[str]:
             found.append(f"{where}.base_url: required by dialect {dialect}")
         elif isinstance(base_url, str) and base_url and not _URL.match(base_url):
             found.append(f"{where}.base_url: must be an http(s) URL with a host and no credentials")
+        if "region" in needs and not provider.get("region"):
+            found.append(f"{where}.region: required by dialect {dialect} (an AWS region, e.g. us-east-1)")
         sources = [field for field in _KEY_FIELDS if provider.get(field) not in (None, "")]
         if "key" in needs and not sources:
             found.append(f"{where}: a key source is required by dialect {dialect}: api_key_secret (deployed), "

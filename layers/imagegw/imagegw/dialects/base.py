@@ -72,7 +72,8 @@ class Dialect:
 
     name: ClassVar[str]
     #: what a provider of this dialect must configure (checked when the configuration is loaded, see
-    #: provider_config): "base_url", and "key" (one of api_key, api_key_env, api_key_secret)
+    #: provider_config): "base_url", "key" (one of api_key, api_key_env, api_key_secret), and "region" (an AWS
+    #: region, for a dialect signed with the function's role)
     needs: ClassVar[frozenset[str]] = frozenset({"base_url", "key"})
 
     #: what this dialect can ask its upstream for: "generate", and "edit" / "variation" where it has those
