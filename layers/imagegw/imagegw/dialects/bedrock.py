@@ -263,7 +263,7 @@ def error_for(response: dict[str, Any]) -> GatewayError:
     error = response.get("Error") or {}
     code, message = str(error.get("Code") or ""), str(error.get("Message") or "")
     status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
-    said = f": {fragment(message)}" if message else ""
+    said = f": {fragment(message).rstrip('.')}" if message else ""
     if code == "ValidationException" or (not code and status == 400):
         if "content filter" in message.lower():
             return filter_refusal(message)
@@ -271,6 +271,8 @@ def error_for(response: dict[str, Any]) -> GatewayError:
     if code in _AUTH_CODES or status in (401, 403):
         return UpstreamFailed(f"The provider refused the gateway's AWS credentials or role ({code or status}).",
                               code="provider_auth_failed")
+    if code in _RETRIABLE_CODES:
+        return UpstreamFailed(f"The provider failed ({code}){said}.")
     if code in ("ThrottlingException", "ServiceQuotaExceededException", "TooManyRequestsException") \
             or status == 429:
         return RateLimited(f"The provider is rate limiting requests{said}.")
@@ -278,7 +280,7 @@ def error_for(response: dict[str, Any]) -> GatewayError:
         return UpstreamTimeout(f"The model timed out{said}.")
     if code == "ResourceNotFoundException":
         return UpstreamFailed(f"The provider does not serve this model here{said}.", code="upstream_model_not_found")
-    if code in _RETRIABLE_CODES or status >= 500 or status == 424:
+    if status >= 500 or status == 424:
         return UpstreamFailed(f"The provider failed ({code or f'HTTP {status}'}){said}.")
     return policy_violation(message) or refusal(message or code or f"HTTP {status}")
 
