@@ -12,6 +12,7 @@ import signal
 import threading
 
 from .async_relay_sim import AsyncRelaySimulator
+from .bedrock_sim import BedrockSimulator
 from .envelope_sim import EnvelopeSimulator
 from .grok_sim import GrokSimulator
 from .jimeng_sim import JimengSimulator
@@ -20,7 +21,7 @@ from .openai_sim import OpenAISimulator
 
 BASE_PORT = int(os.environ.get("SIM_BASE_PORT", "4701"))
 SIMULATORS = (("openai", OpenAISimulator), ("jimeng", JimengSimulator), ("envelope", EnvelopeSimulator),
-              ("grok", GrokSimulator), ("async-relay", AsyncRelaySimulator))
+              ("grok", GrokSimulator), ("async-relay", AsyncRelaySimulator), ("bedrock", BedrockSimulator))
 
 
 def _printing(name: str, sim: LoopbackSimulator) -> None:

@@ -35,7 +35,8 @@ from tests.unit.test_dialect_fields import VALUES, sent
 
 GEN = "/v1/images/generations"
 DIALECT = get_dialect("bedrock")
-SD35, ULTRA, CORE = "stability.sd3-5-large-v1:0", "stability.stable-image-ultra-v1:1", "stability.stable-image-core-v1:1"
+SD35, ULTRA = "stability.sd3-5-large-v1:0", "stability.stable-image-ultra-v1:1"
+CORE = "stability.stable-image-core-v1:1"
 NOVA, TITAN = "amazon.nova-canvas-v1:0", "amazon.titan-image-generator-v2:0"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYbedrock"  # the signing secret: never in a task or a log
 

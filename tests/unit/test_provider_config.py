@@ -32,8 +32,8 @@ def with_provider(**fields):
 
 BAD = [  # (document, a problem it must report, word for word)
     (with_provider(dialect="opneai", base_url="https://x.example", api_key_env="K"),
-     "providers.relay-a.dialect: unknown dialect 'opneai' (did you mean 'openai'?); known: async-relay, envelope, "
-     "grok, jimeng, local, openai"),
+     "providers.relay-a.dialect: unknown dialect 'opneai' (did you mean 'openai'?); known: async-relay, bedrock, "
+     "envelope, grok, jimeng, local, openai"),
     (with_provider(dialect="openai", api_key_env="K"), "providers.relay-a.base_url: required by dialect openai"),
     (with_provider(dialect="jimeng", base_url="https://x.example"),
      "providers.relay-a: a key source is required by dialect jimeng: api_key_secret (deployed), api_key_env, or "

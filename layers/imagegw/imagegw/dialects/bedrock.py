@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import threading
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -84,7 +84,8 @@ def stability_ratio(req: ImageRequest) -> str:
             return value
         shape = parse_pixels(value) or parse_ratio(value)
         if shape:
-            return nearest_ratio(*shape, STABILITY_RATIOS)
+            width, height = shape
+            return nearest_ratio(width, height, STABILITY_RATIOS)
     return "1:1"
 
 
@@ -143,8 +144,8 @@ def endpoint(route: Route) -> str:
 
 
 def region_of(route: Route) -> str:
-    return route.config.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or \
-        "us-east-1"
+    """The provider's `region` (the configuration requires it: a Route built without one is a test's, us-east-1)."""
+    return route.config.region or "us-east-1"
 
 
 def invoke_call(route: Route, body: dict[str, Any]) -> HttpCall:
@@ -254,7 +255,7 @@ _RETRIABLE_CODES = frozenset({"ModelNotReadyException", "ServiceUnavailableExcep
                               "ModelErrorException", "InternalFailure", "ServiceUnavailable"})
 
 
-def error_for(response: dict[str, Any]) -> GatewayError:
+def error_for(response: Mapping[str, Any]) -> GatewayError:
     """A botocore ClientError's `response` as the gateway's error. Content filters (a ValidationException
     "blocked by our content filters") are a 400 content_policy_violation; another ValidationException is the
     request's fault (400, no fallback); throttling is a 429 (the task waits, or the next route serves); model
