@@ -281,6 +281,17 @@ def test_client_errors_map_to_the_gateway_errors(code, status, message, error_ty
                       "ResponseMetadata": {"HTTPStatusCode": status}}).code == error_code
 
 
+def test_an_unexpected_failure_after_the_call_went_out_is_never_retried(monkeypatch):
+    r = route(NOVA, region="us-east-1")
+
+    def broken(**kwargs):
+        raise RuntimeError("the SDK broke")
+
+    monkeypatch.setattr(bedrock.client_for(r), "invoke_model", broken)
+    outcome = DIALECT.submit(req(), r, send=None)
+    assert isinstance(outcome, Failed) and not outcome.error.retriable and "RuntimeError" in outcome.error.message
+
+
 def test_botocore_never_retries_and_reads_within_the_routes_timeout():
     client = bedrock.client_for(route(NOVA, region="eu-west-1", timeout_s=42))
     config = client.meta.config
@@ -497,8 +508,7 @@ def test_a_fan_out_holds_one_slot_and_calls_in_parallel(world):
         return original(request)
 
     sim.answer = slow
-    started = time.monotonic()
     answer = generate({"model": "sd", "prompt": "three owls", "n": 3})
     assert answer.status == 200, answer.body
-    assert len(sim.generations) == 3 and time.monotonic() - started < 0.85  # in parallel, under one slot
-    assert max(seen) - min(seen) < 0.25
+    assert len(sim.generations) == 3 and len(answer.json()["data"]) == 3
+    assert max(seen) - min(seen) < 0.25  # all three in flight at once, under the provider's one slot

@@ -241,6 +241,9 @@ def invoke(route: Route, call: HttpCall) -> HttpReply:
                              code="provider_auth_failed") from None
     except BotoCoreError as exc:
         raise UpstreamFailed(f"The provider call failed ({type(exc).__name__}).") from None
+    except Exception as exc:  # noqa: BLE001 - the request may have gone out: end the task, never send it twice
+        raise UpstreamFailed(f"The provider call failed unexpectedly ({type(exc).__name__}).",
+                             retriable=False) from None
     if len(body) > MAX_BODY_BYTES:
         raise UpstreamFailed(f"The provider's answer is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB.",
                              code="upstream_response_too_large")
