@@ -314,6 +314,15 @@ def test_a_bedrock_provider_needs_a_region_and_no_key():
     assert problems({}) == ["providers.br.region: required by dialect bedrock (an AWS region, e.g. us-east-1)"]
     assert [p.split(":")[0] for p in problems({"region": "US East"})] == ["providers.br.region"]
     assert problems({"region": "us-east-1", "base_url": "ftp://x"})[0].startswith("providers.br.base_url")
+    sdxl = "stability.stable-diffusion-xl-v1"  # another request format: refused when the document is loaded
+    unknown = provider_config.problems({"providers": {"br": {"dialect": "bedrock", "region": "us-east-1"}},
+                                        "models": {"sdxl": [{"provider": "br", "model": sdxl}],
+                                                   "us.amazon.nova-canvas-v1:0": [{"provider": "br"}],
+                                                   "*": [{"provider": "br"}]}})
+    assert unknown == ["models.sdxl.0.model: the bedrock dialect has no request format for "
+                       "'stability.stable-diffusion-xl-v1': it speaks Stability (stability.sd3*, "
+                       "stability.stable-image-ultra*, stability.stable-image-core*) and Amazon (amazon.nova-canvas*, "
+                       "amazon.titan-image-generator*) model ids, with an optional cross-region prefix (us., eu., ...)"]
 
 
 @pytest.mark.parametrize("model, fields, param", [
@@ -465,7 +474,10 @@ class Hanging(BedrockSimulator):
 
     def respond(self, handler, request):
         time.sleep(self.delay_s)
-        super().respond(handler, request)
+        try:
+            super().respond(handler, request)
+        except (BrokenPipeError, ConnectionResetError):  # the gateway gave up, as it should
+            pass
 
 
 def test_an_upstream_that_does_not_answer_in_time_is_an_upstream_timeout(inline_bus, providers_file):

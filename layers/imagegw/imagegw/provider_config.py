@@ -205,7 +205,19 @@ def _model_problems(models: Any, providers: Any) -> list[str]:
             if isinstance(provider, str) and provider and provider not in names:
                 found.append(f"{where}.{index}.provider: no provider {provider!r}"
                              f"{_did_you_mean(provider, sorted(names))}")
+            elif isinstance(provider, str) and provider:
+                found += _route_model_problems(f"{where}.{index}", public, route, providers[provider])
     return found
+
+
+def _route_model_problems(where: str, public: str, route: dict[str, Any], provider: Any) -> list[str]:
+    """What the route's dialect says of its upstream model (`Dialect.model_problem`), when both are known."""
+    dialect = provider.get("dialect") if isinstance(provider, dict) else None
+    model = route.get("model") or (None if public == WILDCARD else public)
+    if not isinstance(dialect, str) or dialect not in REGISTRY or not isinstance(model, str):
+        return []
+    problem = get_dialect(dialect).model_problem(model)
+    return [f"{where}.model: {problem}"] if problem else []
 
 
 def _did_you_mean(word: str, choices: Any) -> str:

@@ -87,6 +87,11 @@ class Dialect:
         only these, change what goes upstream. A dialect without an upstream carries nothing."""
         return frozenset()
 
+    def model_problem(self, model: str) -> str | None:
+        """Why this dialect cannot serve the upstream model `model` at all (checked when the provider configuration
+        is loaded), or None. Most dialects pass any name on."""
+        return None
+
     # -- pure translation -------------------------------------------------------------------------------
     def build_submit(self, req: ImageRequest, route: Route) -> list[HttpCall]:
         raise NotImplementedError

@@ -294,6 +294,14 @@ class BedrockDialect(Dialect):
     #: signed with the function's role: no key; the region is the provider's own
     needs = frozenset({"region"})
 
+    def model_problem(self, model: str) -> str | None:
+        if family(model) is None:
+            return (f"the bedrock dialect has no request format for {model!r}: it speaks Stability "
+                    f"(stability.sd3*, stability.stable-image-ultra*, stability.stable-image-core*) and Amazon "
+                    f"(amazon.nova-canvas*, amazon.titan-image-generator*) model ids, with an optional "
+                    f"cross-region prefix (us., eu., ...)")
+        return None
+
     def carries(self, model: str, operation: str = GENERATE) -> frozenset[str]:
         return {STABILITY: STABILITY_FIELDS, AMAZON: AMAZON_FIELDS}.get(family(model) or "", frozenset())
 
@@ -334,9 +342,6 @@ class BedrockDialect(Dialect):
 
     def run_submit(self, req: ImageRequest, route: Route, send: Send, job: Job) -> Outcome:
         """As for HTTP dialects (a fan-out in parallel, all must succeed), each call made by `invoke`."""
-        if family(route.upstream_model) is None:
-            return Failed(ProviderConfigInvalid(
-                f"The bedrock dialect has no request format for the model {route.upstream_model!r} (provider "
-                f"{route.provider!r}): it speaks Stability (stability.sd3*, stable-image-ultra, stable-image-core) "
-                f"and Amazon (amazon.nova-canvas, amazon.titan-image-generator) models."))
+        if problem := self.model_problem(route.upstream_model):  # a `*` route: its model is the client's
+            return Failed(ProviderConfigInvalid(f"Provider {route.provider!r}: {problem}."))
         return super().run_submit(req, route, lambda call: invoke(route, call), job)
