@@ -281,6 +281,18 @@ def test_client_errors_map_to_the_gateway_errors(code, status, message, error_ty
                       "ResponseMetadata": {"HTTPStatusCode": status}}).code == error_code
 
 
+def test_throttling_carries_bedrocks_retry_hint_when_it_sends_one():
+    r = route(NOVA, region="us-east-1")
+    with stubbed(r) as stub:
+        stub.add_client_error("invoke_model", service_error_code="ThrottlingException", service_message="slow down",
+                              http_status_code=429, response_meta={"HTTPHeaders": {"retry-after": "7"}})
+        stub.add_client_error("invoke_model", service_error_code="ThrottlingException", service_message="slow down",
+                              http_status_code=429)
+        hinted, plain = DIALECT.submit(req(), r, send=None), DIALECT.submit(req(), r, send=None)
+    assert isinstance(hinted.error, RateLimited) and hinted.error.retry_after_s == 7
+    assert isinstance(plain.error, RateLimited) and plain.error.retry_after_s is None
+
+
 def test_an_unexpected_failure_after_the_call_went_out_is_never_retried(monkeypatch):
     r = route(NOVA, region="us-east-1")
 

@@ -38,7 +38,7 @@ from ..errors import (ContentPolicyViolation, GatewayError, ProviderConfigInvali
 from ..request import ImageRequest
 from ..routing import Route
 from ..scrub import fragment
-from ..transport import CONNECT_TIMEOUT_S, MAX_BODY_BYTES, HttpCall, HttpReply, Send
+from ..transport import CONNECT_TIMEOUT_S, MAX_BODY_BYTES, HttpCall, HttpReply, Send, retry_after_s
 from .base import GENERATE, Dialect, Done, Failed, ImageOut, Job, Outcome
 
 STABILITY, AMAZON = "stability", "amazon"
@@ -261,7 +261,8 @@ _RETRIABLE_CODES = frozenset({"ModelNotReadyException", "ServiceUnavailableExcep
 def error_for(response: Mapping[str, Any]) -> GatewayError:
     """A botocore ClientError's `response` as the gateway's error. Content filters (a ValidationException
     "blocked by our content filters") are a 400 content_policy_violation; another ValidationException is the
-    request's fault (400, no fallback); throttling is a 429 (the task waits, or the next route serves); model
+    request's fault (400, no fallback); throttling is a 429 (the task waits, its Retry-After honoured when Bedrock
+    sends one, or the next route serves); model
     timeouts, a model not ready and Bedrock's 5xx are retriable (fallback); a refused signature or a role without
     `bedrock:InvokeModel` on the model is `provider_auth_failed`, as a 401/403 is for HTTP dialects."""
     error = response.get("Error") or {}
@@ -279,7 +280,9 @@ def error_for(response: Mapping[str, Any]) -> GatewayError:
         return UpstreamFailed(f"The provider failed ({code}){said}.")
     if code in ("ThrottlingException", "ServiceQuotaExceededException", "TooManyRequestsException") \
             or status == 429:
-        return RateLimited(f"The provider is rate limiting requests{said}.")
+        headers = (response.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+        return RateLimited(f"The provider is rate limiting requests{said}.",
+                           retry_after_s=retry_after_s({str(k): str(v) for k, v in headers.items()}))
     if code == "ModelTimeoutException" or status == 408:
         return UpstreamTimeout(f"The model timed out{said}.")
     if code == "ResourceNotFoundException":
