@@ -12,6 +12,7 @@ import signal
 import threading
 
 from .async_relay_sim import AsyncRelaySimulator
+from .bedrock_sim import BedrockSimulator
 from .envelope_sim import EnvelopeSimulator
 from .gemini_sim import GeminiSimulator
 from .grok_sim import GrokSimulator
@@ -23,7 +24,8 @@ from .openai_sim import OpenAISimulator
 BASE_PORT = int(os.environ.get("SIM_BASE_PORT", "4701"))
 SIMULATORS = (("openai", OpenAISimulator), ("jimeng", JimengSimulator), ("envelope", EnvelopeSimulator),
               ("grok", GrokSimulator), ("async-relay", AsyncRelaySimulator), ("gemini", GeminiSimulator),
-              ("midjourney", MidjourneySimulator))
+              ("midjourney", MidjourneySimulator),
+              ("bedrock", BedrockSimulator))
 
 
 def _printing(name: str, sim: LoopbackSimulator) -> None:

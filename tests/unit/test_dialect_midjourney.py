@@ -360,6 +360,7 @@ def test_a_plain_sync_request_for_two_quadrants_is_answered_from_the_fetch_stage
 def test_an_existing_task_is_followed_not_submitted_again(mj, inline_bus):
     sim = mj(Behaviour(existing=True, checks_to_finish=2))
     first = generate({"model": "midjourney", "prompt": "a cat"}, query={"async": "true"}).json()["id"]
+    inline_bus.drain()  # the first is submitted before the second comes (the bus runs them in parallel otherwise)
     second = generate({"model": "midjourney", "prompt": "a cat"}, query={"async": "true"}).json()["id"]
     inline_bus.drain()
     assert tasks.get(second).upstream["submit_code"] == "21"

@@ -44,6 +44,11 @@ class Capability:
     #: what the model takes as an edit's inputs (None: it does not edit), and as a variation's
     edits: InputRules | None = InputRules()
     variations: InputRules | None = None
+    #: pixel sizes must be multiples of this; at most this many pixels; width:height within 1:max_aspect..max_aspect:1
+    #: (pixel sizes, ratios in `size` and `aspect_ratio` alike)
+    side_step: int = 1
+    max_pixels: int | None = None
+    max_aspect: float = 21
 
 
 # dall-e-2: one square PNG under 4 MB (a mask of its size); gpt-image: up to 16 PNG/JPEG/WebP under 50 MB each.
@@ -81,21 +86,33 @@ IMAGEN_SIZED = Capability(ratios=IMAGEN_RATIOS, resolutions=frozenset({"1k", "2k
 # `size` is any WxH or ratio (sent as `--ar W:H`); the prompt fits Discord's 6000-character command option with
 # room for the `--ar` appended to it.
 MIDJOURNEY = Capability(n_max=4, prompt_max=5980, edits=None)
+# Amazon Bedrock (the `bedrock` dialect): Stability models take one of nine ratios (pixel sizes map to the nearest),
+# one image per call (n fans out); Nova Canvas and Titan take sides of 320-4096 on a 16-pixel grid, at most
+# 4,194,304 pixels, from 1:4 to 4:1, 1-5 images a call. Model ids may carry a cross-region prefix (`us.`).
+STABILITY_RATIOS = frozenset({"16:9", "1:1", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:21"})
+BEDROCK_STABILITY = Capability(ratios=STABILITY_RATIOS, prompt_max=10000, n_max=4, maps_pixel_sizes=True, edits=None)
+NOVA_CANVAS = Capability(prompt_max=1024, n_max=5, min_side=320, max_side=4096, side_step=16, max_pixels=4_194_304,
+                         max_aspect=4, resolutions=frozenset({"1k", "2k"}), edits=None)
+TITAN_IMAGE = Capability(prompt_max=512, n_max=5, min_side=320, max_side=4096, side_step=16, max_pixels=4_194_304,
+                         max_aspect=4, resolutions=frozenset({"1k", "2k"}), edits=None)
+_CROSS_REGION = re.compile(r"^(?:us|eu|apac|jp|au|ca|us-gov|global)\.(?=stability\.|amazon\.)")
 GENERIC = Capability()
 
 CAPABILITIES: dict[str, Capability] = {"dall-e-2": DALLE2, "dall-e-3": DALLE3}
 _BY_PREFIX = (("gpt-image", GPT_IMAGE), ("jimeng", JIMENG), ("grok", GROK),
               ("gemini-2", GEMINI_IMAGE), ("gemini", GEMINI_IMAGE_SIZED),
               ("imagen-4.0-fast", IMAGEN), ("imagen-4", IMAGEN_SIZED), ("imagen", IMAGEN),
-              ("midjourney", MIDJOURNEY))
+              ("midjourney", MIDJOURNEY), ("stability.", BEDROCK_STABILITY),
+              ("amazon.nova-canvas", NOVA_CANVAS), ("amazon.titan-image", TITAN_IMAGE))
 _BY_DIALECT = {"jimeng": JIMENG, "grok": GROK, "gemini": GEMINI_IMAGE, "midjourney": MIDJOURNEY}
 
 
 def capability_for(model: str, dialect: str | None = None) -> Capability:
     if model in CAPABILITIES:
         return CAPABILITIES[model]
+    base = _CROSS_REGION.sub("", model, count=1)
     for prefix, cap in _BY_PREFIX:
-        if model.startswith(prefix):
+        if base.startswith(prefix):
             return cap
     return _BY_DIALECT.get(dialect or "", GENERIC)
 
@@ -178,6 +195,7 @@ def validate_for_model(req: ImageRequest, model: str, dialect: str | None = None
         _validate_size(req.size, cap, model)
     if req.aspect_ratio is not None:
         _check_ratio(req.aspect_ratio, "aspect_ratio", "invalid_value")
+        _check_aspect(req.aspect_ratio, cap, model, "aspect_ratio", "invalid_value")
     if req.aspect_ratio is not None and cap.ratios is not None and req.aspect_ratio not in cap.ratios:
         raise BadRequest(f"Invalid 'aspect_ratio' for {model}: {req.aspect_ratio!r}. Supported: "
                          f"{', '.join(sorted(cap.ratios))}.", param="aspect_ratio", code="invalid_value")
@@ -194,6 +212,7 @@ def _validate_size(size: str, cap: Capability, model: str) -> None:
         return
     if ":" in size:
         _check_ratio(size, "size", "invalid_size")
+        _check_aspect(size, cap, model, "size", "invalid_size")
         if cap.ratios is not None and size in cap.ratios:
             return
         if cap.ratios is None and cap.sizes is None:
@@ -210,6 +229,29 @@ def _validate_size(size: str, cap: Capability, model: str) -> None:
         raise BadRequest(f"Invalid 'size': {size!r}. Each side must be between {cap.min_side} and "
                          f"{cap.max_side} pixels, neither more than {MAX_RATIO} times the other.", param="size",
                          code="invalid_size")
+    _check_grid(pixels, cap, model)
+
+
+def _check_grid(pixels: tuple[int, int], cap: Capability, model: str) -> None:
+    """A model's own pixel rules: sides on its grid, its pixel budget, its widest aspect ratio."""
+    width, height = pixels
+    problem = None
+    if width % cap.side_step or height % cap.side_step:
+        problem = f"each side must be a multiple of {cap.side_step}"
+    elif cap.max_pixels is not None and width * height > cap.max_pixels:
+        problem = f"at most {cap.max_pixels} pixels in all"
+    elif max(pixels) > cap.max_aspect * min(pixels):
+        problem = f"neither side more than {cap.max_aspect:g} times the other"
+    if problem:
+        raise BadRequest(f"Invalid 'size' for {model}: {width}x{height}: {problem}.", param="size",
+                         code="invalid_size")
+
+
+def _check_aspect(value: str, cap: Capability, model: str, param: str, code: str) -> None:
+    shape = parse_ratio(value)
+    if shape and max(shape) > cap.max_aspect * min(shape):
+        raise BadRequest(f"Invalid '{param}' for {model}: {value!r}: {model} takes aspect ratios from "
+                         f"1:{cap.max_aspect:g} to {cap.max_aspect:g}:1.", param=param, code=code)
 
 
 def _check_ratio(value: str, param: str, code: str) -> None:

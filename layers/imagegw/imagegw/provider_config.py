@@ -2,7 +2,7 @@
 
 One JSON or YAML document (`PROVIDERS_FILE` locally, the SSM parameter `PROVIDERS_PARAM` when deployed):
 
-    {"providers": {<name>: {dialect, base_url?, api_key | api_key_env | api_key_secret, auth?, timeout_s?,
+    {"providers": {<name>: {dialect, base_url?, api_key | api_key_env | api_key_secret, auth?, region?, timeout_s?,
                             max_concurrency?, requests_per_minute?}},
      "models": {<public model | "*">: [{provider, model?, max_concurrency?, requests_per_minute?}, ...]}}
 
@@ -57,6 +57,7 @@ _KEY_FIELDS = ("api_key", "api_key_env", "api_key_secret")
 BEARER: Literal["bearer"] = "bearer"
 AuthScheme = Literal["bearer", "mj-api-secret"]
 _AUTH_SCHEMES: tuple[str, ...] = get_args(AuthScheme)
+_REGION = r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$"  # an AWS region name: us-east-1, ap-southeast-2, us-gov-west-1
 
 
 class ProviderConfig(BaseModel):
@@ -68,6 +69,7 @@ class ProviderConfig(BaseModel):
     api_key_env: str | None = None
     api_key_secret: str | None = None
     auth: AuthScheme = BEARER  # how the key is sent (see the module docstring)
+    region: str | None = Field(default=None, pattern=_REGION)  # an AWS region (the bedrock dialect's)
     timeout_s: float = Field(default=120, gt=0, le=MAX_TIMEOUT_S)
     max_concurrency: int | None = Field(default=None, ge=1, strict=True)  # requests in flight (all instances)
     requests_per_minute: int | None = Field(default=None, ge=1, strict=True)  # requests started per minute
@@ -177,6 +179,8 @@ def _provider_problems(providers: Any) -> list[str]:
         if isinstance(auth, str) and auth != BEARER and auth in _AUTH_SCHEMES and auth not in schemes:
             found.append(f"{where}.auth: dialect {dialect} sends its key as {' or '.join(sorted(schemes)) or 'nothing'}"
                          f", not {auth}")
+        if "region" in needs and not provider.get("region"):
+            found.append(f"{where}.region: required by dialect {dialect} (an AWS region, e.g. us-east-1)")
         sources = [field for field in _KEY_FIELDS if provider.get(field) not in (None, "")]
         if "key" in needs and not sources:
             found.append(f"{where}: a key source is required by dialect {dialect}: api_key_secret (deployed), "
@@ -214,7 +218,19 @@ def _model_problems(models: Any, providers: Any) -> list[str]:
             if isinstance(provider, str) and provider and provider not in names:
                 found.append(f"{where}.{index}.provider: no provider {provider!r}"
                              f"{_did_you_mean(provider, sorted(names))}")
+            elif isinstance(provider, str) and provider:
+                found += _route_model_problems(f"{where}.{index}", public, route, providers[provider])
     return found
+
+
+def _route_model_problems(where: str, public: str, route: dict[str, Any], provider: Any) -> list[str]:
+    """What the route's dialect says of its upstream model (`Dialect.model_problem`), when both are known."""
+    dialect = provider.get("dialect") if isinstance(provider, dict) else None
+    model = route.get("model") or (None if public == WILDCARD else public)
+    if not isinstance(dialect, str) or dialect not in REGISTRY or not isinstance(model, str):
+        return []
+    problem = get_dialect(dialect).model_problem(model)
+    return [f"{where}.model: {problem}"] if problem else []
 
 
 def _did_you_mean(word: str, choices: Any) -> str:

@@ -24,6 +24,7 @@ REGISTRY: dict[str, str] = {
     "async-relay": "imagegw.dialects.async_relay:AsyncRelayDialect",
     "gemini": "imagegw.dialects.gemini:GeminiDialect",
     "midjourney": "imagegw.dialects.midjourney:MidjourneyDialect",
+    "bedrock": "imagegw.dialects.bedrock:BedrockDialect",
     "local": "imagegw.dialects.local:LocalDialect",
 }
 

@@ -77,7 +77,8 @@ class Dialect:
 
     name: ClassVar[str]
     #: what a provider of this dialect must configure (checked when the configuration is loaded, see
-    #: provider_config): "base_url", and "key" (one of api_key, api_key_env, api_key_secret)
+    #: provider_config): "base_url", "key" (one of api_key, api_key_env, api_key_secret), and "region" (an AWS
+    #: region, for a dialect signed with the function's role)
     needs: ClassVar[frozenset[str]] = frozenset({"base_url", "key"})
 
     #: what this dialect can ask its upstream for: "generate", and "edit" / "variation" where it has those
@@ -90,6 +91,11 @@ class Dialect:
         dialect declares here is what it sends: tests/unit/test_dialect_fields.py checks that these fields, and
         only these, change what goes upstream. A dialect without an upstream carries nothing."""
         return frozenset()
+
+    def model_problem(self, model: str) -> str | None:
+        """Why this dialect cannot serve the upstream model `model` at all (checked when the provider configuration
+        is loaded), or None. Most dialects pass any name on."""
+        return None
 
     # -- pure translation -------------------------------------------------------------------------------
     def build_submit(self, req: ImageRequest, route: Route) -> list[HttpCall]:
