@@ -17,10 +17,11 @@ from .grok_sim import GrokSimulator
 from .jimeng_sim import JimengSimulator
 from .loopback import Captured, LoopbackSimulator
 from .openai_sim import OpenAISimulator
+from .replicate_sim import ReplicateSimulator
 
 BASE_PORT = int(os.environ.get("SIM_BASE_PORT", "4701"))
 SIMULATORS = (("openai", OpenAISimulator), ("jimeng", JimengSimulator), ("envelope", EnvelopeSimulator),
-              ("grok", GrokSimulator), ("async-relay", AsyncRelaySimulator))
+              ("grok", GrokSimulator), ("async-relay", AsyncRelaySimulator), ("replicate", ReplicateSimulator))
 
 
 def _printing(name: str, sim: LoopbackSimulator) -> None:

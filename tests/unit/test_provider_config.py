@@ -15,6 +15,7 @@ import pytest
 import poll_handler
 import submit_handler
 from imagegw import provider_config
+from imagegw.dialects import REGISTRY
 from scripts import check_providers, put_providers
 from tests.apiclient import call
 from tests.conftest import API_KEY, ROOT
@@ -32,8 +33,8 @@ def with_provider(**fields):
 
 BAD = [  # (document, a problem it must report, word for word)
     (with_provider(dialect="opneai", base_url="https://x.example", api_key_env="K"),
-     "providers.relay-a.dialect: unknown dialect 'opneai' (did you mean 'openai'?); known: async-relay, envelope, "
-     "grok, jimeng, local, openai"),
+     "providers.relay-a.dialect: unknown dialect 'opneai' (did you mean 'openai'?); known: "
+     + ", ".join(sorted(REGISTRY))),  # every registered dialect, whoever adds one
     (with_provider(dialect="openai", api_key_env="K"), "providers.relay-a.base_url: required by dialect openai"),
     (with_provider(dialect="jimeng", base_url="https://x.example"),
      "providers.relay-a: a key source is required by dialect jimeng: api_key_secret (deployed), api_key_env, or "

@@ -63,11 +63,19 @@ GROK = Capability(sizes=frozenset({"960x960", "720x1280", "1280x720", "1168x784"
                                     "20:9", "1:2", "2:1", "auto"}),
                   resolutions=frozenset({"1k", "2k"}), prompt_max=1000, edits=None,
                   qualities=frozenset({"low", "medium", "high"}), maps_pixel_sizes=True)
+# Replicate's flux models (dialect `replicate`): `aspect_ratio` from these eleven (any WxH maps to the nearest),
+# 1..4 images (`num_outputs` where the model has it, else parallel predictions); generation only.
+REPLICATE_RATIOS = frozenset({"1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21"})
+REPLICATE = Capability(ratios=REPLICATE_RATIOS, n_max=4, edits=None)
+# fal's queue models (dialect `fal`): `image_size` a preset or {width, height} (a ratio maps to the nearest
+# preset), `num_images` 1..4; generation only.
+FAL = Capability(n_max=4, min_side=256, max_side=2048, edits=None)
 GENERIC = Capability()
 
 CAPABILITIES: dict[str, Capability] = {"dall-e-2": DALLE2, "dall-e-3": DALLE3}
-_BY_PREFIX = (("gpt-image", GPT_IMAGE), ("jimeng", JIMENG), ("grok", GROK))
-_BY_DIALECT = {"jimeng": JIMENG, "grok": GROK}
+_BY_PREFIX = (("gpt-image", GPT_IMAGE), ("jimeng", JIMENG), ("grok", GROK), ("black-forest-labs/flux", REPLICATE),
+              ("fal-ai/flux", FAL))
+_BY_DIALECT = {"jimeng": JIMENG, "grok": GROK, "replicate": REPLICATE, "fal": FAL}
 
 
 def capability_for(model: str, dialect: str | None = None) -> Capability:

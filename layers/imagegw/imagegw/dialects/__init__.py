@@ -22,6 +22,7 @@ REGISTRY: dict[str, str] = {
     "envelope": "imagegw.dialects.envelope:EnvelopeDialect",
     "grok": "imagegw.dialects.grok:GrokDialect",
     "async-relay": "imagegw.dialects.async_relay:AsyncRelayDialect",
+    "replicate": "imagegw.dialects.replicate:ReplicateDialect",
     "local": "imagegw.dialects.local:LocalDialect",
 }
 
