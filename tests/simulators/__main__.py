@@ -13,6 +13,7 @@ import threading
 
 from .async_relay_sim import AsyncRelaySimulator
 from .envelope_sim import EnvelopeSimulator
+from .fal_sim import FalSimulator
 from .grok_sim import GrokSimulator
 from .jimeng_sim import JimengSimulator
 from .loopback import Captured, LoopbackSimulator
@@ -21,7 +22,8 @@ from .replicate_sim import ReplicateSimulator
 
 BASE_PORT = int(os.environ.get("SIM_BASE_PORT", "4701"))
 SIMULATORS = (("openai", OpenAISimulator), ("jimeng", JimengSimulator), ("envelope", EnvelopeSimulator),
-              ("grok", GrokSimulator), ("async-relay", AsyncRelaySimulator), ("replicate", ReplicateSimulator))
+              ("grok", GrokSimulator), ("async-relay", AsyncRelaySimulator), ("replicate", ReplicateSimulator),
+              ("fal", FalSimulator))
 
 
 def _printing(name: str, sim: LoopbackSimulator) -> None:

@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "grok": "imagegw.dialects.grok:GrokDialect",
     "async-relay": "imagegw.dialects.async_relay:AsyncRelayDialect",
     "replicate": "imagegw.dialects.replicate:ReplicateDialect",
+    "fal": "imagegw.dialects.fal:FalDialect",
     "local": "imagegw.dialects.local:LocalDialect",
 }
 
