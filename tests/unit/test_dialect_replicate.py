@@ -459,3 +459,22 @@ def test_the_fault_set(replicate, inline_bus, fake_clock, caplog, behaviour, int
     logs = [json.dumps(vars(record), default=str) for record in caplog.records]
     for text in [*answers, json.dumps(tasks.get(task["id"]).__dict__, default=str), *logs]:
         assert KEY not in text and KEY[3:15] not in text
+
+
+def test_a_task_cancelled_while_its_prediction_was_being_created_cancels_it_once_created(replicate, inline_bus):
+    sim = replicate(Behaviour(never_finish=True))
+    accepted = generate({"model": "flux-schnell", "prompt": "a fox"}, query={"async": "true"})
+    task_id = accepted.json()["id"]
+
+    def cancel_first(request):  # the client's cancel lands while the create call is in flight
+        if request.method == "POST" and not request.path.endswith("/cancel"):
+            assert call(poll_handler.lambda_handler, "POST", f"/v1/images/tasks/{task_id}/cancel",
+                        key=API_KEY).status == 200
+        return None
+
+    sim.intercept = cancel_first
+    inline_bus.drain()
+    [pid] = sim.predictions
+    assert tasks.get(task_id).status == "cancelled"
+    assert [r.path for r in sim.cancels] == [f"/v1/predictions/{pid}/cancel"]
+    assert sim.predictions[pid].status == "canceled" and sim.checks == []

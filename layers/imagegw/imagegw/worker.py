@@ -432,8 +432,12 @@ def _apply(task: Task, outcome: Outcome | pacing.Busy, route: Route, route_index
     if outcome.upstream_id:
         upstream["id"] = outcome.upstream_id
     if isinstance(outcome, Pending):
-        return tasks.advance(task, "waiting", next_check_at=_next_check_at(task), upstream=upstream,
-                             route_index=route_index, progress=max(task.progress, outcome.progress))
+        moved = tasks.advance(task, "waiting", next_check_at=_next_check_at(task), upstream=upstream,
+                              route_index=route_index, progress=max(task.progress, outcome.progress))
+        if moved is None and outcome.upstream_id and tasks.get(task.id).status == "cancelled":
+            # cancelled while the upstream was taking the job: the cancel had no id to send, so send it now
+            cancel_upstream(dataclasses.replace(task, status="cancelled", upstream=upstream))
+        return moved
     return _apply_done(task, outcome, upstream, route_index, fetch_now=fetch_now)
 
 
