@@ -15,6 +15,7 @@
   height, content_type}], timings, seed, has_nsfw_concepts, prompt}`, images of the requested size at
   `/files/WxH/...` (404 with `expire_files`).
 - `PUT .../requests/{id}/cancel`: 202 `CANCELLATION_REQUESTED` (400 `ALREADY_COMPLETED` once done).
+- `url_prefix` "/q": the URLs it answers are under `/q` (also served there), unlike those fal's client builds.
 - Faults: `foreign_urls` (status/response/cancel URLs on another host), `failures` (statuses answered to the
   submit first, with `X-Fal-Retryable` from `retryable`), `nsfw` (the `has_nsfw_concepts` flags).
 Every request is recorded.
@@ -33,7 +34,7 @@ PRESETS = {"square_hd": (1024, 1024), "square": (512, 512), "portrait_4_3": (768
            "portrait_16_9": (576, 1024), "landscape_4_3": (1024, 768), "landscape_16_9": (1024, 576)}
 FIELDS = {"prompt", "image_size", "num_images", "seed", "output_format", "enable_safety_checker", "sync_mode",
           "num_inference_steps", "guidance_scale"}
-REQUEST_PATH = re.compile(r"^/([^/]+)/([^/]+)/requests/([0-9a-f-]+)(/status|/cancel)?$")
+REQUEST_PATH = re.compile(r"^(?:/q)?/([^/]+)/([^/]+)/requests/([0-9a-f-]+)(/status|/cancel)?$")
 APP_PATH = re.compile(r"^/([^/]+)/([^/]+)(/[^/]+)*$")
 
 
@@ -46,6 +47,7 @@ class Behaviour:
     error_type: str = "runner_disconnected"
     nsfw: list[bool] = field(default_factory=list)  # has_nsfw_concepts, per image
     foreign_urls: bool = False
+    url_prefix: str = ""  # "/q": the queue URLs it answers are under /q (as a queue that moved its paths would)
     validate_at_submit: bool = False
     failures: list[int] = field(default_factory=list)  # statuses answered to submits first, in order
     retryable: str | None = None  # X-Fal-Retryable on those failures
@@ -163,7 +165,7 @@ class FalSimulator(LoopbackSimulator):
         with self.lock:
             rid = f"764cabcf-b745-4b3e-ae38-{next(self._ids):012x}"
             self.queue[rid] = SimRequest(rid, f"{owner}/{alias}", request.body, b.queue_start)
-        base = "http://169.254.169.254" if b.foreign_urls else self.base_url
+        base = "http://169.254.169.254" if b.foreign_urls else self.base_url + b.url_prefix
         urls = f"{base}/{owner}/{alias}/requests/{rid}"
         return Answer(200, {"status": "IN_QUEUE", "request_id": rid, "response_url": urls,
                             "status_url": urls + "/status", "cancel_url": urls + "/cancel",

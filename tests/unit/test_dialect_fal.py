@@ -274,6 +274,26 @@ def test_an_async_task_follows_the_queue_with_progress(fal, inline_bus):
     assert len(sim.results) == 1 and len(view["data"]) == 2 and len(s3_objects()) == 2
 
 
+def test_checks_and_cancel_use_the_urls_the_submit_gave(fal, inline_bus):
+    """The task's upstream meta reaches the check and the cancel: URLs unlike the built ones are followed."""
+    sim = fal(Behaviour(url_prefix="/q", never_finish=True))
+    accepted = generate({"model": "flux-dev", "prompt": "a fox"}, query={"async": "true"})
+    inline_bus.drain()
+    assert get_task(accepted.json()["id"]).json()["status"] == "in_progress"
+    call(poll_handler.lambda_handler, "POST", f"/v1/images/tasks/{accepted.json()['id']}/cancel", key=API_KEY)
+    [job] = sim.queue.values()
+    assert [r.path for r in sim.status_checks] == [f"/q/fal-ai/flux/requests/{job.id}/status"]
+    assert [r.path for r in sim.cancels] == [f"/q/fal-ai/flux/requests/{job.id}/cancel"]
+
+
+@pytest.mark.parametrize("request_, param", [({"n": 5}, "n"), ({"size": "4096x4096"}, "size"),
+                                             ({"size": "100x100"}, "size")])
+def test_what_fal_cannot_do_is_a_400_before_any_upstream_call(fal, request_, param):
+    sim = fal()
+    answer = generate({"model": "flux-dev", "prompt": "p", **request_})
+    assert answer.status == 400 and answer.json()["error"]["param"] == param and sim.requests == []
+
+
 def test_a_sync_request_gets_its_images(fal):
     sim = fal(Behaviour(queue_start=0, progress_checks=0))
     answer = generate({"model": "flux-dev", "prompt": "a fox", "size": "1536x1024", "response_format": "b64_json"})

@@ -310,6 +310,14 @@ def test_a_fast_model_answers_a_sync_request_in_one_call(replicate):
     assert answer.json()["usage"] == {"images": 2}
 
 
+@pytest.mark.parametrize("request_, param", [({"n": 5}, "n"), ({"aspect_ratio": "7:5"}, "aspect_ratio"),
+                                             ({"size": "5:3"}, "size"), ({"size": "8192x8192"}, "size")])
+def test_what_the_model_cannot_do_is_a_400_before_any_upstream_call(replicate, request_, param):
+    sim = replicate()
+    answer = generate({"model": "flux-schnell", "prompt": "p", **request_})
+    assert answer.status == 400 and answer.json()["error"]["param"] == param and sim.requests == []
+
+
 def test_a_slow_model_is_checked_until_it_succeeds(replicate):
     sim = replicate(Behaviour(checks_to_finish=3))
     with Sweeper():
