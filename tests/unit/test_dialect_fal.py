@@ -404,3 +404,18 @@ def test_a_job_without_the_meta_hook_still_checks(fal, inline_bus):
             break
     assert isinstance(done, Done) and len(done.images) == 1
     assert {r.path for r in sim.status_checks} == {f"/fal-ai/flux/requests/{outcome.upstream_id}/status"}
+
+
+def test_no_cancel_is_sent_once_the_upstream_finished_or_without_an_id(fal, inline_bus, monkeypatch):
+    fal(Behaviour(never_finish=True))
+    accepted = generate({"model": "flux-dev", "prompt": "a fox"}, query={"async": "true"})
+    inline_bus.drain()
+    task = tasks.get(accepted.json()["id"])
+    sent = []
+    monkeypatch.setattr(worker.transport, "send", lambda c: sent.append(c))
+    cancelled = tasks.Task(**{**task.__dict__, "status": "cancelled"})
+    assert worker.cancel_upstream(tasks.Task(**{**cancelled.__dict__, "stage": "generated"})) is False
+    assert worker.cancel_upstream(tasks.Task(**{**cancelled.__dict__, "upstream": {}})) is False
+    assert worker.cancel_upstream(task) is False  # not cancelled
+    assert sent == []
+    assert worker.cancel_upstream(cancelled) is True and [c.method for c in sent] == ["PUT"]

@@ -248,8 +248,10 @@ def cancel_upstream(task: Task) -> bool:
     """Best-effort: ask the upstream to cancel the job of a task we just cancelled, when its dialect can
     (`Dialect.build_cancel`) and the task had an upstream id. Through the normal transport, at the route's
     configured base URL, within CANCEL_TIMEOUT_S. Never raises: a cancel that fails is logged (the client's
-    cancel stands, and the upstream's late result is dropped anyway). True when the upstream accepted it."""
-    upstream_id = task.upstream.get("id") if task.status == "cancelled" else None
+    cancel stands, and the upstream's late result is dropped anyway). Not once the upstream has finished (the
+    task was storing its images). True when the upstream accepted it."""
+    upstream_id = task.upstream.get("id") if task.status == "cancelled" and task.stage in ("queued", "waiting") \
+        else None
     if not upstream_id:
         return False
     try:
