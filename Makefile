@@ -38,7 +38,7 @@ venv install: $(STAMP) ## create .venv and install everything
 run: $(STAMP) ## start the gateway locally (API on :3000, embedded AWS on :4566)
 	$(BIN)/python -m local
 
-simulators: $(STAMP) ## every upstream simulator on :4701-4706 (then PROVIDERS_FILE=config/providers.simulators.json make run)
+simulators: $(STAMP) ## every upstream simulator on :4701-4710 (then PROVIDERS_FILE=config/providers.simulators.json make run)
 	$(BIN)/python -m tests.simulators
 
 test: $(STAMP) lint ## install, lint, run every test

@@ -14,18 +14,20 @@ import threading
 from .async_relay_sim import AsyncRelaySimulator
 from .bedrock_sim import BedrockSimulator
 from .envelope_sim import EnvelopeSimulator
+from .fal_sim import FalSimulator
 from .gemini_sim import GeminiSimulator
 from .grok_sim import GrokSimulator
 from .jimeng_sim import JimengSimulator
 from .loopback import Captured, LoopbackSimulator
 from .midjourney_sim import MidjourneySimulator
 from .openai_sim import OpenAISimulator
+from .replicate_sim import ReplicateSimulator
 
 BASE_PORT = int(os.environ.get("SIM_BASE_PORT", "4701"))
 SIMULATORS = (("openai", OpenAISimulator), ("jimeng", JimengSimulator), ("envelope", EnvelopeSimulator),
               ("grok", GrokSimulator), ("async-relay", AsyncRelaySimulator), ("gemini", GeminiSimulator),
               ("midjourney", MidjourneySimulator),
-              ("bedrock", BedrockSimulator))
+              ("bedrock", BedrockSimulator), ("replicate", ReplicateSimulator), ("fal", FalSimulator))
 
 
 def _printing(name: str, sim: LoopbackSimulator) -> None:

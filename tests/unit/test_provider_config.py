@@ -34,7 +34,7 @@ def with_provider(**fields):
 BAD = [  # (document, a problem it must report, word for word)
     (with_provider(dialect="opneai", base_url="https://x.example", api_key_env="K"),
      "providers.relay-a.dialect: unknown dialect 'opneai' (did you mean 'openai'?); known: "
-     + ", ".join(sorted(REGISTRY))),
+     + ", ".join(sorted(REGISTRY))),  # every registered dialect, whoever adds one
     (with_provider(dialect="openai", api_key_env="K"), "providers.relay-a.base_url: required by dialect openai"),
     (with_provider(dialect="jimeng", base_url="https://x.example"),
      "providers.relay-a: a key source is required by dialect jimeng: api_key_secret (deployed), api_key_env, or "

@@ -268,6 +268,7 @@ def get_task(task_id: TaskId):
 def cancel_task(task_id: TaskId):
     task = tasks.cancel(task_id, app.context["owner"])
     lifecycle.ended(task)  # a batch counts its cancelled tasks too
+    worker.cancel_upstream(task)  # best effort, after the cancel: never fails it
     return _json(200, views.task_object(task))
 
 

@@ -96,6 +96,13 @@ NOVA_CANVAS = Capability(prompt_max=1024, n_max=5, min_side=320, max_side=4096, 
 TITAN_IMAGE = Capability(prompt_max=512, n_max=5, min_side=320, max_side=4096, side_step=16, max_pixels=4_194_304,
                          max_aspect=4, resolutions=frozenset({"1k", "2k"}), edits=None)
 _CROSS_REGION = re.compile(r"^(?:us|eu|apac|jp|au|ca|us-gov|global)\.(?=stability\.|amazon\.)")
+# Replicate's flux models (dialect `replicate`): `aspect_ratio` from these eleven (any WxH maps to the nearest),
+# 1..4 images (`num_outputs` where the model has it, else parallel predictions); generation only.
+REPLICATE_RATIOS = frozenset({"1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21"})
+REPLICATE = Capability(ratios=REPLICATE_RATIOS, n_max=4, edits=None)
+# fal's queue models (dialect `fal`): `image_size` a preset or {width, height} (a ratio maps to the nearest
+# preset), `num_images` 1..4; generation only.
+FAL = Capability(n_max=4, min_side=256, max_side=2048, edits=None)
 GENERIC = Capability()
 
 CAPABILITIES: dict[str, Capability] = {"dall-e-2": DALLE2, "dall-e-3": DALLE3}
@@ -103,8 +110,10 @@ _BY_PREFIX = (("gpt-image", GPT_IMAGE), ("jimeng", JIMENG), ("grok", GROK),
               ("gemini-2", GEMINI_IMAGE), ("gemini", GEMINI_IMAGE_SIZED),
               ("imagen-4.0-fast", IMAGEN), ("imagen-4", IMAGEN_SIZED), ("imagen", IMAGEN),
               ("midjourney", MIDJOURNEY), ("stability.", BEDROCK_STABILITY),
-              ("amazon.nova-canvas", NOVA_CANVAS), ("amazon.titan-image", TITAN_IMAGE))
-_BY_DIALECT = {"jimeng": JIMENG, "grok": GROK, "gemini": GEMINI_IMAGE, "midjourney": MIDJOURNEY}
+              ("amazon.nova-canvas", NOVA_CANVAS), ("amazon.titan-image", TITAN_IMAGE),
+              ("black-forest-labs/flux", REPLICATE), ("fal-ai/flux", FAL))
+_BY_DIALECT = {"jimeng": JIMENG, "grok": GROK, "gemini": GEMINI_IMAGE, "midjourney": MIDJOURNEY,
+               "replicate": REPLICATE, "fal": FAL}
 
 
 def capability_for(model: str, dialect: str | None = None) -> Capability:

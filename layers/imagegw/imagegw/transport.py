@@ -63,6 +63,11 @@ class HttpCall:
     #: (field, (filename, bytes, content type)), in the order they are sent
     form: dict[str, str] | None = None
     files: tuple[tuple[str, tuple[str, bytes, str]], ...] | None = field(default=None, repr=False)
+    #: a dialect's reading of a non-2xx answer (pure): given the answer and the error `map_http_error` made of
+    #: it, the error to raise (e.g. a 422 naming the field, a rate limit's wait read from the body, a retry
+    #: hint header); None: `map_http_error`'s, as is
+    refine_error: Callable[[HttpReply, GatewayError], GatewayError] | None = field(default=None, repr=False,
+                                                                                  compare=False)
 
 
 @dataclass(frozen=True)
@@ -204,7 +209,10 @@ def send(call: HttpCall) -> HttpReply:
     logger.debug("upstream call", extra={"method": call.method, "url": scrub_url(call.url), "status": reply.status})
     if 200 <= reply.status < 300:
         return reply
-    raise map_http_error(reply, secrets=header_secrets(call.headers))
+    error = map_http_error(reply, secrets=header_secrets(call.headers))
+    if call.refine_error is not None:
+        error = call.refine_error(reply, error).scrubbed(header_secrets(call.headers))
+    raise error
 
 
 def _read_body(resp: requests.Response) -> bytes:

@@ -263,7 +263,44 @@ def check_waiting(task_id: str, *, fetch_now: bool = False) -> Task | None:
 
 
 def _check_upstream(task: Task, route: Route) -> Outcome:
-    return _refuse_unsafe_urls(get_dialect(route.dialect).check(task.upstream["id"], route, transport.send))
+    return _refuse_unsafe_urls(get_dialect(route.dialect).check(task.upstream["id"], route, transport.send,
+                                                                upstream=task.upstream))
+
+
+#: the longest a cancel waits on its upstream's answer (the client's cancel has already succeeded)
+CANCEL_TIMEOUT_S = 10.0
+
+
+def cancel_upstream(task: Task) -> bool:
+    """Best-effort: ask the upstream to cancel the job of a task we just cancelled, when its dialect can
+    (`Dialect.build_cancel`) and the task had an upstream id. Through the normal transport, at the route's
+    configured base URL, within CANCEL_TIMEOUT_S. Never raises: a cancel that fails is logged (the client's
+    cancel stands, and the upstream's late result is dropped anyway). Not once the upstream has finished (the
+    task was storing its images). True when the upstream accepted it."""
+    upstream_id = task.upstream.get("id") if task.status == "cancelled" and task.stage in ("queued", "waiting") \
+        else None
+    if not upstream_id:
+        return False
+    try:
+        route = _waiting_route(task)
+        calls = get_dialect(route.dialect).build_cancel(str(upstream_id), route, task.upstream)
+        if not calls:
+            return False
+        for call in calls:
+            transport.send(dataclasses.replace(call, timeout_s=min(call.timeout_s, CANCEL_TIMEOUT_S)))
+    except Exception as exc:  # noqa: BLE001 - best effort: the task is cancelled whatever the upstream says
+        message = exc.scrubbed((_route_key(task),)).message if isinstance(exc, GatewayError) else type(exc).__name__
+        logger.warning("upstream cancel failed", extra={"task_id": task.id, "error": message})
+        return False
+    count("UpstreamCancels")
+    return True
+
+
+def _route_key(task: Task) -> str | None:
+    try:
+        return _waiting_route(task).api_key
+    except Exception:  # noqa: BLE001 - only used to scrub a log line
+        return None
 
 
 def _apply_check(task: Task, outcome: Outcome, route: Route, fetch_now: bool) -> Task | None:
@@ -432,8 +469,12 @@ def _apply(task: Task, outcome: Outcome | pacing.Busy, route: Route, route_index
     if outcome.upstream_id:
         upstream["id"] = outcome.upstream_id
     if isinstance(outcome, Pending):
-        return tasks.advance(task, "waiting", next_check_at=_next_check_at(task), upstream=upstream,
-                             route_index=route_index, progress=max(task.progress, outcome.progress))
+        moved = tasks.advance(task, "waiting", next_check_at=_next_check_at(task), upstream=upstream,
+                              route_index=route_index, progress=max(task.progress, outcome.progress))
+        if moved is None and outcome.upstream_id and tasks.get(task.id).status == "cancelled":
+            # cancelled while the upstream was taking the job: the cancel had no id to send, so send it now
+            cancel_upstream(dataclasses.replace(task, status="cancelled", upstream=upstream))
+        return moved
     return _apply_done(task, outcome, upstream, route_index, fetch_now=fetch_now)
 
 

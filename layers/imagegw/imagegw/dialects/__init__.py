@@ -25,6 +25,8 @@ REGISTRY: dict[str, str] = {
     "gemini": "imagegw.dialects.gemini:GeminiDialect",
     "midjourney": "imagegw.dialects.midjourney:MidjourneyDialect",
     "bedrock": "imagegw.dialects.bedrock:BedrockDialect",
+    "replicate": "imagegw.dialects.replicate:ReplicateDialect",
+    "fal": "imagegw.dialects.fal:FalDialect",
     "local": "imagegw.dialects.local:LocalDialect",
 }
 

@@ -9,7 +9,7 @@ a normalised status, progress and images).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -124,15 +124,30 @@ class Dialect:
     def parse_check(self, reply: HttpReply) -> Outcome:
         raise NotImplementedError(f"{self.name} is a synchronous dialect")
 
+    def build_cancel(self, upstream_id: str, route: Route, upstream: Mapping[str, Any]) -> list[HttpCall]:
+        """The calls that cancel the upstream's job `upstream_id` (`upstream`: the task's stored upstream meta,
+        what the submit's and checks' `meta` left there); none when the upstream cannot cancel (the default).
+        Sent best-effort once our task is cancelled (`worker.cancel_upstream`): their answers are not read, and
+        a failure never fails the client's cancel."""
+        return []
+
     # -- running ----------------------------------------------------------------------------------------
     def submit(self, req: ImageRequest, route: Route, send: Send, job: Job | None = None) -> Outcome:
         """Submit the request upstream (a generation, or the edit or variation `job` says). Not overridden: what
         leaves here is scrubbed with the route's key."""
         return scrubbed(self.run_submit(req, route, send, job or Job()), route)
 
-    def check(self, upstream_id: str, route: Route, send: Send) -> Outcome:
-        """Check an async upstream's task. Not overridden: what leaves here is scrubbed with the route's key."""
-        return scrubbed(self.run_check(upstream_id, route, send), route)
+    def check(self, upstream_id: str, route: Route, send: Send, *,
+              upstream: Mapping[str, Any] | None = None) -> Outcome:
+        """Check an async upstream's task. `upstream` is the task's stored upstream meta (the `meta` of the
+        submit's Pending, e.g. URLs the upstream said to check at). Not overridden: what leaves here is scrubbed
+        with the route's key."""
+        return scrubbed(self.run_check_with(upstream_id, route, send, upstream or {}), route)
+
+    def run_check_with(self, upstream_id: str, route: Route, send: Send, upstream: Mapping[str, Any]) -> Outcome:
+        """A check that needs more than the upstream id overrides this; by default the meta is not needed and
+        the check is `run_check` (one `build_check` call read by `parse_check`)."""
+        return self.run_check(upstream_id, route, send)
 
     def run_submit(self, req: ImageRequest, route: Route, send: Send, job: Job) -> Outcome:
         calls = self.build_calls(req, route, job)
