@@ -230,7 +230,7 @@ def test_the_sweep_never_reads_a_line(aws, quiet_bus, fake_clock):
 
 
 def test_a_task_refused_a_slot_is_left_to_the_hand_overs(aws, providers_file, quiet_bus, fake_clock, monkeypatch):
-    monkeypatch.setenv("PACING_MAX_WAIT_S", "30")
+    monkeypatch.setenv("PACING_LINE_CHECK_S", "30")
     with CapacitySimulator(limit=5) as sim:
         providers_file(config(sim, max_concurrency=1))
         held = pacing.acquire(routes_for(MODEL)[0], "someone-else")
@@ -266,9 +266,13 @@ def test_a_lost_wake_is_recovered_by_the_sweep(aws, providers_file, quiet_bus, f
         assert quiet_bus.hand_offs == [(bus.TASK_QUEUED, task.id)]  # ... and that event is lost
         assert quiet_bus.events[-1][1] == {"task_id": task.id, "woken_by": "p", "slot": "limit#p#slot#0"}
         assert isinstance(pacing.acquire(routes_for(MODEL)[0], "someone-else"), pacing.Busy)  # the task's slot
-        fake_clock.advance(30_001)
-        assert worker.sweep()["republished"] == 1  # out of the line: only the sweep can send it again
-        assert worker.submit_queued(task.id).status == "succeeded" and sim.served == 1  # on its own slot
+        fake_clock.advance(29_000)
+        assert worker.sweep()["hand_overs_resent"] == 0  # its event may only be slow
+        fake_clock.advance(1_001)
+        # out of the line, holding a slot it was handed: the sweep's check of the lines sends it again
+        assert worker.sweep()["hand_overs_resent"] == 1
+        assert quiet_bus.of(bus.TASK_QUEUED)[-1] == {"task_id": task.id, "woken_by": "p", "slot": "limit#p#slot#0"}
+        assert delivered(quiet_bus).status == "succeeded" and sim.served == 1  # on its own slot
         assert not isinstance(pacing.acquire(routes_for(MODEL)[0], "someone-else"), pacing.Busy)  # and gave it back
 
 
@@ -276,10 +280,9 @@ def test_a_lost_wake_is_recovered_by_the_sweep(aws, providers_file, quiet_bus, f
 def test_a_task_still_waiting_at_its_deadline_fails_rate_limited_saying_how_long(
         aws, providers_file, quiet_bus, fake_clock, monkeypatch, found_by):
     monkeypatch.setenv("TASK_DEADLINE_S", "40")
-    monkeypatch.setenv("PACING_MAX_WAIT_S", "30")
     with CapacitySimulator(limit=5) as sim:
-        providers_file(config(sim, max_concurrency=1))
-        pacing.acquire(routes_for(MODEL)[0], "someone-else")  # never given back
+        providers_file(config(sim, max_concurrency=1, timeout_s=60))
+        pacing.acquire(routes_for(MODEL)[0], "someone-else")  # never given back (its lease outlasts the test)
         task = queued()
         fake_clock.advance(3_000)
         assert worker.submit_queued(task.id).status == "queued"
@@ -387,3 +390,37 @@ def test_a_slot_passed_on_to_an_empty_line_is_freed(aws, providers_file, quiet_b
         tasks.cancel(task.id, "owner")  # ended before its event came (and still "in line" for all it knows)
         assert delivered(quiet_bus) is None
         assert not isinstance(pacing.acquire(routes_for(MODEL)[0], "a-newcomer"), pacing.Busy)  # free again
+
+
+def test_a_slot_whose_worker_died_is_handed_to_the_line_once_its_lease_passes(aws, providers_file, quiet_bus,
+                                                                              fake_clock):
+    with CapacitySimulator(limit=5) as sim:
+        providers_file(config(sim, max_concurrency=1, timeout_s=10))  # a lease of 10 + 30 s
+        pacing.acquire(routes_for(MODEL)[0], "a-worker-that-dies")
+        waiting = [queued().id for _ in range(3)]
+        for task_id in waiting:
+            assert worker.submit_queued(task_id).waiting_for == "capacity"
+            fake_clock.advance(5)
+        fake_clock.advance(30_000)
+        swept = worker.sweep()
+        assert swept["lines_woken"] == 0 and swept["deferred"] == 0 and quiet_bus.hand_offs == []  # still leased
+        fake_clock.advance(10_100)
+        assert worker.sweep()["lines_woken"] == 1 and quiet_bus.hand_offs == [(bus.TASK_QUEUED, waiting[0])]
+        assert delivered(quiet_bus).status == "succeeded" and sim.served == 1  # the oldest took the slot
+
+
+def test_tasks_waiting_in_line_cost_the_sweep_nothing_until_their_line_check(aws, providers_file, quiet_bus,
+                                                                            fake_clock, monkeypatch):
+    monkeypatch.setenv("PACING_LINE_CHECK_S", "300")
+    with CapacitySimulator(limit=5) as sim:
+        providers_file(config(sim, max_concurrency=1, timeout_s=600))
+        pacing.acquire(routes_for(MODEL)[0], "a-long-call")
+        waiting = [queued().id for _ in range(5)]
+        for task_id in waiting:
+            worker.submit_queued(task_id)
+        fake_clock.advance(120_000)
+        swept = worker.sweep()
+        assert not any(swept[k] for k in ("republished", "deferred", "failed", "errors", "lines_woken"))
+        fake_clock.advance(181_000)  # their line check: still in line, every slot in use
+        assert worker.sweep()["deferred"] == 5 and quiet_bus.hand_offs == []
+        assert all(tasks.get(i).status == "queued" for i in waiting) and sim.calls == 0

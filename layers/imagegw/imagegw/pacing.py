@@ -41,19 +41,21 @@ from dataclasses import dataclass, field
 
 from aws_lambda_powertools import Logger
 
-from . import bus, clock, settings, shards, table
+from . import bus, clock, settings, shards, table, tasks
 from .errors import RateLimited
 from .observability import count
-from .routing import Route
+from .provider_config import GatewayConfig
+from .routing import WILDCARD, Route
 
 logger = Logger(child=True)
 
 LEASE_MARGIN_S = 30  # a slot's lease: the route's timeout_s plus this (the call ends by then, or its worker died)
 MINUTE_MS = 60_000
 BACKOFF_MS = 1000  # a task refused capacity is tried again after about this, doubling, up to PACING_MAX_WAIT_S
+HAND_RESEND_S = 30  # a slot handed this long ago to a task still queued: its "Task Queued" was lost
 PASS_ON_LEASE_MS = 150_000  # a slot passed on by a task that did not use it: leased to the next this long
 WAKE_TRIES = 3  # a release tries to wake this many of the oldest waiters before giving up (they left meanwhile)
-_NAMES = {"#h": "holder", "#l": "lease_until", "#e": "expires_at", "#n": "n"}
+_NAMES = {"#h": "holder", "#l": "lease_until", "#e": "expires_at", "#n": "n", "#a": "handed_at"}
 
 
 def _names(*aliases: str) -> dict[str, str]:
@@ -173,8 +175,8 @@ def pass_on(wake: Wake, task_id: str, lease_ms: int = PASS_ON_LEASE_MS) -> None:
 
 
 def _free(slot: str, holder: str) -> None:
-    table.update_if(slot, UpdateExpression="REMOVE #h, #l", ConditionExpression="#h = :h",
-                    ExpressionAttributeNames=_names("#h", "#l"), ExpressionAttributeValues={":h": holder})
+    table.update_if(slot, UpdateExpression="REMOVE #h, #l, #a", ConditionExpression="#h = :h",
+                    ExpressionAttributeNames=_names("#h", "#l", "#a"), ExpressionAttributeValues={":h": holder})
 
 
 def rate_limited(route: Route, error: RateLimited, *, waits: int = 0) -> Busy:
@@ -206,9 +208,9 @@ def _take_slot(limit: Limit, holder: str, lease_ms: int) -> str | None:
     random.shuffle(free)  # concurrent takers rarely race for the same slot
     for slot in own[:1] + free:
         taken = table.update_if(
-            slot, UpdateExpression="SET #h = :h, #l = :until, #e = :exp",
+            slot, UpdateExpression="SET #h = :h, #l = :until, #e = :exp REMOVE #a",
             ConditionExpression="attribute_not_exists(#h) OR #l < :now OR #h = :h",
-            ExpressionAttributeNames=_names("#h", "#l", "#e"),
+            ExpressionAttributeNames=_names("#h", "#l", "#e", "#a"),
             ExpressionAttributeValues={":h": holder, ":until": now + lease_ms, ":now": now,
                                        ":exp": (now + lease_ms) // 1000 + 86400},
             ReturnValues="UPDATED_NEW")
@@ -276,6 +278,8 @@ def wake_oldest(provider: str, *, slot: str | None = None, holder: str = "", lea
             if slot is not None and _hand(slot, holder, holder_of(oldest), lease_ms):
                 bus.publish(bus.TASK_QUEUED, oldest, woken_by=provider, slot=slot)
             else:  # nothing to hand, or the slot's lease passed and someone else took it: only woken
+                # out of the line and holding no slot, the task is found by its next check should the event be lost
+                tasks.nudge(oldest, next_check_at=clock.now_ms() + int(settings.current().pacing_max_wait_s * 1000))
                 bus.publish(bus.TASK_QUEUED, oldest, woken_by=provider)
             return oldest
     return None
@@ -284,10 +288,47 @@ def wake_oldest(provider: str, *, slot: str | None = None, holder: str = "", lea
 def _hand(slot: str, holder: str, to: str, lease_ms: int) -> bool:
     now = clock.now_ms()
     return table.update_if(
-        slot, UpdateExpression="SET #h = :to, #l = :until, #e = :exp", ConditionExpression="#h = :h",
-        ExpressionAttributeNames=_names("#h", "#l", "#e"),
-        ExpressionAttributeValues={":h": holder, ":to": to, ":until": now + lease_ms,
+        slot, UpdateExpression="SET #h = :to, #l = :until, #e = :exp, #a = :now", ConditionExpression="#h = :h",
+        ExpressionAttributeNames=_names("#h", "#l", "#e", "#a"),
+        ExpressionAttributeValues={":h": holder, ":to": to, ":until": now + lease_ms, ":now": now,
                                    ":exp": (now + lease_ms) // 1000 + 86400}) is not None
+
+
+def line_limits(config: GatewayConfig) -> list[tuple[str, Limit]]:
+    """(provider, limit) for every concurrency limit the configuration sets: a provider's own, and a route's own
+    (for a named model; a `*` route's model is each request's), whose slots that provider's line is handed."""
+    found = [(name, Limit(name, p.max_concurrency, p.requests_per_minute))
+             for name, p in config.providers.items() if p.max_concurrency]
+    for public, entries in config.models.items():
+        for entry in entries:
+            model = entry.model or (None if public == WILDCARD else public)
+            if entry.max_concurrency and model:
+                found.append((entry.provider, Limit(f"{entry.provider}@{model}", entry.max_concurrency,
+                                                    entry.requests_per_minute)))
+    return found
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """What the sweep sees of a limit's slots: how many are free, and the slots handed to tasks HAND_RESEND_S
+    ago or more (task id, slot id, whether the lease still runs)."""
+
+    free: int
+    handed: list[tuple[str, str, bool]]
+
+
+def slot_state(limit: Limit) -> SlotState:
+    """The slots of `limit` as they are now (one read)."""
+    assert limit.max_concurrency
+    now = clock.now_ms()
+    ids = [_slot_id(limit.key, k) for k in range(limit.max_concurrency)]
+    held = table.get_many(ids, attributes=["holder", "lease_until", "handed_at"])
+    free = sum(1 for i in ids if "holder" not in held.get(i, {}) or held[i].get("lease_until", 0) < now)
+    handed = [(str(item["holder"])[len("task#"):], slot, item.get("lease_until", 0) >= now)
+              for slot, item in held.items()
+              if str(item.get("holder", "")).startswith("task#") and "handed_at" in item
+              and now - item["handed_at"] >= HAND_RESEND_S * 1000]
+    return SlotState(free, handed)
 
 
 def has_free_slot(route: Route) -> bool:

@@ -78,7 +78,7 @@ class Task(_Strict):
         default=None, description="A queued task waiting for its provider: its limits are reached (`capacity`), or it "
                                   "answered 429 (`rate_limit`); the task is tried again, until its deadline")
     queue_position: int | None = Field(default=None, ge=1, description="Its place in its provider's line (1 = next)")
-    next_attempt_at: int | None = Field(default=None, description="When it is tried again at the latest (epoch s)")
+    next_attempt_at: int | None = Field(default=None, description="When a task answered 429 is tried again (epoch s)")
     data: list[TaskImage] | None = Field(default=None, description="The images, once the task succeeded")
     usage: dict[str, Any] | None = None
     error: TaskError | None = Field(default=None, description="Why the task failed")

@@ -76,8 +76,11 @@ class Settings:
 
     # Pacing: providers' limits (provider configuration: max_concurrency, requests_per_minute).
     pacing_max_wait_s: float = field(default=30.0, metadata=_env(
-        "PACING_MAX_WAIT_S", "longest backoff before a task waiting for a provider's capacity is tried again; a task "
-        "refused a slot waits this long for a hand-over before the sweep re-sends it"))
+        "PACING_MAX_WAIT_S", "longest backoff before a task answered 429 (or over a provider's requests_per_minute) is "
+        "tried again; a task woken without a slot is sent again after this long should its event be lost"))
+    pacing_line_check_s: float = field(default=300.0, metadata=_env(
+        "PACING_LINE_CHECK_S", "how often the sweep looks at each task waiting in a provider's line for a slot (lost "
+        "hand-overs are found sooner, by every scheduled run's check of the lines)"))
     pacing_line_max: int = field(default=2000, metadata=_env(
         "PACING_LINE_MAX", "most waiting tasks counted ahead of a task for its queue_position (one query)"))
 

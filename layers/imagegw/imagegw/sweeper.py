@@ -35,7 +35,7 @@ def scheduled() -> dict[str, int]:
     """The schedule's run: the whole sweep here (one shard), or one "Sweep Shard" event per group."""
     if shards.shard_count() == 1:
         return worker.sweep()
-    counts = {"batches": batch_record.recheck_due(), "shard_events": 0}
+    counts = {"batches": batch_record.recheck_due(), "shard_events": 0, **worker.sweep_lines()}
     groups = shards.groups()
     try:
         bus.publish_details(bus.SWEEP_SHARD, [{"partitions": group} for group in groups])

@@ -282,6 +282,18 @@ def touch(task: Task, *, next_check_at: int) -> Task | None:
                   values={":stage": task.stage, ":now": now, **LIVE_VALUES})
 
 
+def nudge(task_id: str, *, next_check_at: int) -> bool:
+    """Have a queued task that nobody holds come due for the sweep by `next_check_at` (a task woken in its
+    provider's line: should its "Task Queued" be lost, the sweep sends it again); False when it is not such a
+    task (taken meanwhile, or ended)."""
+    now = clock.now_ms()
+    return update(task_id, {"next_check_at": next_check_at, "updated_at": now,
+                            "sweep": shards.partition(shards.LIVE, task_id)},
+                  condition="#stage = :stage AND #status = :queued AND (attribute_not_exists(lease_until) OR "
+                            "lease_until < :now)",
+                  values={":stage": "queued", ":queued": "queued", ":now": now}) is not None
+
+
 _ENDED_REMOVES = ("lease_id", "lease_until", "next_check_at", "sweep", "sources")
 
 

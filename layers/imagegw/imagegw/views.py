@@ -40,7 +40,7 @@ def task_object_base(task: Task) -> dict[str, Any]:
         obj["waiting_for"] = task.waiting_for
         if task.queue_position is not None:
             obj["queue_position"] = int(task.queue_position)
-        if task.next_check_at:
+        if task.next_check_at and task.waiting_for != "capacity":  # a slot comes by hand-over, not at a time
             obj["next_attempt_at"] = _seconds(task.next_check_at)
     if task.completed_at:
         obj["completed_at"] = _seconds(task.completed_at)

@@ -48,6 +48,7 @@ from .errors import (GatewayError, ProviderConfigInvalid, RateLimited, ServerErr
                      UpstreamRateLimited, UpstreamTimeout)
 from .observability import count
 from .request import ImageRequest, VariationRequest
+from .provider_config import current_config
 from .routing import Route, routes_for
 from .seam import Seam
 from .tasks import Task
@@ -347,6 +348,7 @@ def sweep(*, partitions: list[str] | None = None) -> dict[str, int]:
               "stopped": 0}
     if partitions is None:
         counts["batches"] = batch_record.recheck_due()  # a stalled reader or a count that fell behind
+        counts.update(sweep_lines())
         partitions = [p for group in shards.groups() for p in group]
     config = settings.current()
     started = time.monotonic()
@@ -394,6 +396,29 @@ def sweep(*, partitions: list[str] | None = None) -> dict[str, int]:
     return counts
 
 
+def sweep_lines() -> dict[str, int]:
+    """The hand-overs' safety net, once per scheduled run (a read of each limit's slots, whatever the lines'
+    length): a slot free while its provider's line holds tasks (a worker died holding it, a wake found nobody)
+    wakes the oldest; a slot handed to a task that is still queued HAND_RESEND_S later (its "Task Queued" was
+    lost) is sent to it again. So a task waiting in line needs no look of its own but every PACING_LINE_CHECK_S."""
+    counts = {"lines_woken": 0, "hand_overs_resent": 0}
+    try:
+        config = current_config()
+    except GatewayError:
+        return counts
+    for provider, limit in pacing.line_limits(config):
+        state = pacing.slot_state(limit)
+        for task_id, slot, leased in state.handed:
+            if tasks.nudge(task_id, next_check_at=now_ms() + int(settings.current().pacing_max_wait_s * 1000)):
+                bus.publish(bus.TASK_QUEUED, task_id, woken_by=provider, **({"slot": slot} if leased else {}))
+                counts["hand_overs_resent"] += 1
+        for _ in range(state.free):
+            if pacing.wake_oldest(provider) is None:
+                break
+            counts["lines_woken"] += 1
+    return counts
+
+
 def _sweep_task(task_id: str) -> str | None:
     """Advance one live task that is due; what was done, as a key of the sweep's counts."""
     try:
@@ -411,7 +436,7 @@ def _sweep_task(task_id: str) -> str | None:
         # Still in its provider's line while every slot is in use: those slots' releases hand over, nothing was
         # lost. Look again a safety net later rather than send it to be refused (and rejoin the line). Woken
         # (out of the line: its "Task Queued" was lost), or a slot free with nobody taking it: re-sent below.
-        if tasks.touch(task, next_check_at=_next_check_at(task, int(settings.current().pacing_max_wait_s * 1000))):
+        if tasks.touch(task, next_check_at=_next_check_at(task, int(settings.current().pacing_line_check_s * 1000))):
             return "deferred"
         return None
     if task.stage in ("queued", "generated"):
@@ -496,7 +521,7 @@ def _apply_wait(task: Task, busy: pacing.Busy, route: Route) -> Task | None:
                                                       "reason": busy.reason, "retry_at": busy.retry_at})
     retry_at = busy.retry_at
     if busy.no_slot:
-        retry_at = max(retry_at, now_ms() + int(settings.current().pacing_max_wait_s * 1000))
+        retry_at = max(retry_at, now_ms() + int(settings.current().pacing_line_check_s * 1000))
     moved = tasks.wait(task, retry_at=min(retry_at, _deadline_ms(task) + 1), waiting_for=busy.reason,
                        waiting_since=since, waits=task.waits + 1, waiting_on=busy.provider)
     if moved is None:
