@@ -168,3 +168,56 @@ def test_the_api_answer_the_stored_task_and_the_logs_carry_no_key(inline_bus, pr
     assert any("task failed" in line and "Invalid request" in line for line in records)
     for line in records:
         assert KEY[:12] not in line and quote(KEY, safe="")[:12] not in line and "sk-proj" not in line, line
+
+
+# -- the newer families: each one's own error shapes, with the key in whatever header it sends it ------------------
+from tests.simulators.fal_sim import FalSimulator  # noqa: E402
+from tests.simulators.gemini_sim import GeminiSimulator  # noqa: E402
+from tests.simulators.midjourney_sim import MidjourneySimulator  # noqa: E402
+from tests.simulators.replicate_sim import ReplicateSimulator  # noqa: E402
+
+NEWER = {"replicate": (ReplicateSimulator, "black-forest-labs/flux-schnell"), "fal": (FalSimulator, "fal-ai/flux/dev"),
+         "midjourney": (MidjourneySimulator, "midjourney"), "gemini": (GeminiSimulator, "gemini-2.5-flash-image")}
+
+
+def problem(status):
+    return lambda text: {"type": "about:blank", "title": text[:80], "detail": text, "status": status}
+
+
+def google(status):
+    return lambda text: {"error": {"code": status, "message": text, "status": "INVALID_ARGUMENT"}}
+
+
+NEWER_CASES = [
+    *[("replicate", "submit", status, problem(status)) for status in (400, 401, 422, 429, 500)],
+    ("replicate", "submit", 201, lambda text: {"id": "p1", "status": "failed", "error": text, "output": None}),
+    ("replicate", "check", 200, lambda text: {"id": "p1", "status": "failed", "error": "NSFW " + text}),
+    *[("replicate", "check", status, problem(status)) for status in (401, 500)],
+    *[("fal", "submit", status, lambda text: {"detail": text}) for status in (400, 401, 429, 500)],
+    ("fal", "submit", 422, lambda text: {"detail": [{"loc": ["body", "prompt"], "msg": text, "type": "x"}]}),
+    *[("midjourney", "submit", 200, lambda text, code=code: {"code": code, "description": text, "result": None})
+      for code in (3, 4, 23, 24, 9)],
+    *[("midjourney", "submit", status, lambda text: {"code": status, "description": text}) for status in (401, 500)],
+    ("midjourney", "check", 200, lambda text: {"id": "t1", "status": "FAILURE", "failReason": text}),
+    ("midjourney", "check", 200, lambda text: {"id": "t1", "status": "FAILURE", "failReason": "banned " + text}),
+    *[("gemini", "submit", status, google(status)) for status in (400, 403, 429, 500)],
+    ("gemini", "submit", 200, lambda text: {"promptFeedback": {"blockReason": "SAFETY", "blockReasonMessage": text}}),
+]
+
+
+@pytest.mark.parametrize("dialect, phase, status, body", NEWER_CASES,
+                         ids=[f"{d}-{p}-{s}-{i}" for i, (d, p, s, _) in enumerate(NEWER_CASES)])
+def test_no_error_path_of_the_newer_families_echoes_the_key(dialect, phase, status, body):
+    cls, model = NEWER[dialect]
+    with cls(api_key=KEY) as sim:
+        sim.intercept = lambda request: Answer(status, body(hostile_text(request)))
+        config = ProviderConfig(dialect=dialect, base_url=sim.base_url, api_key=KEY, timeout_s=10)
+        route, impl = Route("hostile", dialect, model, config), get_dialect(dialect)
+        if phase == "submit":
+            outcome = impl.submit(parse_request({"model": model, "prompt": "p"}), route, transport.send)
+        else:
+            outcome = impl.check("t1;n=1" if dialect == "midjourney" else "p1", route, transport.send)
+        assert sim.requests and any(KEY in value for value in sim.requests[0].headers.values())  # it had the key
+    assert isinstance(outcome, Failed), outcome
+    assert_clean(outcome.error.message)
+    assert_clean(json.dumps(outcome.error.body()), capped=False)
