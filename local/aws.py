@@ -77,6 +77,11 @@ def create_resources(tpl: LocalTemplate, aws: dict[str, Any]) -> None:
         _create_table(aws["dynamodb"], tpl.physical_names[logical], props)
     for logical, props in tpl.buckets.items():
         _create_bucket(aws["s3"], tpl.physical_names[logical], props, tpl.region)
+    for logical, props in tpl.queues.items():
+        attributes = {k: str(props[k]) for k in ("VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds")
+                      if k in props}
+        aws["sqs"].create_queue(QueueName=tpl.physical_names[logical], Attributes=attributes)
+        log.info("queue %s", tpl.physical_names[logical])
     for logical in tpl.buses:
         name = tpl.physical_names[logical]
         if name != "default":

@@ -1,4 +1,4 @@
-"""EventBridge (and S3 notification) triggers of template.yaml, as queues in moto feeding functions.
+"""EventBridge, S3 notification and SQS triggers of template.yaml, as queues in moto feeding functions.
 
 Handlers publish with a real `put_events` to the moto bus; moto matches each rule's pattern (the
 template's own `Pattern`) and sends the event to the rule's SQS target, whose body is the event exactly
@@ -7,8 +7,11 @@ as a Lambda target receives it. A rule a user adds to the bus locally works the 
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import re
+import uuid
 from typing import Any
 
 from . import aws
@@ -71,3 +74,30 @@ def s3_sources(tpl: LocalTemplate, clients: dict[str, Any]) -> list[QueueSource]
 def _s3_event(body: dict[str, Any]) -> dict[str, Any] | None:
     # S3 sends a test message when a queue is configured; a Lambda notification never sees it.
     return None if body.get("Event") == "s3:TestEvent" else body
+
+
+def sqs_sources(tpl: LocalTemplate, clients: dict[str, Any]) -> list[QueueSource]:
+    """The template's `SQS` events: the function reads the template's own queue, each message as a Lambda SQS
+    record (one record an invocation here; Lambda batches up to BatchSize, which the handlers take as well)."""
+    sources = []
+    for ev in tpl.sqs_events:
+        fn = tpl.functions[ev.function]
+        url = clients["sqs"].get_queue_url(QueueName=ev.queue)["QueueUrl"]
+        arn = clients["sqs"].get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        visibility = fn.timeout_s + VISIBILITY_MARGIN_S
+        log.info("queue %s -> %s", ev.queue, ev.function)
+        sources.append(QueueSource(f"{ev.function}.{ev.event}", ev.function, url, visibility,
+                                   functools.partial(_sqs_event, arn=arn, region=tpl.region),
+                                   failed=_batch_item_failed))
+    return sources
+
+
+def _sqs_event(body: dict[str, Any], *, arn: str, region: str) -> dict[str, Any]:
+    return {"Records": [{"messageId": str(uuid.uuid4()), "receiptHandle": "local", "body": json.dumps(body),
+                         "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
+                         "md5OfBody": "", "eventSource": "aws:sqs", "eventSourceARN": arn, "awsRegion": region}]}
+
+
+def _batch_item_failed(result: Any) -> bool:
+    """A handler answering ReportBatchItemFailures with a failed item: the message comes back, as in Lambda."""
+    return isinstance(result, dict) and bool(result.get("batchItemFailures"))

@@ -97,6 +97,7 @@ class QueueSource:
     queue_url: str
     visibility_timeout_s: int
     to_event: Callable[[dict[str, Any]], dict[str, Any] | None]
+    failed: Callable[[Any], bool] = lambda _result: False  # an invocation's result that asks for a redelivery
 
 
 class QueueDelivery:
@@ -146,7 +147,8 @@ class QueueDelivery:
             self._delete(message)
             return
         try:
-            self._functions.invoke(self.source.function, event)
+            if self.source.failed(self._functions.invoke(self.source.function, event)):
+                raise RuntimeError("the function reported the message failed")
         except Exception:  # noqa: BLE001 - a failed invocation is retried, not fatal
             if receives >= MAX_RECEIVES:
                 log.exception("%s: invocation failed on receive %d; giving up on the event",

@@ -165,7 +165,8 @@ def start(port: int = 3000, aws_port: int = 4566, *, api_keys: str | None = None
         pool = WorkerPool(event_workers, stopping)
         pool.start()
         threads: list[threading.Thread] = []
-        for source in eventbridge.rule_sources(tpl, clients) + eventbridge.s3_sources(tpl, clients):
+        for source in (eventbridge.rule_sources(tpl, clients) + eventbridge.s3_sources(tpl, clients)
+                       + eventbridge.sqs_sources(tpl, clients)):
             delivery = QueueDelivery(source, clients["sqs"], functions, pool, stopping)
             delivery.start()
             threads.append(delivery.thread)

@@ -66,6 +66,16 @@ class ScheduleEvent:
 
 
 @dataclass(frozen=True)
+class SqsEvent:
+    """A function's `SQS` event: the queue (its physical name) whose messages invoke it, Records batched."""
+
+    function: str
+    event: str
+    queue: str
+    batch_size: int
+
+
+@dataclass(frozen=True)
 class S3Notification:
     function: str
     event: str
@@ -110,6 +120,8 @@ class LocalTemplate:
     event_rules: list[EventRule] = field(default_factory=list)
     schedules: list[ScheduleEvent] = field(default_factory=list)
     s3_notifications: list[S3Notification] = field(default_factory=list)
+    queues: dict[str, dict[str, Any]] = field(default_factory=dict)  # SQS queues the template declares
+    sqs_events: list[SqsEvent] = field(default_factory=list)
     gateway_responses: dict[str, dict[str, GatewayResponse]] = field(default_factory=dict)  # API -> type -> answer
     binary_media_types: dict[str, frozenset[str]] = field(default_factory=dict)  # API -> media types (type/sub)
     environment: dict[str, str] = field(default_factory=dict)  # process-wide: the union of every function's
@@ -207,7 +219,7 @@ class Resolver:
         kind = self.resources[logical].get("Type", "")
         if attr == "Arn":
             return arn_of(kind, name, self.pseudo["AWS::Region"])
-        if attr == "Name":
+        if attr in ("Name", "QueueName"):
             return name
         raise TemplateError(f"{where}: !GetAtt {logical}.{attr} is not supported by the local stack")
 
@@ -271,6 +283,8 @@ def load(root: Path, *, stack_name: str = "imagegw-local", region: str = "us-eas
             out.buckets[logical] = resolve(res.get("Properties") or {}, f"Resources.{logical}.Properties")
         elif kind == "AWS::Events::EventBus":
             out.buses[logical] = resolve(res.get("Properties") or {}, f"Resources.{logical}.Properties")
+        elif kind == "AWS::SQS::Queue":
+            out.queues[logical] = resolve(res.get("Properties") or {}, f"Resources.{logical}.Properties")
         elif kind == "AWS::Serverless::Api":
             out.gateway_responses[logical] = _gateway_responses(res.get("Properties") or {}, resolve,
                                                                 f"Resources.{logical}.Properties.GatewayResponses")
@@ -404,6 +418,10 @@ def _add_function(out: LocalTemplate, logical: str, props: dict[str, Any], globa
         elif kind == "Schedule":
             enabled = ep.get("Enabled", True) and str(ep.get("State", "ENABLED")).upper() == "ENABLED"
             out.schedules.append(ScheduleEvent(logical, event_name, ep["Schedule"], bool(enabled)))
+        elif kind == "SQS":
+            queue_arn = str(ep["Queue"])
+            out.sqs_events.append(SqsEvent(logical, event_name, queue_arn.rsplit(":", 1)[-1],
+                                           int(ep.get("BatchSize", 10))))
         elif kind == "S3":
             events = ep.get("Events")
             rules = (((ep.get("Filter") or {}).get("S3Key") or {}).get("Rules")) or []

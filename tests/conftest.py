@@ -22,12 +22,13 @@ def _reset_clients() -> None:
     """The layer caches its boto3 clients and config: start every test from scratch."""
     from aws_lambda_powertools.utilities import parameters
 
-    from imagegw import bus, idempotency, keys, provider_config, shards, storage, table, transport, webhooks
+    from imagegw import bus, checks, idempotency, keys, provider_config, shards, storage, table, transport, webhooks
 
     for cached in (table.task_table, bus.client, storage.s3, keys.keys_table, transport.session):
         cached.cache_clear()
     provider_config.forget()
     shards.forget()  # each test's table is new: its shard layout item too
+    checks.forget()
     webhooks.forget_checked_targets()  # a host a test's resolver called public stays that test's
     parameters.clear_caches()  # SSM documents and secrets: each test reads its own
     idempotency.reset()

@@ -1,8 +1,11 @@
-"""poll: the task routes (get with poll-through, list, cancel) and the schedule that sweeps live tasks.
+"""poll: the task routes (get with poll-through, list, cancel), the checks of async upstreams scheduled per task,
+and the schedule that sweeps live tasks.
 
-The sweep re-publishes events that were lost, checks async upstreams that are due, and fails tasks past
-their deadline; a client that never polls still sees its task finish. With several sweep shards the
-schedule's invocation publishes a "Sweep Shard" event per shard, and each comes back here (`sweeper`).
+A task waiting on an async upstream is checked when its check is due: the check queue (SQS, with the delay)
+hands its id here (`checks`, `sweeper.run_checks`). The sweep re-publishes events that were lost, checks async
+upstreams that are due (a check whose message was lost too), and fails tasks past their deadline; a client that
+never polls still sees its task finish. With several sweep shards the schedule's invocation publishes a "Sweep
+Shard" event per shard, and each comes back here (`sweeper`).
 """
 
 from aws_lambda_powertools import Logger, Tracer
@@ -20,7 +23,7 @@ tracer = Tracer()
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
         return api.handle(event, context)
-    counts = sweeper.handle(event)
+    counts = sweeper.handle(event, context)
     if any(counts.values()):
         logger.info("sweep", extra=counts)
     return counts

@@ -26,6 +26,8 @@ class Settings:
         default=None, metadata=_env("IDEMPOTENCY_TABLE", "the table behind the Idempotency-Key header"))
     image_bucket: str | None = field(default=None, metadata=_env("IMAGE_BUCKET", "the private S3 bucket"))
     event_bus: str | None = field(default=None, metadata=_env("EVENT_BUS", "the EventBridge bus of the gateway"))
+    check_queue: str | None = field(default=None, metadata=_env(
+        "CHECK_QUEUE", "the SQS queue (URL or name) of async checks scheduled per task; unset: the sweep alone"))
     metrics_namespace: str = field(
         default="ImageGateway", metadata=_env("POWERTOOLS_METRICS_NAMESPACE", "the CloudWatch metrics namespace"))
 

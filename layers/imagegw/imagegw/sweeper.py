@@ -14,9 +14,12 @@ twice, the second run finds the items no longer due (every step is a conditional
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from . import bus, shards, worker
 from .batches import record as batch_record
@@ -24,11 +27,39 @@ from .batches import record as batch_record
 logger = Logger(child=True)
 
 
-def handle(event: dict[str, Any]) -> dict[str, int]:
-    """The poll function's non-HTTP invocations: a "Sweep Shard" event, or the schedule."""
+def handle(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """The poll function's non-HTTP invocations: the check queue's batch, a "Sweep Shard" event, or the
+    schedule."""
+    if _is_check_batch(event):
+        return run_checks(event, context)
     if event.get("source") == bus.SOURCE and event.get("detail-type") == bus.SWEEP_SHARD:
         return run_shard(event.get("detail") or {})
     return scheduled()
+
+
+def _is_check_batch(event: dict[str, Any]) -> bool:
+    records = event.get("Records")
+    return isinstance(records, list) and bool(records) and all(
+        isinstance(r, dict) and r.get("eventSource") == "aws:sqs" for r in records)
+
+
+def run_checks(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The check queue's batch (see `checks`): each record's task is checked; a record that fails is reported
+    back to SQS alone (ReportBatchItemFailures), so it is retried without the others; one that names no task is
+    dropped."""
+
+    def check(record: SQSRecord) -> None:
+        try:
+            task_id = json.loads(record.body).get("task_id")
+        except (ValueError, AttributeError):
+            task_id = None
+        if not isinstance(task_id, str) or not task_id:
+            logger.warning("a check message without a task id; dropped", extra={"message_id": record.message_id})
+            return
+        worker.check_waiting(task_id)
+
+    return dict(process_partial_response(event=event, record_handler=check,
+                                         processor=BatchProcessor(EventType.SQS), context=context))
 
 
 def scheduled() -> dict[str, int]:

@@ -39,7 +39,8 @@ from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger
 
-from . import bus, inputs, lifecycle, pacing, safe_fetch, settings, shards, storage, table, tasks, transport, webhooks
+from . import (bus, checks, inputs, lifecycle, pacing, safe_fetch, settings, shards, storage, table, tasks, transport,
+               webhooks)
 from .batches import record as batch_record
 from .capabilities import routes_able_to
 from .clock import now_ms
@@ -309,8 +310,15 @@ def _apply_check(task: Task, outcome: Outcome, route: Route, fetch_now: bool) ->
     if unfinished and _past_deadline(task):  # one last look was allowed; the result did not come in time
         return _finish(task, "failed", error=_deadline_error().task_error())
     if isinstance(outcome, Failed) and outcome.error.retriable:
-        return tasks.release(task, retry_at=_next_check_at(task))
+        return _checked_later(tasks.release(task, retry_at=_next_check_at(task)))
     return _apply(task, outcome, route, task.route_index, fetch_now=fetch_now)
+
+
+def _checked_later(task: Task | None) -> Task | None:
+    """A task left waiting on its async upstream: its next check is scheduled for when it is due (`checks`)."""
+    if task is not None and task.stage == "waiting" and task.next_check_at:
+        checks.schedule(task.id, task.next_check_at)
+    return task
 
 
 @_stage
@@ -494,8 +502,8 @@ def _apply(task: Task, outcome: Outcome | pacing.Busy, route: Route, route_index
     if outcome.upstream_id:
         upstream["id"] = outcome.upstream_id
     if isinstance(outcome, Pending):
-        moved = tasks.advance(task, "waiting", next_check_at=_next_check_at(task), upstream=upstream,
-                              route_index=route_index, progress=max(task.progress, outcome.progress))
+        moved = _checked_later(tasks.advance(task, "waiting", next_check_at=_next_check_at(task), upstream=upstream,
+                                             route_index=route_index, progress=max(task.progress, outcome.progress)))
         if moved is None and outcome.upstream_id and tasks.get(task.id).status == "cancelled":
             # cancelled while the upstream was taking the job: the cancel had no id to send, so send it now
             cancel_upstream(dataclasses.replace(task, status="cancelled", upstream=upstream))
