@@ -112,3 +112,22 @@ class InlineBus:
         while joined < len(self.threads):
             self.threads[joined].join(timeout_s)
             joined += 1
+
+
+def generate(body: Any, *, key: str | None = None, **kwargs: Any) -> Reply:
+    """`POST /v1/images/generations` through the real submit handler, with the tests' API key by default."""
+    import submit_handler
+
+    from tests.conftest import API_KEY
+
+    return call(submit_handler.lambda_handler, "POST", "/v1/images/generations", key=key or API_KEY, body=body,
+                **kwargs)
+
+
+def read_task(task_id: str, *, key: str | None = None) -> Reply:
+    """`GET /v1/images/tasks/{id}` through the real poll handler, with the tests' API key by default."""
+    import poll_handler
+
+    from tests.conftest import API_KEY
+
+    return call(poll_handler.lambda_handler, "GET", f"/v1/images/tasks/{task_id}", key=key or API_KEY)

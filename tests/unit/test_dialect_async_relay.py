@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 import poll_handler
-import submit_handler
 from imagegw import tasks
 from imagegw.dialects import Done, Failed, HttpReply, Pending
 from imagegw.dialects.async_relay import AsyncRelayDialect, parse_progress, request_body
@@ -20,7 +19,7 @@ from imagegw.errors import ContentPolicyViolation, UpstreamFailed
 from imagegw.request import parse_request
 from imagegw.provider_config import ProviderConfig
 from imagegw.routing import Route
-from tests.apiclient import FakeContext, call
+from tests.apiclient import FakeContext, call, generate, read_task as get_task
 from tests.conftest import API_KEY, NEWER_FIELDS, s3_objects
 from tests.simulators.async_relay_sim import ID_SHAPES, AsyncRelaySimulator, Behaviour
 from tests.simulators.loopback import png_bytes
@@ -222,14 +221,6 @@ REQUEST = {"model": "dall-e-3", "prompt": "a lighthouse at dusk", "size": "1792x
            "response_format": "b64_json"}
 EXPECTED_SUBMIT = {"model": "dall-e-3", "size": "1792x1024", "n": 1, "prompt": "a lighthouse at dusk",
                    "quality": "hd"}
-
-
-def generate(body, **kwargs):
-    return call(submit_handler.lambda_handler, "POST", GEN, key=API_KEY, body=body, **kwargs)
-
-
-def get_task(task_id):
-    return call(poll_handler.lambda_handler, "GET", f"/v1/images/tasks/{task_id}", key=API_KEY)
 
 
 def schedule_sweep():

@@ -14,8 +14,6 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from PIL import Image
 
-import poll_handler
-import submit_handler
 from imagegw import pacing, provider_config, tasks
 from imagegw.capabilities import validate_for_model
 from imagegw.dialects import Done, Failed, HttpReply, get_dialect
@@ -27,8 +25,8 @@ from imagegw.errors import BadRequest, ContentPolicyViolation, RateLimited, Upst
 from imagegw.provider_config import ProviderConfig
 from imagegw.request import parse_request
 from imagegw.routing import Route, routes_for
-from tests.apiclient import call
-from tests.conftest import API_KEY, NEWER_FIELDS, s3_objects
+from tests.apiclient import generate, read_task
+from tests.conftest import NEWER_FIELDS, s3_objects
 from tests.simulators.bedrock_sim import BLOCKED, RATIO_PIXELS, BedrockSimulator, Behaviour
 from tests.simulators.loopback import png_bytes
 from tests.unit.test_dialect_fields import VALUES, sent
@@ -387,14 +385,6 @@ def world(inline_bus, providers_file, monkeypatch):
     inline_bus.drain()
     for sim in started:
         sim.__exit__(None, None, None)
-
-
-def generate(body, **kwargs):
-    return call(submit_handler.lambda_handler, "POST", GEN, key=API_KEY, body=body, **kwargs)
-
-
-def read_task(task_id):
-    return call(poll_handler.lambda_handler, "GET", f"/v1/images/tasks/{task_id}", key=API_KEY)
 
 
 def test_sync_stability_fan_out_signed_and_stored(world):

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 import poll_handler
-import submit_handler
 from imagegw import tasks, worker
 from imagegw.dialects import Done, Failed, HttpReply, Job, Pending
 from imagegw.dialects.fal import FalDialect, image_size, refine_error, request_body
@@ -19,7 +18,7 @@ from imagegw.provider_config import ProviderConfig
 from imagegw.request import parse_request
 from imagegw.routing import Route
 from imagegw.transport import map_http_error
-from tests.apiclient import call
+from tests.apiclient import call, generate, read_task as get_task
 from tests.conftest import API_KEY, s3_objects
 from tests.simulators.fal_sim import Behaviour, FalSimulator, validation_problem
 from tests.simulators.loopback import Answer
@@ -243,14 +242,6 @@ def fal(inline_bus, providers_file, loopback_fetch, checks_at_once):
     inline_bus.drain()
     for sim in started:
         sim.__exit__(None, None, None)
-
-
-def generate(body, **kwargs):
-    return call(submit_handler.lambda_handler, "POST", GEN, key=API_KEY, body=body, **kwargs)
-
-
-def get_task(task_id):
-    return call(poll_handler.lambda_handler, "GET", f"/v1/images/tasks/{task_id}", key=API_KEY)
 
 
 def test_an_async_task_follows_the_queue_with_progress(fal, inline_bus):

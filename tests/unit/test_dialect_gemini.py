@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 import poll_handler
-import submit_handler
 from imagegw import transport, worker
 from imagegw.capabilities import capability_for
 from imagegw.dialects import Done, Failed, HttpReply
@@ -21,7 +20,7 @@ from imagegw.errors import ContentPolicyViolation, RateLimited, UpstreamFailed, 
 from imagegw.provider_config import ProviderConfig
 from imagegw.request import parse_request
 from imagegw.routing import Route
-from tests.apiclient import call
+from tests.apiclient import call, generate
 from tests.conftest import API_KEY, NEWER_FIELDS, s3_objects
 from tests.simulators.gemini_sim import Behaviour, GeminiSimulator
 from tests.simulators.loopback import png_bytes
@@ -270,10 +269,6 @@ def gemini(inline_bus, providers_file, loopback_fetch):
     inline_bus.drain()
     for sim in started:
         sim.__exit__(None, None, None)
-
-
-def generate(body, **kwargs):
-    return call(submit_handler.lambda_handler, "POST", GEN, key=API_KEY, body=body, **kwargs)
 
 
 def s3_image(key):

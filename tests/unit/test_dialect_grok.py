@@ -9,14 +9,13 @@ import pytest
 from PIL import Image
 
 import poll_handler
-import submit_handler
 from imagegw.dialects import Done, Failed, HttpReply
 from imagegw.dialects.grok import GrokDialect, request_body
 from imagegw.errors import ContentPolicyViolation, UpstreamFailed
 from imagegw.request import parse_request
 from imagegw.provider_config import ProviderConfig
 from imagegw.routing import Route
-from tests.apiclient import call
+from tests.apiclient import call, generate
 from tests.conftest import API_KEY, NEWER_FIELDS, s3_objects
 from tests.simulators.grok_sim import Behaviour, GrokSimulator
 from tests.simulators.loopback import png_bytes
@@ -140,10 +139,6 @@ def grok(inline_bus, providers_file, loopback_fetch):
     inline_bus.drain()
     for sim in started:
         sim.__exit__(None, None, None)
-
-
-def generate(body, **kwargs):
-    return call(submit_handler.lambda_handler, "POST", GEN, key=API_KEY, body=body, **kwargs)
 
 
 def s3_image(key):

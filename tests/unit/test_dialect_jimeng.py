@@ -11,14 +11,13 @@ import requests
 from PIL import Image
 
 import poll_handler
-import submit_handler
 from imagegw.dialects import Done, Failed, HttpReply, get_dialect
 from imagegw.dialects.jimeng import jimeng_ratio
 from imagegw.errors import ContentPolicyViolation, UpstreamFailed
 from imagegw.request import parse_request
 from imagegw.provider_config import load_config_text
 from imagegw.routing import routes_for
-from tests.apiclient import call
+from tests.apiclient import call, generate
 from tests.conftest import API_KEY, NEWER_FIELDS, s3_objects
 from tests.simulators.jimeng_sim import PIXELS, Behaviour, JimengSimulator
 
@@ -186,10 +185,6 @@ def jimeng(providers_file):
                                              "api_key": sim.api_key}},
                         "models": {"jimeng-4.0": [{"provider": "jm"}]}})
         yield sim
-
-
-def generate(body, **kwargs):
-    return call(submit_handler.lambda_handler, "POST", GEN, key=API_KEY, body=body, **kwargs)
 
 
 def stored_size(key):

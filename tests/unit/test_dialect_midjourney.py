@@ -12,8 +12,6 @@ import boto3
 import pytest
 from PIL import Image
 
-import poll_handler
-import submit_handler
 from imagegw import tasks, tiles, worker
 from imagegw.capabilities import validate_for_model
 from imagegw.dialects import Done, Failed, HttpCall, HttpReply, Pending, get_dialect
@@ -22,8 +20,8 @@ from imagegw.errors import BadRequest, ContentPolicyViolation, RateLimited, Upst
 from imagegw.provider_config import ProviderConfig, problems
 from imagegw.request import parse_request
 from imagegw.routing import Route
-from tests.apiclient import call
-from tests.conftest import API_KEY, s3_objects
+from tests.apiclient import generate, read_task as get_task
+from tests.conftest import s3_objects
 from tests.simulators.fault_sim import bomb_png
 from tests.simulators.loopback import Answer
 from tests.simulators.midjourney_sim import QUADRANT_COLOURS, Behaviour, MidjourneySimulator, grid_png
@@ -281,14 +279,6 @@ def mj(inline_bus, providers_file, loopback_fetch, checks_at_once):
     inline_bus.drain()
     for sim in started:
         sim.__exit__(None, None, None)
-
-
-def generate(body, **kwargs):
-    return call(submit_handler.lambda_handler, "POST", GEN, key=API_KEY, body=body, **kwargs)
-
-
-def get_task(task_id):
-    return call(poll_handler.lambda_handler, "GET", f"/v1/images/tasks/{task_id}", key=API_KEY)
 
 
 def finish(task_id, inline_bus, rounds=20):

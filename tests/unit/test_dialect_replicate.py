@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 import poll_handler
-import submit_handler
 from imagegw import tasks, worker
 from imagegw.dialects import Done, Failed, HttpReply, Pending
 from imagegw.dialects.replicate import ReplicateDialect, progress_of, refine_error, retry_hint_s
@@ -20,7 +19,7 @@ from imagegw.provider_config import ProviderConfig
 from imagegw.request import parse_request
 from imagegw.routing import Route
 from imagegw.transport import map_http_error
-from tests.apiclient import FakeContext, call
+from tests.apiclient import FakeContext, call, generate, read_task as get_task
 from tests.conftest import API_KEY, s3_objects
 from tests.simulators.loopback import Answer
 from tests.simulators.replicate_sim import VERSIONS, Behaviour, ReplicateSimulator, flux_size
@@ -258,14 +257,6 @@ def replicate(inline_bus, providers_file, loopback_fetch, checks_at_once):
     inline_bus.drain()
     for sim in started:
         sim.__exit__(None, None, None)
-
-
-def generate(body, **kwargs):
-    return call(submit_handler.lambda_handler, "POST", GEN, key=API_KEY, body=body, **kwargs)
-
-
-def get_task(task_id):
-    return call(poll_handler.lambda_handler, "GET", f"/v1/images/tasks/{task_id}", key=API_KEY)
 
 
 class Sweeper:
