@@ -9,15 +9,23 @@ PYTHON ?= $(shell for p in python$(PYTHON_VERSION) $$HOME/.pyenv/versions/$(PYTH
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export AWS_DEFAULT_REGION ?= us-east-1
+# No region is forced on the targets that talk to AWS (deploy, providers, key): they use yours (AWS_REGION /
+# AWS_DEFAULT_REGION, your profile, or the region `make deploy GUIDED=1` saved in samconfig.toml). The local targets
+# (moto, the local stack, cfn-lint, sam validate) need one and set LOCAL_REGION for themselves only, below.
+LOCAL_REGION := us-east-1
 export PATH := $(abspath $(BIN)):$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
 STACK_NAME ?= imagegw
-PROVIDERS ?= config/providers.local.json
+# `make providers` uploads only a file you name (PROVIDERS=...); check-providers checks the local one by default.
+PROVIDERS ?=
 PROVIDERS_PARAM ?= /imagegw/providers
 
-.PHONY: help venv install run test unit integration lint bench build deploy key providers check-providers events simulators clean
+.PHONY: help venv install run test unit integration lint bench build deploy key providers check-providers events simulators clean require-providers
+
+LOCAL_TARGETS := run simulators test unit integration lint bench events
+$(LOCAL_TARGETS): export AWS_DEFAULT_REGION := $(LOCAL_REGION)
+$(LOCAL_TARGETS): export AWS_REGION := $(LOCAL_REGION)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,11 +76,16 @@ build: $(STAMP) ## sam build (needs python3.12, found in .venv/bin)
 deploy: build ## sam deploy with samconfig.toml (GUIDED=1 asks and saves the answers)
 	$(BIN)/sam deploy $(if $(GUIDED),--guided)
 
-providers: $(STAMP) ## check PROVIDERS (JSON or YAML) and upload it to the SSM parameter the stack reads
+providers: require-providers $(STAMP) ## check PROVIDERS=<file> (JSON or YAML) and upload it to the SSM parameter the stack reads
 	$(BIN)/python -m scripts.put_providers $(PROVIDERS) $(PROVIDERS_PARAM)
 
-check-providers: $(STAMP) ## check PROVIDERS on its own: every problem with its JSON path, exit 1 if any
-	$(BIN)/python -m scripts.check_providers $(PROVIDERS)
+# Before anything else (even the venv): without PROVIDERS= there is nothing of yours to upload, and the local
+# placeholder config must never reach a deployed stack.
+require-providers:
+	@test -n "$(strip $(PROVIDERS))" || { echo "make providers: name your provider config, e.g. make providers PROVIDERS=my-providers.json (nothing was uploaded)" >&2; exit 2; }
+
+check-providers: $(STAMP) ## check PROVIDERS on its own (default config/providers.local.json): every problem with its JSON path
+	$(BIN)/python -m scripts.check_providers $(or $(strip $(PROVIDERS)),config/providers.local.json)
 
 key: $(STAMP) ## create an API key in the deployed stack (printed once)
 	$(BIN)/python -m scripts.make_key --stack $(STACK_NAME) --name "$(or $(NAME),default)"

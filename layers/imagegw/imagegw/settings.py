@@ -96,7 +96,8 @@ class Settings:
     webhook_secret: str | None = field(default=None, metadata=_env(
         "WEBHOOK_SECRET", "the signing secret (whsec_<base64>); else WEBHOOK_SECRET_ID"))
     webhook_secret_id: str | None = field(default=None, metadata=_env(
-        "WEBHOOK_SECRET_ID", "the Secrets Manager secret holding the signing secret"))
+        "WEBHOOK_SECRET_ID", "the Secrets Manager secret holding the signing secret (whsec_<base64>, or the "
+        "stack's generated JSON {prefix, secret})"))
     # After attempt k fails, wait delays[k - 1] (the first: at once, via the bus); 96 min in all.
     webhook_retry_delays_s: tuple[int, ...] = field(default=(0, 60, 120, 300, 600, 900, 1800, 1800), metadata=_env(
         "WEBHOOK_RETRY_DELAYS_S", "comma-separated delays between webhook deliveries"))

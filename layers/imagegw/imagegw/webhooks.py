@@ -2,7 +2,8 @@
 
 Headers `webhook-id` (the same on every retry), `webhook-timestamp`, `webhook-signature: v1,<base64
 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, keyed by the bytes of a `whsec_`-prefixed base64 secret
-(`WEBHOOK_SECRET` locally, the Secrets Manager secret named by `WEBHOOK_SECRET_ID` when deployed). Body:
+(`WEBHOOK_SECRET` locally, the Secrets Manager secret named by `WEBHOOK_SECRET_ID` when deployed: a whsec_
+string, or the stack's generated `{"prefix": "whsec_", "secret": ...}`, see `signing_secret`). Body:
 `{"type": "image.task.succeeded" | "image.task.failed", "timestamp", "data": <task>}`.
 
 Delivery never sleeps in a Lambda. The first attempt and the first retry are "Webhook Due" events on the
@@ -84,7 +85,24 @@ def secret_bytes() -> bytes:
     raw = settings.current().webhook_secret or _secret_from_manager()
     if not raw:
         raise GatewayError("No webhook secret: set WEBHOOK_SECRET or WEBHOOK_SECRET_ID.")
-    return base64.b64decode(raw.removeprefix("whsec_"))
+    return base64.b64decode(signing_secret(raw).removeprefix("whsec_"))
+
+
+def signing_secret(raw: str) -> str:
+    """The `whsec_<base64>` signing secret in a secret's text: the text itself, or, in the JSON the stack
+    generates (template.yaml's WebhookSecret: Secrets Manager cannot prefix a generated string),
+    `{"prefix": "whsec_", "secret": <letters and digits>}`: prefix + secret."""
+    text = raw.strip()
+    if not text.startswith("{"):
+        return text
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict) or not isinstance(document.get("secret"), str) \
+            or not isinstance(document.get("prefix", "whsec_"), str):
+        raise GatewayError('The webhook secret is JSON but not {"prefix": "whsec_", "secret": "<base64>"}.')
+    return document.get("prefix", "whsec_") + document["secret"]
 
 
 @lru_cache(maxsize=1)
