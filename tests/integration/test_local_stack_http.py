@@ -1,9 +1,10 @@
 """The local API Gateway's HTTP layer under load and abuse, in process, in front of a tiny function.
 
-The gateway (local/apigateway.py) and its execution environments (local/environments.py) run as the stack
-runs them, but in front of a one-file handler written here, so each test starts in about a second: a
-burst of connections all answered, every malformed request answered (never a silent close), a function
-result API Gateway would refuse answered 502 (the template's own gateway responses), and the pool growing, throttling and shrinking like Lambda.
+The gateway (local/apigateway.py) and its execution environments (local/environments.py) run as the stack runs
+them, but in front of a one-file handler written here, so each test starts in about a second: a burst of
+connections all answered, every malformed request answered (never a silent close), a function result API Gateway
+would refuse answered 502 (the template's own gateway responses), and the pool growing, throttling and shrinking
+like Lambda.
 """
 
 from __future__ import annotations
