@@ -3,16 +3,19 @@
 A request is matched against the template's paths (`/v1/images/tasks/{id}`), turned into the proxy event
 API Gateway would send (`sam local generate-event apigateway aws-proxy` shows the shape), given to the
 route's function, and the function's `{statusCode, headers, multiValueHeaders, body, isBase64Encoded}`
-is written back. What API Gateway itself answers (no such route, wrong method, a malformed request or body
-over 10 MB (local/httpserver.py), 502 for a failed invocation or a result it cannot send, 429 when Lambda
-would throttle, 504 past the integration timeout) is answered here, in the gateway's OpenAI error shape:
-every request gets an answer, none a silent close.
+is written back. What API Gateway answers itself is answered here from the template's `GatewayResponses` (the
+same declarations API Gateway deploys): no such route or method (MISSING_AUTHENTICATION_TOKEN), a body over
+10 MB (REQUEST_TOO_LARGE, from local/httpserver.py), a throttle when every execution environment stays busy
+(THROTTLED), a function that crashes or returns a result API Gateway cannot send (a 502: DEFAULT_5XX), and the
+integration timeout (INTEGRATION_TIMEOUT). A type the API does not declare falls back to its DEFAULT_4XX or
+DEFAULT_5XX, then to API Gateway's own `{"message": ...}`, as deployed. The bodies' `$context` variables are
+filled from the request (`requestId`, `requestTimeEpoch`, `error.message`, `error.responseType`, ...). Every
+request gets an answer, none a silent close.
 
 Each route's integration timeout is its `Api` event's TimeoutInMillis (default 29 s; the template sets it
 from ApiTimeoutMillis, which API_TIMEOUT_MS overrides locally). A function that outlasts it gets the API's
-`INTEGRATION_TIMEOUT` gateway response from the template (status, literal headers, body template with the
-request's `$context` variables, e.g. `$context.requestId` and `$context.requestTimeEpoch` as they are in the
-proxy event's requestContext), or a plain 504 if the template declares none. As in Lambda, the function
+`INTEGRATION_TIMEOUT` gateway response (`$context.requestId` and `$context.requestTimeEpoch` as they are in
+the proxy event's requestContext). As in Lambda, the function
 runs on after that answer: its environment stays busy until it returns, and its result is dropped.
 
 Each request is served by its own thread and invoked in an execution environment of its own
@@ -23,6 +26,7 @@ slow upstream holds one environment, never the API or the other requests.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 import threading
@@ -40,8 +44,16 @@ from .template import ACCOUNT_ID, ApiRoute, GatewayResponse
 log = logging.getLogger(__name__)
 
 API_ID = "local"
-TIMEOUT_STATUS = 504  # INTEGRATION_TIMEOUT's own status, when its gateway response sets none
-TIMEOUT_ERROR = "Endpoint request timed out"  # API Gateway's $context.error.message for INTEGRATION_TIMEOUT
+# API Gateway's own status and $context.error.message of each response type the local stack answers with
+# (docs: "Gateway response types for API Gateway"). A Lambda function error or malformed proxy result is
+# API Gateway's 502 "Internal server error", which no specific response type names: DEFAULT_5XX applies.
+RESPONSE_TYPES: dict[str, tuple[int, str]] = {
+    "MISSING_AUTHENTICATION_TOKEN": (403, "Missing Authentication Token"),
+    "REQUEST_TOO_LARGE": (413, "Request Too Long"),
+    "THROTTLED": (429, "Too Many Requests"),
+    "INTEGRATION_TIMEOUT": (504, "Endpoint request timed out"),
+    "DEFAULT_5XX": (502, "Internal server error"),
+}
 _CONTEXT_VAR = re.compile(r"\$(\{)?context\.([A-Za-z]\w*(?:\.[A-Za-z]\w*)*)(?(1)\})")  # $context.a.b, ${context.a}
 
 
@@ -93,6 +105,10 @@ class Router:
                 return Match(route, {name: unquote(value) for name, value in zip(names, found.groups(), strict=True)})
         return "method_not_allowed" if path_matched else "not_found"
 
+    def api_for(self, path: str) -> str | None:
+        """The API of the first route whose path matches (still-encoded), whatever its method."""
+        return next((route.api for pattern, _, route in self._routes if pattern.match(path)), None)
+
 
 def proxy_event(match: Match, *, method: str, raw_path: str, headers: list[tuple[str, str]], body: bytes | None,
                 source_ip: str, host: str, binary_media_types: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -122,9 +138,8 @@ def proxy_event(match: Match, *, method: str, raw_path: str, headers: list[tuple
     if body and binary:
         body_text, is_b64 = base64.b64encode(body).decode("ascii"), True
     route = match.route
-    now = datetime.now(timezone.utc)
-    request_id = str(uuid.uuid4())
-    user_agent = next((v for k, v in headers if k.lower() == "user-agent"), None)
+    context = request_context(method, path, headers, source_ip=source_ip, host=host, stage=str(route.stage))
+    context.update({"resourceId": str(route.event), "resourcePath": str(route.path)})
     return {
         "resource": str(route.path),  # str(): the template decoder's string nodes do not pickle
         "path": path,
@@ -135,29 +150,38 @@ def proxy_event(match: Match, *, method: str, raw_path: str, headers: list[tuple
         "multiValueQueryStringParameters": multi_query or None,
         "pathParameters": match.path_parameters or None,
         "stageVariables": None,
-        "requestContext": {
-            "accountId": ACCOUNT_ID,
-            "apiId": API_ID,
-            "resourceId": str(route.event),
-            "resourcePath": str(route.path),
-            "httpMethod": method,
-            "path": f"/{route.stage}{path}",
-            "stage": str(route.stage),
-            "protocol": "HTTP/1.1",
-            "requestId": request_id,
-            "extendedRequestId": request_id,
-            "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
-            "requestTimeEpoch": int(now.timestamp() * 1000),
-            "domainName": host,
-            "domainPrefix": host.split(".")[0],
-            "identity": {"sourceIp": source_ip, "userAgent": user_agent, "accountId": None, "apiKey": None,
-                         "caller": None, "user": None, "userArn": None, "cognitoIdentityId": None,
-                         "cognitoIdentityPoolId": None, "cognitoAuthenticationType": None,
-                         "cognitoAuthenticationProvider": None, "accessKey": None, "apiKeyId": None,
-                         "principalOrgId": None},
-        },
+        "requestContext": context,
         "body": body_text,
         "isBase64Encoded": is_b64,
+    }
+
+
+def request_context(method: str, path: str, headers: list[tuple[str, str]], *, source_ip: str, host: str,
+                    stage: str) -> dict[str, Any]:
+    """A request's `requestContext` (the $context variables), as far as API Gateway knows it before routing."""
+    now = datetime.now(timezone.utc)
+    request_id = str(uuid.uuid4())
+    user_agent = next((v for k, v in headers if k.lower() == "user-agent"), None)
+    return {
+        "accountId": ACCOUNT_ID,
+        "apiId": API_ID,
+        "resourceId": None,
+        "resourcePath": None,
+        "httpMethod": method,
+        "path": f"/{stage}{path}",
+        "stage": stage,
+        "protocol": "HTTP/1.1",
+        "requestId": request_id,
+        "extendedRequestId": request_id,
+        "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+        "requestTimeEpoch": int(now.timestamp() * 1000),
+        "domainName": host,
+        "domainPrefix": host.split(".")[0],
+        "identity": {"sourceIp": source_ip, "userAgent": user_agent, "accountId": None, "apiKey": None,
+                     "caller": None, "user": None, "userArn": None, "cognitoIdentityId": None,
+                     "cognitoIdentityPoolId": None, "cognitoAuthenticationType": None,
+                     "cognitoAuthenticationProvider": None, "accessKey": None, "apiKeyId": None,
+                     "principalOrgId": None},
     }
 
 
@@ -172,6 +196,8 @@ class ApiGateway:
         self.binary_media_types = binary_media_types or {}  # API logical id -> its binary media types
         self.gateway_responses = gateway_responses or {}  # API logical id -> response type -> the template's
         self.stages = {r.stage for r in routes}
+        apis = {r.api for r in routes}
+        self.default_api = next(iter(apis)) if len(apis) == 1 else None  # for a request that matches no path
         try:
             self.server = Server(("127.0.0.1", port), self._handler_class())
         except OSError as exc:
@@ -188,61 +214,86 @@ class ApiGateway:
         self.server.server_close()
         self.thread.join(timeout=5)
 
+    def _unstaged(self, raw_path: str) -> tuple[str, str]:
+        """(raw path, encoded path) without the stage: the deployed URL carries it (/prod/v1/...); accept both."""
+        encoded = urlsplit(raw_path).path
+        stage_prefix = encoded.split("/", 2)[1] if encoded.count("/") >= 2 else ""
+        if stage_prefix in self.stages:
+            return raw_path[len(stage_prefix) + 1:], encoded[len(stage_prefix) + 1:]
+        return raw_path, encoded
+
+    def _stage(self, api: str | None) -> str:
+        return next((str(r.stage) for _, _, r in self.router._routes if r.api == api), "")
+
+    def answer(self, api: str | None, response_type: str, context: dict[str, Any], *, status: int | None = None,
+               message: str | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
+        """API Gateway's own answer of `response_type` for a request: the API's declared gateway response, else
+        its DEFAULT_4XX / DEFAULT_5XX, else API Gateway's built-in `{"message": ...}` with the type's status."""
+        own_status, own_message = RESPONSE_TYPES[response_type]
+        status, message = status or own_status, message or own_message
+        declared = self.gateway_responses.get(api or "", {})
+        response = declared.get(response_type) or declared.get("DEFAULT_4XX" if status < 500 else "DEFAULT_5XX")
+        if response is not None:
+            return render_gateway_response(response, status, context, response_type, message)
+        headers = [("Content-Type", "application/json"), ("x-amzn-RequestId", str(context["requestId"]))]
+        return status, headers, json.dumps({"message": message}).encode()
+
+    def refuse(self, method: str, raw_path: str, headers: list[tuple[str, str]], source_ip: str, host: str,
+               refusal: RequestError) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The answer to a request refused before routing (local/httpserver.py): a body over 10 MB is the API's
+        REQUEST_TOO_LARGE gateway response; malformed HTTP is answered by the front door itself."""
+        if refusal.status != 413:
+            return refusal.status, _json_headers(), error_body(refusal.message, refusal.error_type, refusal.code)
+        _, encoded = self._unstaged(raw_path)
+        api = self.router.api_for(encoded) or self.default_api
+        context = request_context(method, unquote(encoded), headers, source_ip=source_ip, host=host,
+                                  stage=self._stage(api))
+        return self.answer(api, "REQUEST_TOO_LARGE", context)
+
     def handle(self, method: str, raw_path: str, headers: list[tuple[str, str]], body: bytes | None,
                source_ip: str, host: str) -> tuple[int, list[tuple[str, str]], bytes]:
         """One request in, one (status, headers, body) out."""
-        encoded = urlsplit(raw_path).path
-        stage_prefix = encoded.split("/", 2)[1] if encoded.count("/") >= 2 else ""
-        if stage_prefix in self.stages:  # the deployed URL carries the stage (/prod/v1/...); accept both
-            raw_path = raw_path[len(stage_prefix) + 1:]
-            encoded = encoded[len(stage_prefix) + 1:]
+        raw_path, encoded = self._unstaged(raw_path)
         path = unquote(encoded)
         match = self.router.match(method, encoded)
-        if match == "not_found":
-            return 404, _json_headers(), error_body(f"Unknown route: {method} {path}.", "not_found_error",
-                                                    "unknown_route")
-        if match == "method_not_allowed":
-            return 405, _json_headers(), error_body(f"Method {method} is not allowed on {path}.",
-                                                    "invalid_request_error", "method_not_allowed")
-        assert isinstance(match, Match)
+        if not isinstance(match, Match):  # API Gateway: an unknown path, or a method the path lacks, is the same
+            api = self.router.api_for(encoded) or self.default_api
+            context = request_context(method, path, headers, source_ip=source_ip, host=host, stage=self._stage(api))
+            return self.answer(api, "MISSING_AUTHENTICATION_TOKEN", context)
         event = proxy_event(match, method=method, raw_path=raw_path, headers=headers, body=body,
                             binary_media_types=self.binary_media_types.get(match.route.api, frozenset()),
                             source_ip=source_ip, host=host)
-        request_id = event["requestContext"]["requestId"]
+        context = event["requestContext"]
+        api = match.route.api
         try:
-            result = self.environments.invoke(match.route.function, event, request_id=request_id,
+            result = self.environments.invoke(match.route.function, event, request_id=context["requestId"],
                                               deadline=time.monotonic() + match.route.timeout_ms / 1000)
-        except Throttled as exc:  # Lambda's concurrency limit: API Gateway answers 429, the SDKs retry
-            log.warning("%s %s: throttled, %s", method, path, exc)
-            message = (f"Too many concurrent requests: all {self.environments.max_size} execution environments of "
-                       "the local stack are busy (see API_MAX_CONCURRENCY). Retry shortly.")
-            headers = [*_json_headers(request_id), ("Retry-After", str(exc.retry_after_s))]
-            return 429, headers, error_body(message, "rate_limit_error", "rate_limit_exceeded")
+        except Throttled as exc:  # every environment busy: the API's THROTTLED answer (429), which the SDKs retry
+            log.warning("%s %s: throttled, %s (see API_MAX_CONCURRENCY)", method, path, exc)
+            return self.answer(api, "THROTTLED", context)
         except IntegrationTimeout as exc:
             log.warning("%s %s: no answer within the route's %g s integration timeout: %s", method, path,
                         match.route.timeout_ms / 1000, exc)
-            return self._timed_out(match.route, event["requestContext"], queued=exc.queued)
+            return self._timed_out(match.route, context, queued=exc.queued)
         except InvocationFailed as exc:  # API Gateway answers 502 when the function errors
             log.error("%s failed on %s %s: %s\n%s", match.route.function, method, path, exc, exc.detail.rstrip())
-            return 502, _json_headers(request_id), error_body("Internal server error", "server_error",
-                                                              "function_error")
-        return _proxy_result(result, request_id, match.route.function)
+            return self.answer(api, "DEFAULT_5XX", context)
+        try:
+            return _proxy_result(result, context["requestId"])
+        except MalformedResult as exc:  # why, never the body itself (it may hold image bytes)
+            log.error("%s returned a malformed proxy response: %s; API Gateway answers 502", match.route.function, exc)
+            return self.answer(api, "DEFAULT_5XX", context)
 
     def _timed_out(self, route: ApiRoute, request_context: dict[str, Any], *,
                    queued: bool) -> tuple[int, list[tuple[str, str]], bytes]:
-        """API Gateway's answer at the route's integration timeout: the API's INTEGRATION_TIMEOUT gateway response
-        if the template declares one, else a plain 504. The function itself runs on (local/environments.py)."""
+        """API Gateway's answer at the route's integration timeout: the API's INTEGRATION_TIMEOUT gateway response.
+        The function itself runs on (local/environments.py)."""
         request_id = request_context["requestId"]
         if queued:  # a local artefact (Lambda would have started an environment): the function never ran
             message = ("The local stack was busy with other requests for longer than API Gateway waits "
                        f"(all {self.environments.max_size} execution environments; see API_MAX_CONCURRENCY).")
             return 504, _json_headers(request_id), error_body(message, "server_error", "integration_timeout")
-        declared = self.gateway_responses.get(route.api, {}).get("INTEGRATION_TIMEOUT")
-        if declared is not None:
-            return render_gateway_response(declared, TIMEOUT_STATUS, request_context, "INTEGRATION_TIMEOUT",
-                                           TIMEOUT_ERROR)
-        message = f"The function did not answer within API Gateway's {route.timeout_ms / 1000:g} s timeout."
-        return 504, _json_headers(request_id), error_body(message, "server_error", "integration_timeout")
+        return self.answer(route.api, "INTEGRATION_TIMEOUT", request_context)
 
     def _handler_class(self) -> type[RequestHandler]:
         gateway = self
@@ -254,8 +305,7 @@ class ApiGateway:
                     body = self.read_body()
                 except RequestError as exc:  # where the next request would start is unknown: close after
                     self.close_connection = True
-                    status, headers, payload = exc.status, _json_headers(), error_body(exc.message, exc.error_type,
-                                                                                       exc.code)
+                    status, headers, payload = self._refusal(exc)
                 else:
                     try:
                         status, headers, payload = gateway.handle(
@@ -263,18 +313,25 @@ class ApiGateway:
                             self.headers.get("Host") or f"127.0.0.1:{gateway.port}")
                     except Exception:  # noqa: BLE001 - a bug here must still answer, as API Gateway's 500 does
                         log.exception("%s %s: the local API Gateway failed", self.command, urlsplit(self.path).path)
-                        status, headers, payload = 500, _json_headers(), error_body(
-                            "Internal server error", "server_error", "gateway_error")
+                        context = request_context(self.command, urlsplit(self.path).path, [], stage="",
+                                                  source_ip=self.client_address[0], host="127.0.0.1")
+                        status, headers, payload = gateway.answer(gateway.default_api, "DEFAULT_5XX", context,
+                                                                  status=500)
                 self.send_json(status, payload, headers)
                 log.info("%s %s %d %.0f ms", self.command, urlsplit(self.path).path, status,
                          (time.monotonic() - started) * 1000)
+
+            def _refusal(self, exc: RequestError) -> tuple[int, list[tuple[str, str]], bytes]:
+                return gateway.refuse(self.command, self.path, list(self.headers.items()), self.client_address[0],
+                                      self.headers.get("Host") or f"127.0.0.1:{gateway.port}", exc)
 
             def handle_expect_100(self) -> bool:
                 # Refuse a body that would be refused anyway before the client sends it, not after `100 Continue`.
                 try:
                     self.body_length()
                 except RequestError as exc:
-                    self.send_json(exc.status, error_body(exc.message, exc.error_type, exc.code), close=True)
+                    status, headers, payload = self._refusal(exc)
+                    self.send_json(status, payload, headers, close=True)
                     log.info("%s %s %d (refused before 100 Continue)", self.command, urlsplit(self.path).path,
                              exc.status)
                     return False
@@ -306,7 +363,7 @@ def context_variables(request_context: dict[str, Any], response_type: str, error
     variables.update({f"identity.{name}": str(value) for name, value in request_context["identity"].items()
                       if value is not None})
     variables.update({"error.responseType": response_type, "error.message": error_message,
-                      "error.messageString": f'"{error_message}"'})
+                      "error.messageString": json.dumps(error_message)})
     return variables
 
 
@@ -326,14 +383,9 @@ class MalformedResult(ValueError):
     """A proxy integration result API Gateway cannot turn into an HTTP answer."""
 
 
-def _proxy_result(result: Any, request_id: str, function: str) -> tuple[int, list[tuple[str, str]], bytes]:
-    """The HTTP answer for a proxy integration result (API Gateway: a malformed result is a 502)."""
-    try:
-        status, headers, payload = _parse_result(result)
-    except MalformedResult as exc:  # why, never the body itself (it may hold image bytes)
-        log.error("%s returned a malformed proxy response: %s; API Gateway answers 502", function, exc)
-        return 502, _json_headers(request_id), error_body("Internal server error", "server_error",
-                                                          "malformed_proxy_response")
+def _proxy_result(result: Any, request_id: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The HTTP answer for a proxy integration result; MalformedResult for one API Gateway answers 502."""
+    status, headers, payload = _parse_result(result)
     return status, [*headers, ("x-amzn-RequestId", request_id)], payload
 
 

@@ -1,11 +1,11 @@
 """The HTTP/1.1 front door of the local API Gateway: it takes bursts of connections and answers every request.
 
-API Gateway's front end accepts whatever arrives and answers what it cannot parse itself (400, 408, 413,
-414, 431, 501, 505); it never closes a connection without an answer. So does this server: its listen
-backlog holds a burst of BACKLOG connections (the stdlib's default of 5 reset or stalled the rest), and
-the handler frames request bodies strictly (Content-Length or chunked, never both; RFC 9112 section 6),
-answering each malformed request in the gateway's OpenAI error shape and closing the connection, since
-where the next request would start is unknown.
+API Gateway's front end accepts whatever arrives and answers what it cannot parse itself (400, 408, 414, 431, 501,
+505; a body over 10 MB is the API's REQUEST_TOO_LARGE gateway response); it never closes a connection without an
+answer. So does this server: its listen backlog holds a burst of BACKLOG connections (the stdlib's default of 5
+reset or stalled the rest), and the handler frames request bodies strictly (Content-Length or chunked, never both;
+RFC 9112 section 6), answering each malformed request in the gateway's OpenAI error shape and closing the
+connection, since where the next request would start is unknown.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class RequestError(Exception):
 
 
 def too_large() -> RequestError:
-    return RequestError(413, "The request body is larger than API Gateway's 10 MB limit.", "payload_too_large")
+    """A body over 10 MB: answered with the API's REQUEST_TOO_LARGE gateway response (local/apigateway.py)."""
+    return RequestError(413, "Request Too Long", "payload_too_large")
 
 
 class Server(ThreadingHTTPServer):

@@ -1,9 +1,10 @@
 """The local API Gateway's HTTP layer under load and abuse, in process, in front of a tiny function.
 
-The gateway (local/apigateway.py) and its execution environments (local/environments.py) run as the stack
-runs them, but in front of a one-file handler written here, so each test starts in about a second: a
-burst of connections all answered, every malformed request answered (never a silent close), a function
-result API Gateway would refuse answered 502, and the pool growing, throttling and shrinking like Lambda.
+The gateway (local/apigateway.py) and its execution environments (local/environments.py) run as the stack runs
+them, but in front of a one-file handler written here, so each test starts in about a second: a burst of
+connections all answered, every malformed request answered (never a silent close), a function result API Gateway
+would refuse answered 502 (the template's own gateway responses), and the pool growing, throttling and shrinking
+like Lambda.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from local.apigateway import ApiGateway, _proxy_result
+from local import template
+from local.apigateway import ApiGateway, MalformedResult, _proxy_result
 from local.environments import EnvironmentPool
 from local.template import ApiRoute, Function
+
+SHIPPED = template.load(Path(__file__).resolve().parents[2])  # its GatewayResponses answer what the gateway does
 
 HANDLER = '''
 import json, os, time
@@ -61,9 +65,10 @@ class Gateway:
 
 def _gateway(code_dir: Path, **pool_options) -> Gateway:
     fn = _function(code_dir)
-    routes = [ApiRoute(function=fn.logical_id, event="Echo", path="/v1/echo", method="ANY", stage="prod")]
+    routes = [ApiRoute(function=fn.logical_id, event="Echo", path="/v1/echo", method="ANY", stage="prod",
+                       api="GatewayApi")]
     pool = EnvironmentPool({fn.logical_id: fn}, "us-east-1", **pool_options)
-    server = ApiGateway(routes, pool, port=0)
+    server = ApiGateway(routes, pool, port=0, gateway_responses=SHIPPED.gateway_responses)
     pool.start()
     try:
         pool.wait_ready()
@@ -295,22 +300,20 @@ INVALID_RESULTS = {
 def test_an_invalid_function_result_is_a_502(gateway: Gateway, name: str, caplog: pytest.LogCaptureFixture) -> None:
     status, headers, body = gateway.request(_post(json.dumps({"result": INVALID_RESULTS[name]})))
     assert status == 502, body[:300]
-    assert _assert_openai_error(headers, body)["code"] == "malformed_proxy_response"
-    assert headers.get("x-amzn-requestid")
+    assert _assert_openai_error(headers, body)["code"] == "gateway_error"  # the template's DEFAULT_5XX
+    assert headers.get("x-amzn-requestid") and headers["x-amzn-requestid"] in json.loads(body)["error"]["message"]
     assert any("malformed" in r.getMessage() and "EchoFunction" in r.getMessage() for r in caplog.records)
 
 
-def test_proxy_result_with_a_lone_surrogate_is_a_502_not_an_exception() -> None:
-    status, headers, payload = _proxy_result({"statusCode": 200, "body": "ok \ud800"}, "req-1", "Fn")
-    assert status == 502
-    assert json.loads(payload)["error"]["code"] == "malformed_proxy_response"
-    assert ("x-amzn-RequestId", "req-1") in headers
+def test_proxy_result_with_a_lone_surrogate_is_malformed_not_an_exception() -> None:
+    with pytest.raises(MalformedResult, match="body cannot be sent"):
+        _proxy_result({"statusCode": 200, "body": "ok \ud800"}, "req-1")
 
 
 def test_proxy_result_passes_a_valid_result_through() -> None:
     status, headers, payload = _proxy_result(
         {"statusCode": 201, "headers": {"A": "1"}, "multiValueHeaders": {"B": ["1", "2"]}, "body": "caf\u00e9"},
-        "req-2", "Fn")
+        "req-2")
     assert (status, payload) == (201, "caf\u00e9".encode())
     assert [h for h in headers if h[0] in ("A", "B")] == [("B", "1"), ("B", "2"), ("A", "1")]
 
