@@ -21,7 +21,7 @@ STACK_NAME ?= imagegw
 PROVIDERS ?=
 PROVIDERS_PARAM ?= /imagegw/providers
 
-.PHONY: help venv install run test unit integration lint bench build deploy key providers check-providers events simulators clean require-providers
+.PHONY: help venv install run test unit integration lint bench build deploy key redrive providers check-providers events simulators clean require-providers
 
 LOCAL_TARGETS := run simulators test unit integration lint bench events
 $(LOCAL_TARGETS): export AWS_DEFAULT_REGION := $(LOCAL_REGION)
@@ -64,10 +64,10 @@ bench: $(STAMP) ## benchmarks (BENCH=bench/<file> for one): a 10,000-line batch 
 
 # The Python that ships or runs: the layer package, the handlers, the local stack, the CLI, the scripts.
 LINT_PATHS := layers/imagegw/imagegw functions local cli/imagegw_cli scripts
-lint: $(STAMP) ## ruff and mypy on the Python code, then cfn-lint and sam validate --lint on template.yaml
+lint: $(STAMP) ## ruff and mypy on the Python code, then cfn-lint (with the serverless rules) and sam validate --lint
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy $(LINT_PATHS)
-	$(BIN)/cfn-lint template.yaml
+	$(BIN)/cfn-lint --append-rules cfn_lint_serverless.rules -- template.yaml
 	$(BIN)/sam validate --lint --template template.yaml
 
 build: $(STAMP) ## sam build (needs python3.12, found in .venv/bin)
@@ -86,6 +86,9 @@ require-providers:
 
 check-providers: $(STAMP) ## check PROVIDERS on its own (default config/providers.local.json): every problem with its JSON path
 	$(BIN)/python -m scripts.check_providers $(or $(strip $(PROVIDERS)),config/providers.local.json)
+
+redrive: $(STAMP) ## send the dead-letter queue's events and invocations back where they were going (DRY_RUN=1: only say)
+	$(BIN)/python -m scripts.redrive --stack $(STACK_NAME) $(if $(DRY_RUN),--dry-run)
 
 key: $(STAMP) ## create an API key in the deployed stack (printed once)
 	$(BIN)/python -m scripts.make_key --stack $(STACK_NAME) --name "$(or $(NAME),default)"

@@ -74,7 +74,7 @@ def clients() -> dict[str, Any]:
 
 def create_resources(tpl: LocalTemplate, aws: dict[str, Any]) -> None:
     for logical, props in tpl.tables.items():
-        _create_table(aws["dynamodb"], tpl.physical_names[logical], props)
+        create_table(aws["dynamodb"], tpl.physical_names[logical], props)
     for logical, props in tpl.buckets.items():
         _create_bucket(aws["s3"], tpl.physical_names[logical], props, tpl.region)
     for logical, props in tpl.queues.items():
@@ -89,7 +89,7 @@ def create_resources(tpl: LocalTemplate, aws: dict[str, Any]) -> None:
             log.info("event bus %s", name)
 
 
-def _create_table(ddb: Any, name: str, props: dict[str, Any]) -> None:
+def create_table(ddb: Any, name: str, props: dict[str, Any]) -> None:
     params: dict[str, Any] = {k: props[k] for k in _TABLE_KEYS if k in props}
     stream = props.get("StreamSpecification")
     if stream:

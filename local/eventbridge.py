@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 from . import aws
@@ -39,7 +40,8 @@ def rule_sources(tpl: LocalTemplate, clients: dict[str, Any]) -> list[QueueSourc
         aws.put_rule_to_queue(clients["events"], rule_name=name, bus_name=rule.bus_name, pattern=rule.pattern,
                               queue_arn=arn)
         log.info("rule %s on bus %s -> %s", name, rule.bus_name, rule.function)
-        sources.append(QueueSource(f"{rule.function}.{rule.event}", rule.function, url, visibility, _as_lambda_event))
+        sources.append(QueueSource(f"{rule.function}.{rule.event}", rule.function, url, visibility, _as_lambda_event,
+                                   on_give_up=_destination(fn, tpl.region, clients["sqs"])))
     return sources
 
 
@@ -63,7 +65,8 @@ def s3_sources(tpl: LocalTemplate, clients: dict[str, Any]) -> list[QueueSource]
             config["Filter"] = {"Key": {"FilterRules": [{"Name": r["Name"], "Value": r["Value"]}
                                                         for r in note.filter_rules]}}
         by_bucket.setdefault(note.bucket, []).append(config)
-        sources.append(QueueSource(f"{note.function}.{note.event}", note.function, url, visibility, _s3_event))
+        sources.append(QueueSource(f"{note.function}.{note.event}", note.function, url, visibility, _s3_event,
+                                   on_give_up=_destination(fn, tpl.region, clients["sqs"])))
     for bucket, configs in by_bucket.items():
         clients["s3"].put_bucket_notification_configuration(
             Bucket=bucket, NotificationConfiguration={"QueueConfigurations": configs})
@@ -88,7 +91,7 @@ def sqs_sources(tpl: LocalTemplate, clients: dict[str, Any]) -> list[QueueSource
         log.info("queue %s -> %s", ev.queue, ev.function)
         sources.append(QueueSource(f"{ev.function}.{ev.event}", ev.function, url, visibility,
                                    functools.partial(_sqs_event, arn=arn, region=tpl.region),
-                                   failed=_batch_item_failed))
+                                   failed=_batch_item_failed, max_receives=None))
     return sources
 
 
@@ -101,3 +104,30 @@ def _sqs_event(body: dict[str, Any], *, arn: str, region: str) -> dict[str, Any]
 def _batch_item_failed(result: Any) -> bool:
     """A handler answering ReportBatchItemFailures with a failed item: the message comes back, as in Lambda."""
     return isinstance(result, dict) and bool(result.get("batchItemFailures"))
+
+
+def destinations(tpl: LocalTemplate, clients: dict[str, Any]) -> dict[str, Any]:
+    """Each function's on-failure recorder (for the local Lambda Invoke API's asynchronous invocations)."""
+    found = {logical: _destination(fn, tpl.region, clients["sqs"]) for logical, fn in tpl.functions.items()}
+    return {logical: record for logical, record in found.items() if record is not None}
+
+
+def _destination(fn: Any, region: str, sqs: Any) -> Any:
+    """An asynchronous invocation that failed its retries, recorded as Lambda does in the function's on-failure
+    destination (`EventInvokeConfig`): the event as `requestPayload`, the error as `responsePayload`."""
+    if not fn.on_failure_queue:
+        return None
+    arn = f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{fn.name}"
+
+    def record(event: dict[str, Any], error: BaseException) -> None:
+        url = sqs.get_queue_url(QueueName=fn.on_failure_queue)["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps({
+            "version": "1.0", "timestamp": datetime.now(timezone.utc).isoformat(),
+            "requestContext": {"requestId": str(uuid.uuid4()), "functionArn": f"{arn}:$LATEST",
+                               "condition": "RetriesExhausted", "approximateInvokeCount": 3},
+            "requestPayload": event,
+            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+            "responsePayload": {"errorMessage": str(error)[:1000], "errorType": type(error).__name__}}))
+        log.warning("%s: the event went to its on-failure destination %s", fn.logical_id, fn.on_failure_queue)
+
+    return record

@@ -98,6 +98,10 @@ class QueueSource:
     visibility_timeout_s: int
     to_event: Callable[[dict[str, Any]], dict[str, Any] | None]
     failed: Callable[[Any], bool] = lambda _result: False  # an invocation's result that asks for a redelivery
+    #: receives before the event is given up (None: never here, the queue's own redrive policy decides)
+    max_receives: int | None = MAX_RECEIVES
+    #: what becomes of an event given up (the function's on-failure destination); None: dropped
+    on_give_up: Callable[[dict[str, Any], BaseException], None] | None = None
 
 
 class QueueDelivery:
@@ -149,10 +153,12 @@ class QueueDelivery:
         try:
             if self.source.failed(self._functions.invoke(self.source.function, event)):
                 raise RuntimeError("the function reported the message failed")
-        except Exception:  # noqa: BLE001 - a failed invocation is retried, not fatal
-            if receives >= MAX_RECEIVES:
+        except Exception as exc:  # noqa: BLE001 - a failed invocation is retried, not fatal
+            if self.source.max_receives is not None and receives >= self.source.max_receives:
                 log.exception("%s: invocation failed on receive %d; giving up on the event",
                               self.source.name, receives)
+                if self.source.on_give_up is not None:
+                    self.source.on_give_up(event, exc)
                 self._delete(message)
             else:
                 log.exception("%s: invocation failed on receive %d; retrying in %d s",

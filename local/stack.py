@@ -23,6 +23,7 @@ from typing import Any
 from . import aws, eventbridge, template
 from .apigateway import ApiGateway
 from .environments import DEFAULT_CONCURRENCY, EnvironmentPool, default_max_concurrency
+from .lambda_api import LambdaApi
 from .lambdas import Functions
 from .queues import QueueDelivery, WorkerPool
 from .schedule import Timer, rate_seconds
@@ -58,6 +59,12 @@ class Stack:
     _threads: list[threading.Thread] = field(default_factory=list)
     _saved_env: dict[str, str | None] = field(default_factory=dict)
     _stopped: bool = False
+    _lambda_api: LambdaApi | None = None
+
+    @property
+    def lambda_url(self) -> str | None:
+        """Lambda's Invoke API for the local functions (AWS_ENDPOINT_URL_LAMBDA for tools such as make redrive)."""
+        return self._lambda_api.url if self._lambda_api else None
 
     @property
     def base_url(self) -> str:
@@ -79,6 +86,8 @@ class Stack:
         self._stopped = True
         self._stopping.set()
         self._api.stop()
+        if self._lambda_api is not None:
+            self._lambda_api.stop()
         self._environments.stop()
         for thread in self._threads:
             thread.join(timeout=5)  # receive loops wake within their 1 s long poll
@@ -164,6 +173,10 @@ def start(port: int = 3000, aws_port: int = 4566, *, api_keys: str | None = None
 
         pool = WorkerPool(event_workers, stopping)
         pool.start()
+        lambda_api = LambdaApi(functions, pool, port=int(os.environ.get("LAMBDA_PORT") or 0),
+                               on_failure=eventbridge.destinations(tpl, clients))
+        lambda_api.start()
+        log.info("Lambda Invoke API on %s (AWS_ENDPOINT_URL_LAMBDA)", lambda_api.url)
         threads: list[threading.Thread] = []
         for source in (eventbridge.rule_sources(tpl, clients) + eventbridge.s3_sources(tpl, clients)
                        + eventbridge.sqs_sources(tpl, clients)):
@@ -202,7 +215,8 @@ def start(port: int = 3000, aws_port: int = 4566, *, api_keys: str | None = None
         raise
     assert api is not None and moto is not None and environments is not None
     stack = Stack(port=api.port, aws_port=moto.port, template=tpl, _moto=moto, _api=api, _stopping=stopping,
-                  _pool=pool, _environments=environments, _threads=threads, _saved_env=saved)
+                  _pool=pool, _environments=environments, _threads=threads, _saved_env=saved,
+                  _lambda_api=lambda_api)
     for route in tpl.api_routes:
         log.info("route %-6s %s -> %s", route.method, route.path, route.function)
     return stack

@@ -94,6 +94,7 @@ class Function:
     timeout_s: int
     memory_mb: int
     environment: dict[str, str]
+    on_failure_queue: str | None = None  # EventInvokeConfig's SQS on-failure destination (a queue name)
 
     @property
     def module_name(self) -> str:
@@ -394,6 +395,7 @@ def _add_function(out: LocalTemplate, logical: str, props: dict[str, Any], globa
         timeout_s=int(resolve(prop("Timeout", 3), f"{where}.Timeout")),
         memory_mb=int(resolve(prop("MemorySize", 128), f"{where}.MemorySize")),
         environment=env,
+        on_failure_queue=_on_failure_queue(resolve(prop("EventInvokeConfig") or {}, f"{where}.EventInvokeConfig")),
     )
     out.functions[logical] = fn
     for name, value in env.items():
@@ -429,6 +431,14 @@ def _add_function(out: LocalTemplate, logical: str, props: dict[str, Any], globa
                                                        events if isinstance(events, list) else [events], rules))
         else:
             log.warning("%s: event type %s is not emulated locally; skipped", ev_where, kind)
+
+
+def _on_failure_queue(config: dict[str, Any]) -> str | None:
+    """The queue an asynchronous invocation that failed its retries is recorded in (SQS destinations only)."""
+    on_failure = ((config.get("DestinationConfig") or {}).get("OnFailure")) or {}
+    if on_failure.get("Type") != "SQS" or not on_failure.get("Destination"):
+        return None
+    return str(on_failure["Destination"]).rsplit(":", 1)[-1]
 
 
 def _api_of(api_event: dict[str, Any], resources: dict[str, Any]) -> str:
