@@ -7,16 +7,17 @@ completes the task; "Webhook Due" makes one signed delivery attempt of a finishe
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 
-from imagegw import api, bus, observability, webhooks, worker
+from imagegw import api, bus, correlation, observability, webhooks, worker
 
 logger = Logger()
 tracer = Tracer()
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(clear_state=True, correlation_id_path=correlation.PATH)
 @tracer.capture_lambda_handler
 @observability.metrics.log_metrics
 @worker.lambda_time_bound
+@correlation.bound
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
         return api.handle(event, context)

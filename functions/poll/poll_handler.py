@@ -10,16 +10,17 @@ Shard" event per shard, and each comes back here (`sweeper`).
 
 from aws_lambda_powertools import Logger, Tracer
 
-from imagegw import api, observability, sweeper, worker
+from imagegw import api, correlation, observability, sweeper, worker
 
 logger = Logger()
 tracer = Tracer()
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(clear_state=True, correlation_id_path=correlation.PATH)
 @tracer.capture_lambda_handler
 @observability.metrics.log_metrics
 @worker.lambda_time_bound
+@correlation.bound
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
         return api.handle(event, context)

@@ -8,17 +8,18 @@ under batches/ starts a batch job, and "Batch Continue" carries it on (reading o
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 
-from imagegw import api, bus, intake, observability, worker
+from imagegw import api, bus, correlation, intake, observability, worker
 from imagegw.batches import jobs as batch_jobs
 
 logger = Logger()
 tracer = Tracer()
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(clear_state=True, correlation_id_path=correlation.PATH)
 @tracer.capture_lambda_handler
 @observability.metrics.log_metrics
 @worker.lambda_time_bound
+@correlation.bound
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
         return api.handle(event, context)

@@ -20,7 +20,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer, RequestBody, Tag
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 
-from . import bus, idempotency, inputs, keys, lifecycle, settings, storage, sync, tasks, views, worker
+from . import bus, correlation, idempotency, inputs, keys, lifecycle, settings, storage, sync, tasks, views, worker
 from .capabilities import validate_routable
 from .errors import (AuthenticationFailed, BadRequest, Conflict, GatewayError, GenerationInProgress, NotFound,
                      PayloadTooLarge, ServerError, from_task_error)
@@ -103,7 +103,18 @@ def docs_enabled() -> bool:
 
 
 def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Entry point for an API Gateway REST proxy event."""
+    """Entry point for an API Gateway REST proxy event: every answer carries the request's id (`x-request-id`,
+    the correlation id of its log lines)."""
+    answer = _handle(event, context)
+    request_id = correlation.of(event)
+    if request_id:
+        answer["headers"] = {**(answer.get("headers") or {}), "x-request-id": request_id}
+        if answer.get("multiValueHeaders"):
+            answer["multiValueHeaders"] = {**answer["multiValueHeaders"], "x-request-id": [request_id]}
+    return answer
+
+
+def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     try:
         body = event.get("body") or ""
         size = len(body) * 3 // 4 if event.get("isBase64Encoded") else len(body.encode(errors="surrogatepass"))

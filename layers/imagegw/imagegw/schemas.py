@@ -83,6 +83,8 @@ class Task(_Strict):
     usage: dict[str, Any] | None = None
     error: TaskError | None = Field(default=None, description="Why the task failed")
     reference: str | None = Field(default=None, description="The caller's id, for tasks requested by bus events")
+    request_id: str | None = Field(default=None, description="The request (x-request-id) or event that created "
+                                                             "it: the correlation id of its log lines")
     webhook: WebhookState | None = None
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from boto3.dynamodb.conditions import Attr, Key
 
-from . import clock, shards, table
+from . import clock, correlation, shards, table
 from .errors import BadRequest, Conflict, NotFound
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -94,6 +94,7 @@ class Task:
     waiting_since: int | None = None  # when it first had to wait
     waits: int = 0  # how many times it was put back to wait (its backoff grows with it)
     waiting_on: str | None = None  # the provider whose line it joined (`pacing`)
+    request_id: str | None = None  # the request (or event) that created it: its log lines' correlation id
     queue_position: int | None = None  # its place in that line, counted when the task is read (1 = next)
 
     @classmethod
@@ -130,6 +131,7 @@ def create(owner: str, model: str, request: dict[str, Any], *, task_id: str | No
                  "lease_id": uuid.uuid4().hex, "lease_until": until, "claims": 1}
     elif failed_with is not None:
         start = {"status": "failed", "stage": "done", "completed_at": now, "error": failed_with}
+    fields.setdefault("request_id", correlation.current())
     task = Task(id=task_id or new_task_id(), owner=owner, model=model, request=request, created_at=now,
                 updated_at=now, **start, **fields)
     item = {k: v for k, v in task.__dict__.items() if v is not None and v != [] and v != {}}

@@ -20,6 +20,8 @@ def task_object(task: Task) -> dict[str, Any]:
         obj["data"] = [_image_entry(image) for image in task.images]
     if task.reference is not None:
         obj["reference"] = task.reference
+    if task.request_id:
+        obj["request_id"] = task.request_id
     if task.webhook:
         obj["webhook"] = webhook_state(task)
     return obj
