@@ -237,7 +237,9 @@ def _call_upstream(task: Task, req: ImageRequest, routes: list[Route], job: Job,
                 busy = busy or (pacing.rate_limited(route, outcome.error, waits=task.waits), index)
                 continue
             if isinstance(outcome, Failed) and outcome.error.retriable and index + 1 < len(routes):
-                observability.fallback(route.provider, routes[index + 1].provider)
+                # the route tried next (those that cannot do the operation are skipped there too)
+                following = next((r for r in routes[index + 1:] if r in able), routes[index + 1])
+                observability.fallback(route.provider, following.provider)
                 logger.warning("route failed, falling back", extra={"task_id": task.id, "provider": route.provider,
                                                                      "error": outcome.error.message})
                 continue
@@ -711,6 +713,7 @@ def _count_fallback(task: Task) -> None:
 
     def provider(index: int) -> str:
         return routes[index].provider if index < len(routes) else "unknown"
+
     observability.fallback(provider(task.route_index), provider(task.route_index + 1))
 
 
