@@ -18,7 +18,7 @@ tracer = Tracer()
 
 @logger.inject_lambda_context(clear_state=True, correlation_id_path=correlation.PATH)
 @tracer.capture_lambda_handler
-@observability.metrics.log_metrics
+@observability.log_metrics
 @worker.lambda_time_bound
 @correlation.bound
 def lambda_handler(event: dict, context) -> dict | None:

@@ -3,7 +3,8 @@ request that came invalid over the bus or in a batch file.
 
 `ended(task)` does it all, once per task (its caller is whoever made the write that ended it):
 
-- metrics: TasksSucceeded / TasksFailed / TasksCancelled, and ImagesStored;
+- metrics: TasksSucceeded / TasksFailed / TasksCancelled, and ImagesStored / ImageBytesStored (what a
+  succeeded task keeps in the bucket);
 - the images of a task that did not succeed are removed (the bucket keeps succeeded tasks' images only);
 - the lifecycle event a team's own rules can match ("Image Task Succeeded" / "Image Task Failed"; a cancel
   was the caller's own doing);
@@ -39,6 +40,7 @@ def ended(task: Task) -> None:
                                            "error": (task.error or {}).get("message")})
     if task.status == "succeeded":
         count("ImagesStored", len(task.images))
+        count("ImageBytesStored", sum(int(image.get("size") or 0) for image in task.images))
     else:
         try:
             storage.discard_images(task.id)

@@ -39,8 +39,8 @@ from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger
 
-from . import (bus, checks, inputs, lifecycle, pacing, safe_fetch, settings, shards, storage, table, tasks, transport,
-               webhooks)
+from . import (bus, checks, inputs, lifecycle, observability, pacing, safe_fetch, settings, shards, storage, table,
+               tasks, transport, webhooks)
 from .batches import record as batch_record
 from .capabilities import routes_able_to
 from .clock import now_ms
@@ -135,7 +135,7 @@ def _submit_queued(task_id: str, wake: pacing.Wake | None, used: list[str]) -> T
         return None
     if _past_deadline(task):
         error = _waited_error(task) if task.waiting_for else _deadline_error()
-        return _step(task, _finish, task, "failed", error=error.task_error())
+        return _step(task, _fail_by_deadline, task, error)
     return _submit(task, wake=wake, used=used)
 
 
@@ -223,10 +223,13 @@ def _call_upstream(task: Task, req: ImageRequest, routes: list[Route], job: Job,
             line = task.waiting_on or (route.provider if task.waiting_for else None)  # (or a task from before)
             if line and (wake is None or line != wake.provider):
                 pacing.leave_line(line, task.id)
+            started = time.monotonic()
             try:
                 outcome = _refuse_unsafe_urls(get_dialect(route.dialect).submit(req, route, send, job))
             finally:
                 pacing.release(permit)
+            observability.upstream_call(route.provider, latency_ms=(time.monotonic() - started) * 1000,
+                                        failed=isinstance(outcome, Failed))
             if isinstance(outcome, Failed) and isinstance(outcome.error, RateLimited):
                 count("UpstreamRateLimited")
                 logger.warning("route failed, falling back" if index + 1 < len(routes) else "route rate limited",
@@ -234,7 +237,9 @@ def _call_upstream(task: Task, req: ImageRequest, routes: list[Route], job: Job,
                 busy = busy or (pacing.rate_limited(route, outcome.error, waits=task.waits), index)
                 continue
             if isinstance(outcome, Failed) and outcome.error.retriable and index + 1 < len(routes):
-                count("RouteFallbacks")
+                # the route tried next (those that cannot do the operation are skipped there too)
+                following = next((r for r in routes[index + 1:] if r in able), routes[index + 1])
+                observability.fallback(route.provider, following.provider)
                 logger.warning("route failed, falling back", extra={"task_id": task.id, "provider": route.provider,
                                                                      "error": outcome.error.message})
                 continue
@@ -265,8 +270,12 @@ def check_waiting(task_id: str, *, fetch_now: bool = False) -> Task | None:
 
 
 def _check_upstream(task: Task, route: Route) -> Outcome:
-    return _refuse_unsafe_urls(get_dialect(route.dialect).check(task.upstream["id"], route, transport.send,
-                                                                upstream=task.upstream))
+    started = time.monotonic()
+    outcome = _refuse_unsafe_urls(get_dialect(route.dialect).check(task.upstream["id"], route, transport.send,
+                                                                   upstream=task.upstream))
+    observability.upstream_check(route.provider, latency_ms=(time.monotonic() - started) * 1000,
+                                 failed=isinstance(outcome, Failed))
+    return outcome
 
 
 #: the longest a cancel waits on its upstream's answer (the client's cancel has already succeeded)
@@ -308,7 +317,7 @@ def _route_key(task: Task) -> str | None:
 def _apply_check(task: Task, outcome: Outcome, route: Route, fetch_now: bool) -> Task | None:
     unfinished = isinstance(outcome, Pending) or (isinstance(outcome, Failed) and outcome.error.retriable)
     if unfinished and _past_deadline(task):  # one last look was allowed; the result did not come in time
-        return _finish(task, "failed", error=_deadline_error().task_error())
+        return _fail_by_deadline(task, _deadline_error())
     if isinstance(outcome, Failed) and outcome.error.retriable:
         return _checked_later(tasks.release(task, retry_at=_next_check_at(task)))
     return _apply(task, outcome, route, task.route_index, fetch_now=fetch_now)
@@ -332,7 +341,7 @@ def store_generated(task_id: str) -> Task | None:
 
 def _store_sources(task: Task) -> Task | None:
     if _past_deadline(task):
-        return _finish(task, "failed", error=_deadline_error().task_error())
+        return _fail_by_deadline(task, _deadline_error())
     try:
         stored = _download(task, task.sources)
     except GatewayError as exc:
@@ -379,10 +388,13 @@ def sweep(*, partitions: list[str] | None = None) -> dict[str, int]:
     slots = threading.BoundedSemaphore(parallelism)  # never more queued than running: the budget stays exact
     futures = []
     table.task_table()  # created once, before the threads share it
+    oldest_created: int | None = None  # of the live tasks found due (see _emit_oldest_in_flight)
     with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="sweep") as pool:
         for partition in partitions:
             kind = shards.kind_of(partition)
             for page in table.due_pages(partition):
+                if kind == shards.LIVE:
+                    oldest_created = min(filter(None, [oldest_created, *map(_created_ms_of, page)]), default=None)
                 for task_id in page:
                     if counts["stopped"] or time_is_up():
                         counts["stopped"] += 1
@@ -401,7 +413,25 @@ def sweep(*, partitions: list[str] | None = None) -> dict[str, int]:
         action = future.result()
         if action:
             counts[action] += 1
+    if any(shards.kind_of(partition) == shards.LIVE for partition in partitions):
+        _emit_oldest_in_flight(oldest_created)
     return counts
+
+
+def _created_ms_of(task_id: str) -> int | None:
+    """A task's creation time, read off its id (`tasks.task_id`: `imgtask_` and 13 digits of milliseconds)."""
+    digits = task_id.removeprefix("imgtask_")[:13]
+    return int(digits) if len(digits) == 13 and digits.isdigit() else None
+
+
+def _emit_oldest_in_flight(oldest_created: int | None) -> None:
+    """OldestInFlightAgeSeconds: the age of the oldest live task this sweep found due, read off the ids it reads
+    anyway (no extra query; 0 when none was due). A task not yet due is younger than the deadline (no check is
+    scheduled past it), so every task older than TASK_DEADLINE_S is among those read: above the deadline the value
+    is the true age of the oldest in-flight task, which is what its alarm watches (a task the sweep does not end
+    on time); below it, a lower bound. Each sweep shard's invocation emits its own: read it as the Maximum."""
+    age_s = max(0, now_ms() - oldest_created) // 1000 if oldest_created is not None else 0
+    observability.gauge("OldestInFlightAgeSeconds", age_s)
 
 
 def sweep_lines() -> dict[str, int]:
@@ -523,7 +553,7 @@ def _apply_wait(task: Task, busy: pacing.Busy, route: Route) -> Task | None:
     since = task.waiting_since or now_ms()
     waiting = dataclasses.replace(task, waiting_since=since, waiting_for=busy.reason)
     if busy.retry_at >= _deadline_ms(task):
-        return _finish(task, "failed", error=_waited_error(waiting).task_error())
+        return _fail_by_deadline(task, _waited_error(waiting))
     count("TasksWaiting")
     logger.info("task waits for its provider", extra={"task_id": task.id, "provider": busy.provider,
                                                       "reason": busy.reason, "retry_at": busy.retry_at})
@@ -664,7 +694,7 @@ def _next_route_exists(task: Task) -> bool:
 
 def _resubmit_on_next_route(task: Task, error: GatewayError) -> Task | None:
     """The images of this route cannot be had: start over on the next route (its submit stage)."""
-    count("RouteFallbacks")
+    _count_fallback(task)
     logger.warning("route's images unusable, falling back", extra={"task_id": task.id, "error": error.message})
     moved = tasks.advance(task, "queued", next_check_at=_next_check_at(task, REPUBLISH_AFTER_S * 1000),
                           route_index=task.route_index + 1, images=[], sources=[], usage=None)
@@ -672,6 +702,19 @@ def _resubmit_on_next_route(task: Task, error: GatewayError) -> Task | None:
     if moved:
         bus.publish(bus.TASK_QUEUED, task.id)
     return moved
+
+
+def _count_fallback(task: Task) -> None:
+    """RouteFallbacks from the task's route to the next one (providers unnamed when the configuration changed)."""
+    try:
+        routes = routes_for(task.model)
+    except GatewayError:
+        routes = []
+
+    def provider(index: int) -> str:
+        return routes[index].provider if index < len(routes) else "unknown"
+
+    observability.fallback(provider(task.route_index), provider(task.route_index + 1))
 
 
 def _image_item(index: int, kept: storage.StoredImage, revised_prompt: str | None) -> dict[str, Any]:
@@ -801,5 +844,16 @@ def _give_up_if_overdue(task: Task, *, only_past_deadline: bool = False) -> bool
         reason = _deadline_error()
     failed = tasks.fail_unclaimed(task.id, reason.task_error())
     if failed:
+        if overdue:
+            count("TasksFailedByDeadline")
         lifecycle.ended(failed)
     return failed is not None
+
+
+def _fail_by_deadline(task: Task, error: GatewayError) -> Task | None:
+    """End a claimed task that its deadline ran out on (`error`: upstream_timeout, or upstream_rate_limited when
+    it waited for its provider), counted as TasksFailedByDeadline (the alarm of that name) once the write lands."""
+    done = _finish(task, "failed", error=error.task_error())
+    if done is not None:
+        count("TasksFailedByDeadline")
+    return done
