@@ -109,13 +109,13 @@ def test_handler_import_time_as_a_ratio_to_boto3():
     def row(what: str, name: str) -> str:
         cells = ["  ".join(f"{label} {ratio(f'{label} {name}{suffix}'):4.2f} x" for label in reversed(roots))
                  for suffix in ("", " traced")]
-        return f"  {what:28s} {cells[0]:24s} | {cells[1]}"
+        return f"  {what:36s} {cells[0]:28s} | {cells[1]}"
 
     over = []
     for function, module in HANDLERS.items():
         heavy = sorted(_top_level_packages(module, _env(ROOT)) & set(WATCH))
         print(f"{function}: import {module} loads {', '.join(heavy) or 'none of ' + ', '.join(WATCH)}")
-        print(f"  {'':28s} {'tracing off':24s} | tracing on (in Lambda, as deployed)")
+        print(f"  {'':36s} {'tracing off':28s} | tracing on (in Lambda, as deployed)")
         print(row("import", function))
         for path in CODE_PATHS[function]:
             print(row(f"+ first {path} event", f"{function} {path}"))

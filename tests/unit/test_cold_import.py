@@ -48,9 +48,8 @@ def test_a_handler_import_loads_no_code_path_and_no_heavy_package(module):
 
 @pytest.mark.parametrize("module", HANDLERS)
 def test_with_tracing_on_as_in_lambda_the_handler_is_traced(module):
-    found = loaded(f"import {module}\nassert hasattr({module}.lambda_handler, '__wrapped__')",
-                   LAMBDA_TASK_ROOT=str(ROOT))
-    assert "aws_xray_sdk" in found
+    found = loaded(f"import {module}", LAMBDA_TASK_ROOT=str(ROOT))
+    assert "aws_xray_sdk" in found  # the Tracer's X-Ray recorder, loaded and patching at init
 
 
 @pytest.mark.parametrize("module", HANDLERS)
