@@ -2,30 +2,37 @@
 
 "Task Generated" downloads the upstream image URLs (SSRF-guarded, streamed) into the image bucket and
 completes the task; "Webhook Due" makes one signed delivery attempt of a finished task's webhook.
+
+Each kind of event imports its own code path when it first comes (imagegw.entry).
 """
 
-from aws_lambda_powertools import Logger, Tracer
-from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
+from aws_lambda_powertools import Logger
 
-from imagegw import api, bus, correlation, observability, webhooks, worker
+from imagegw import correlation, entry, observability
 
 logger = Logger()
-tracer = Tracer()
+#: the modules of this function's code paths (imported at init only for SnapStart / provisioned concurrency)
+CODE_PATHS = ("imagegw.api", "imagegw.webhooks", "imagegw.worker")
+entry.preload(*CODE_PATHS)
 
 
 @logger.inject_lambda_context(clear_state=True, correlation_id_path=correlation.PATH)
-@tracer.capture_lambda_handler
+@entry.traced
 @observability.log_metrics
-@worker.lambda_time_bound
+@entry.lambda_time_bound
 @correlation.bound
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
+        from imagegw import api
         return api.handle(event, context)
-    bus_event = EventBridgeEvent(event)
-    task_id = bus_event.detail["task_id"]
+    detail_type, detail = event["detail-type"], event["detail"]  # an EventBridge event
+    task_id = detail["task_id"]
     logger.append_keys(task_id=task_id)
-    if bus_event.detail_type == bus.WEBHOOK_DUE:
+    from imagegw import bus
+    if detail_type == bus.WEBHOOK_DUE:
+        from imagegw import webhooks
         webhooks.deliver_due(task_id)
     else:
+        from imagegw import worker
         worker.store_generated(task_id)
     return None

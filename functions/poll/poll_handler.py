@@ -6,24 +6,30 @@ hands its id here (`checks`, `sweeper.run_checks`). The sweep re-publishes event
 upstreams that are due (a check whose message was lost too), and fails tasks past their deadline; a client that
 never polls still sees its task finish. With several sweep shards the schedule's invocation publishes a "Sweep
 Shard" event per shard, and each comes back here (`sweeper`).
+
+Each kind of event imports its own code path when it first comes (imagegw.entry).
 """
 
-from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools import Logger
 
-from imagegw import api, correlation, observability, sweeper, worker
+from imagegw import correlation, entry, observability
 
 logger = Logger()
-tracer = Tracer()
+#: the modules of this function's code paths (imported at init only for SnapStart / provisioned concurrency)
+CODE_PATHS = ("imagegw.api", "imagegw.sweeper")
+entry.preload(*CODE_PATHS)
 
 
 @logger.inject_lambda_context(clear_state=True, correlation_id_path=correlation.PATH)
-@tracer.capture_lambda_handler
+@entry.traced
 @observability.log_metrics
-@worker.lambda_time_bound
+@entry.lambda_time_bound
 @correlation.bound
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
+        from imagegw import api
         return api.handle(event, context)
+    from imagegw import sweeper
     counts = sweeper.handle(event, context)
     if any(counts.values()):
         logger.info("sweep", extra=counts)

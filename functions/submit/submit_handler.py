@@ -3,37 +3,45 @@
 HTTP requests go to the shared API; "Task Queued" sends a task to its upstream; "Image Generation
 Requested" (another application asking over the bus) creates a task and sends it; an S3 object created
 under batches/ starts a batch job, and "Batch Continue" carries it on (reading or writing its results).
+
+Each kind of event imports its own code path when it first comes (imagegw.entry): a cold start pays for
+the path of the event that woke it.
 """
 
-from aws_lambda_powertools import Logger, Tracer
-from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
+from aws_lambda_powertools import Logger
 
-from imagegw import api, bus, correlation, intake, observability, worker
-from imagegw.batches import jobs as batch_jobs
+from imagegw import correlation, entry, observability
 
 logger = Logger()
-tracer = Tracer()
+#: the modules of this function's code paths (imported at init only for SnapStart / provisioned concurrency)
+CODE_PATHS = ("imagegw.api", "imagegw.batches.jobs", "imagegw.intake", "imagegw.worker")
+entry.preload(*CODE_PATHS)
 
 
 @logger.inject_lambda_context(clear_state=True, correlation_id_path=correlation.PATH)
-@tracer.capture_lambda_handler
+@entry.traced
 @observability.log_metrics
-@worker.lambda_time_bound
+@entry.lambda_time_bound
 @correlation.bound
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
+        from imagegw import api
         return api.handle(event, context)
+    from imagegw.batches import jobs as batch_jobs
     if batch_jobs.is_s3_event(event):
         batch_jobs.on_s3_event(event, context)
         return None
-    bus_event = EventBridgeEvent(event)
-    if bus_event.detail_type == batch_jobs.BATCH_CONTINUE:
+    detail_type = event["detail-type"]  # an EventBridge event
+    if detail_type == batch_jobs.BATCH_CONTINUE:
         batch_jobs.on_continue(event, context)
         return None
-    if bus_event.detail_type == bus.GENERATION_REQUESTED:
+    from imagegw import bus
+    if detail_type == bus.GENERATION_REQUESTED:
+        from imagegw import intake
         intake.accept(event)
         return None
-    logger.append_keys(task_id=bus_event.detail["task_id"])
-    detail = bus_event.detail
+    detail = event["detail"]
+    logger.append_keys(task_id=detail["task_id"])
+    from imagegw import worker
     worker.submit_queued(detail["task_id"], woken_by=detail.get("woken_by"), slot=detail.get("slot"))
     return None

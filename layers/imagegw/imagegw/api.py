@@ -9,15 +9,16 @@ matching status: bad input is always a 4xx.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import threading
 import time
 from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer, RequestBody, Tag
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 
 from . import bus, correlation, idempotency, inputs, keys, lifecycle, settings, storage, sync, tasks, views, worker
@@ -71,6 +72,7 @@ class _Resolver(APIGatewayRestResolver):
         for path, body in MULTIPART_BODIES.items():  # file uploads, which Powertools does not describe
             item = (schema.paths or {}).get(path)
             if item is not None and item.post is not None:
+                from aws_lambda_powertools.event_handler.openapi.models import RequestBody
                 item.post.requestBody = RequestBody.model_validate(body)
         schemas = (schema.components.schemas if schema.components else None) or {}
         for name in self._POWERTOOLS_SCHEMAS:  # the last is what the others refer to
@@ -83,18 +85,33 @@ class _Resolver(APIGatewayRestResolver):
 app = _Resolver(enable_validation=True, json_body_deserializer=load_json_object)
 
 DOCS_PATHS = ("/docs", "/openapi.json")
-OPENAPI_INFO: dict[str, Any] = {
-    "title": "imagegw",
-    "version": "1.0.0",
-    "description": "One OpenAI-compatible image endpoint in front of many providers; every image is kept in "
-                   "your S3 bucket. Errors are OpenAI-shaped: {error: {message, type, param, code}}.",
-    "security_schemes": {"bearer": HTTPBearer(description="Authorization: Bearer <API key>")},
-    "security": [{"bearer": []}],
-    "tags": [Tag(name="images", description="Create images (sync, or as a task)"),
-             Tag(name="tasks", description="Read, list and cancel image tasks, and fetch their images"),
-             Tag(name="models", description="The model names this gateway routes")],
-}
-app.enable_swagger(path="/docs", **OPENAPI_INFO)
+_DOCS_LOCK = threading.Lock()
+
+
+def openapi_info() -> dict[str, Any]:
+    """The document's title, security and tags. Its OpenAPI models (and the `/docs` page, registered here) load on
+    the first documentation request: no other route needs them, and they are a tenth of a cold start."""
+    with _DOCS_LOCK:
+        return _openapi_info()
+
+
+@functools.cache
+def _openapi_info() -> dict[str, Any]:
+    from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer, Tag
+
+    info: dict[str, Any] = {
+        "title": "imagegw",
+        "version": "1.0.0",
+        "description": "One OpenAI-compatible image endpoint in front of many providers; every image is kept in "
+                       "your S3 bucket. Errors are OpenAI-shaped: {error: {message, type, param, code}}.",
+        "security_schemes": {"bearer": HTTPBearer(description="Authorization: Bearer <API key>")},
+        "security": [{"bearer": []}],
+        "tags": [Tag(name="images", description="Create images (sync, or as a task)"),
+                 Tag(name="tasks", description="Read, list and cancel image tasks, and fetch their images"),
+                 Tag(name="models", description="The model names this gateway routes")],
+    }
+    app.enable_swagger(path="/docs", **info)
+    return info
 
 
 def docs_enabled() -> bool:
@@ -126,6 +143,7 @@ def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if event.get("path") in DOCS_PATHS and event.get("httpMethod") == "GET":
             if not docs_enabled():
                 raise NotFound("The API documentation is switched off for this deployment.", code="unknown_route")
+            openapi_info()  # registers /docs
             return app.resolve(event, context)  # the documentation needs no key
         headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
         authorization = headers.get("authorization")
@@ -299,7 +317,7 @@ def get_image(task_id: TaskId, index: Annotated[str, Path(pattern=r"^(0|[1-9][0-
 @app.get("/openapi.json", include_in_schema=False)
 def openapi_document():
     return Response(status_code=200, content_type=content_types.APPLICATION_JSON,
-                    body=app.get_openapi_json_schema(**OPENAPI_INFO))
+                    body=app.get_openapi_json_schema(**openapi_info()))
 
 
 @app.get("/v1/models", summary="List the public model names this gateway routes", tags=["models"],

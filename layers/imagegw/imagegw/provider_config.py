@@ -35,7 +35,6 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
-import yaml
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -131,6 +130,8 @@ def _parse(text: str) -> tuple[Any, str | None]:
         return json.loads(text), None
     except ValueError:
         pass
+    import yaml  # only a configuration that is not JSON (the deployed one is JSON) loads the YAML parser
+
     try:
         return yaml.safe_load(text), None
     except yaml.YAMLError as exc:

@@ -107,6 +107,10 @@ class Settings:
     aws_endpoint_url_s3: str | None = field(default=None, metadata=_env(
         "AWS_ENDPOINT_URL_S3", "a local S3 endpoint"))
 
+    # Lambda sets this; the handlers import every code path at init when no request waits on it (see `entry`).
+    lambda_initialization_type: str | None = field(default=None, metadata=_env(
+        "AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand, provisioned-concurrency or snap-start"))
+
     @property
     def s3_is_local(self) -> bool:
         return bool(self.aws_endpoint_url_s3 or self.aws_endpoint_url)

@@ -33,7 +33,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -44,6 +43,7 @@ from . import (bus, checks, inputs, lifecycle, observability, pacing, safe_fetch
 from .batches import record as batch_record
 from .capabilities import routes_able_to
 from .clock import now_ms
+from .entry import time_left_ms as _time_left_ms
 from .dialects import GENERATE, VARIATION, Done, Failed, HttpCall, HttpReply, Job, Outcome, Pending, get_dialect
 from .errors import (GatewayError, ProviderConfigInvalid, RateLimited, ServerError, UpstreamFailed,
                      UpstreamRateLimited, UpstreamTimeout)
@@ -750,24 +750,6 @@ def _waiting_route(task: Task) -> Route:
 
 
 # -- steps that never leave a task hanging ------------------------------------------------------------------
-
-_time_left_ms: ContextVar[Callable[[], int] | None] = ContextVar("time_left_ms", default=None)
-
-
-def lambda_time_bound(handler: Callable[[Any, Any], T]) -> Callable[[Any, Any], T]:
-    """Decorate a Lambda handler: the stage retries it makes start only while the invocation has time for them
-    (one killed mid-backoff would leave its task on a lease for WORKER_LEASE_S)."""
-
-    @functools.wraps(handler)
-    def bounded(event: Any, context: Any) -> T:
-        token = _time_left_ms.set(getattr(context, "get_remaining_time_in_millis", None))
-        try:
-            return handler(event, context)
-        finally:
-            _time_left_ms.reset(token)
-
-    return bounded
-
 
 def _step(task: Task, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run one step of a claimed task's stage, so that no exception leaves the task on its lease.

@@ -1,0 +1,69 @@
+"""What every function handler wraps itself in, kept light enough to import on a cold start.
+
+A handler module imports only this, the logger and the metrics sink; each kind of event imports the modules of
+its own code path when it first comes (`import` is a dictionary look-up after that). So a cold start pays for
+the path of the event that woke it, not for all of them: a "Task Queued" event never loads the HTTP API's
+resolver and its pydantic models, an API request never loads the batch reader. Where initialisation is not
+on a request's clock (a SnapStart snapshot, provisioned concurrency) `preload` imports every path at init
+instead, so the snapshot holds them and no restored invocation pays for an import. `bench/test_cold_import.py`
+measures it and tests/unit/test_cold_import.py keeps the heavy packages out of the handlers' imports.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from contextvars import ContextVar
+from importlib import import_module
+from typing import Any, TypeVar
+
+from aws_lambda_powertools import Tracer
+
+from . import settings
+
+T = TypeVar("T")
+
+#: the invocation's `context.get_remaining_time_in_millis` (worker: stage retries start only while there is time)
+time_left_ms: ContextVar[Callable[[], int] | None] = ContextVar("time_left_ms", default=None)
+
+#: AWS_LAMBDA_INITIALIZATION_TYPE values whose init no request waits for
+PRELOADED_INITIALIZATIONS = frozenset({"snap-start", "provisioned-concurrency"})
+
+
+def preload(*modules: str) -> bool:
+    """Import a handler's code paths at init where that init is done ahead of requests (see
+    PRELOADED_INITIALIZATIONS); on an on-demand cold start each path loads when its first event comes."""
+    if settings.current().lambda_initialization_type not in PRELOADED_INITIALIZATIONS:
+        return False
+    for module in modules:
+        import_module(module)
+    return True
+
+
+def lambda_time_bound(handler: Callable[[Any, Any], T]) -> Callable[[Any, Any], T]:
+    """Decorate a Lambda handler: the stage retries it makes start only while the invocation has time for them
+    (one killed mid-backoff would leave its task on a lease for WORKER_LEASE_S)."""
+
+    @functools.wraps(handler)
+    def bounded(event: Any, context: Any) -> T:
+        token = time_left_ms.set(getattr(context, "get_remaining_time_in_millis", None))
+        try:
+            return handler(event, context)
+        finally:
+            time_left_ms.reset(token)
+
+    return bounded
+
+
+def tracing_disabled() -> bool:
+    """Powertools' own rule: POWERTOOLS_TRACE_DISABLED, or not running in Lambda (or in `sam local`)."""
+    return bool(Tracer._is_tracer_disabled())
+
+
+def traced(handler: Callable[[Any, Any], T]) -> Callable[[Any, Any], T]:
+    """`Tracer().capture_lambda_handler` where tracing is on (in Lambda, `Tracing: Active`). Where it is off, the
+    handler as it is: a disabled Tracer would still import the X-Ray SDK (about half an `import boto3`) only to
+    record nothing."""
+    if tracing_disabled():
+        return handler
+    return Tracer().capture_lambda_handler(handler)
