@@ -12,6 +12,8 @@ measures it and tests/unit/test_cold_import.py keeps the heavy packages out of t
 from __future__ import annotations
 
 import functools
+import random
+import sys
 from collections.abc import Callable
 from contextvars import ContextVar
 from importlib import import_module
@@ -67,3 +69,38 @@ def traced(handler: Callable[[Any, Any], T]) -> Callable[[Any, Any], T]:
     if tracing_disabled():
         return handler
     return Tracer().capture_lambda_handler(handler)
+
+
+# -- SnapStart ------------------------------------------------------------------------------------------------
+
+#: what caches a connection or a session when first used (module, cached callable): a snapshot taken after
+#: one was made would hand every restored environment the same frozen connection
+_CONNECTIONS = (("imagegw.table", "task_table"), ("imagegw.bus", "client"), ("imagegw.storage", "s3"),
+                ("imagegw.keys", "keys_table"), ("imagegw.transport", "session"), ("imagegw.checks", "_queue"))
+
+
+def after_restore() -> None:
+    """What a function resumed from a SnapStart snapshot makes again: `random`'s state (every environment
+    restored from one snapshot would otherwise draw the same backoff jitter and slot order; uuid4 and secrets
+    read the OS's entropy and need nothing) and the AWS clients and HTTP sessions cached before the snapshot,
+    whose connections it froze."""
+    random.seed()
+    for module_name, attribute in _CONNECTIONS:
+        module = sys.modules.get(module_name)
+        cached = getattr(module, attribute, None) if module is not None else None
+        if cached is not None and hasattr(cached, "cache_clear"):
+            cached.cache_clear()
+
+
+def register_snapstart_hooks() -> bool:
+    """Register `after_restore` with Lambda's runtime hooks (the `snapshot_restore_py` library the Python
+    managed runtimes include); False where it is absent (tests, the local stack)."""
+    try:
+        from snapshot_restore_py import register_after_restore  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    register_after_restore(after_restore)
+    return True
+
+
+register_snapstart_hooks()
