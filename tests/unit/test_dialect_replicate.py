@@ -378,7 +378,7 @@ def test_a_task_cancelled_before_it_reached_upstream_sends_no_cancel(replicate, 
 def test_a_422_is_a_400_naming_the_field_and_nothing_else_is_tried(replicate, monkeypatch):
     sim = replicate(Behaviour(fast=True))
     # a mapping the simulator refuses (as Replicate would) reaches the client as a 400 naming the field
-    monkeypatch.setattr("imagegw.dialects.replicate.aspect_ratio", lambda req, model: "7:3")
+    monkeypatch.setattr("imagegw.dialects.replicate.requested_ratio", lambda req, ratios: "7:3")
     answer = generate({"model": "flux-pro", "prompt": "p", "size": "1024x1024"})
     assert answer.status == 400, answer.body
     error = answer.json()["error"]  # (a task's stored error keeps code and message: the message names the field)

@@ -153,6 +153,21 @@ def nearest_ratio(width: float, height: float, ratios: frozenset[str] | set[str]
     return min(sorted(shapes), key=lambda r: abs(_log_ratio(*shapes[r]) - target))
 
 
+def requested_ratio(req: ImageRequest, ratios: frozenset[str] | set[str]) -> str | None:
+    """The aspect ratio a request asks for, as one of `ratios`: `aspect_ratio` when given, else a ratio or pixel
+    `size`; as is when listed, else the nearest listed ratio (1792x1024 -> 16:9). None for `auto` or neither
+    (the caller's default). What the ratio-speaking dialects (jimeng, gemini, bedrock, replicate) send."""
+    for value in (req.aspect_ratio, req.size):
+        if not value or value == "auto":
+            continue
+        if value in ratios:
+            return value
+        shape = parse_ratio(value) or parse_pixels(value)
+        if shape:
+            return nearest_ratio(shape[0], shape[1], ratios)
+    return None
+
+
 def nearest_size(width: float, height: float, sizes: frozenset[str] | set[str]) -> str:
     """The listed WxH size closest in aspect ratio to width:height (then in area)."""
     target = _log_ratio(width, height)

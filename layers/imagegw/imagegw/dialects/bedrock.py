@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote
 
-from ..capabilities import STABILITY_RATIOS, nearest_ratio, parse_pixels, parse_ratio
+from ..capabilities import STABILITY_RATIOS, parse_pixels, parse_ratio, requested_ratio
 from ..errors import (ContentPolicyViolation, GatewayError, ProviderConfigInvalid, RateLimited, UpstreamFailed,
                       UpstreamTimeout, policy_violation, refusal)
 from ..request import ImageRequest
@@ -77,16 +77,7 @@ def family(model: str) -> str | None:
 def stability_ratio(req: ImageRequest) -> str:
     """The aspect ratio to ask for: `aspect_ratio` as given, else a ratio `size`, else the listed ratio nearest a
     pixel `size`; 1:1 when neither is set (or `auto`). Validation has refused ratios that are not listed."""
-    for value in (req.aspect_ratio, req.size):
-        if not value or value == "auto":
-            continue
-        if value in STABILITY_RATIOS:
-            return value
-        shape = parse_pixels(value) or parse_ratio(value)
-        if shape:
-            width, height = shape
-            return nearest_ratio(width, height, STABILITY_RATIOS)
-    return "1:1"
+    return requested_ratio(req, STABILITY_RATIOS) or "1:1"
 
 
 def stability_bodies(req: ImageRequest, model: str) -> list[dict[str, Any]]:

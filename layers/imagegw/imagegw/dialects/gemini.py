@@ -34,7 +34,7 @@ import math
 from typing import Any
 from urllib.parse import quote
 
-from ..capabilities import GEMINI_RATIOS, IMAGEN_RATIOS, capability_for, nearest_ratio, parse_pixels, parse_ratio
+from ..capabilities import GEMINI_RATIOS, IMAGEN_RATIOS, capability_for, requested_ratio
 from ..errors import BadRequest, ContentPolicyViolation, UpstreamFailed
 from ..request import ImageRequest
 from ..routing import Route
@@ -73,20 +73,6 @@ def image_sizes(upstream_model: str) -> list[str]:
     return [r for r in IMAGE_SIZE if r in listed] if len(listed) > 1 else []
 
 
-def aspect_ratio(req: ImageRequest, ratios: frozenset[str]) -> str | None:
-    """`aspect_ratio` when given, else a ratio or pixel `size`: as is when listed, else the nearest listed ratio
-    (1792x1024 -> 16:9); None for `auto` or neither (the model's default)."""
-    for value in (req.aspect_ratio, req.size):
-        if not value or value == "auto":
-            continue
-        if value in ratios:
-            return value
-        shape: tuple[float, float] | None = parse_ratio(value) or parse_pixels(value)
-        if shape:
-            return nearest_ratio(*shape, ratios)
-    return None
-
-
 def image_size(req: ImageRequest, upstream_model: str) -> str | None:
     """The requested resolution as Google's size where the model takes one: as given, or the model's largest
     when it asks for more; None when none was asked or the model takes none."""
@@ -107,7 +93,7 @@ def carried(upstream_model: str) -> frozenset[str]:
 def content_body(req: ImageRequest, upstream_model: str) -> dict[str, Any]:
     """One generateContent request (one image)."""
     image_config: dict[str, Any] = {}
-    if ratio := aspect_ratio(req, GEMINI_RATIOS):
+    if ratio := requested_ratio(req, GEMINI_RATIOS):
         image_config["aspectRatio"] = ratio
     if size := image_size(req, upstream_model):
         image_config["imageSize"] = size
@@ -120,7 +106,7 @@ def content_body(req: ImageRequest, upstream_model: str) -> dict[str, Any]:
 def predict_body(req: ImageRequest, upstream_model: str, count: int) -> dict[str, Any]:
     """One Imagen predict request for `count` (1-4) images; `includeRaiReason` so a filtered image says why."""
     parameters: dict[str, Any] = {"sampleCount": count}
-    if ratio := aspect_ratio(req, IMAGEN_RATIOS):
+    if ratio := requested_ratio(req, IMAGEN_RATIOS):
         parameters["aspectRatio"] = ratio
     if size := image_size(req, upstream_model):
         parameters["sampleImageSize"] = size

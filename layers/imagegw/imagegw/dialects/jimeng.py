@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..capabilities import JIMENG, nearest_ratio, parse_pixels, parse_ratio
+from ..capabilities import JIMENG, requested_ratio
 from ..request import ImageRequest
 from ..routing import Route
 from .base import GENERATE, Dialect, Done, HttpCall, HttpReply, ImageOut, bearer
@@ -31,15 +31,7 @@ def jimeng_ratio(req: ImageRequest) -> str:
     wins when given, else a ratio in `size`; a pixel `size` becomes the nearest listed ratio on a log scale
     (1792x1024 -> 16:9); with neither (or `auto`), 1:1. A ratio outside the list (possible only when the first
     route's model is not a jimeng model) becomes the nearest listed one rather than be sent to be refused."""
-    for value in (req.aspect_ratio, req.size):
-        if not value:
-            continue
-        if value in RATIOS:
-            return value
-        ratio: tuple[float, float] | None = parse_ratio(value) or parse_pixels(value)
-        if ratio:
-            return nearest_ratio(*ratio, RATIOS)
-    return DEFAULT_RATIO
+    return requested_ratio(req, RATIOS) or DEFAULT_RATIO
 
 
 def request_body(req: ImageRequest, upstream_model: str) -> dict[str, Any]:

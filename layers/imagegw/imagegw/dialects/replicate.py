@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
-from ..capabilities import REPLICATE_RATIOS, nearest_ratio, parse_pixels, parse_ratio
+from ..capabilities import REPLICATE_RATIOS, requested_ratio
 from ..errors import BadRequest, ContentPolicyViolation, GatewayError, RateLimited, UpstreamFailed, policy_violation
 from ..request import ImageRequest
 from ..routing import Route
@@ -93,24 +93,11 @@ def carried(upstream_model: str) -> frozenset[str]:
     return frozenset({"n", "size", "aspect_ratio", "output_format", "seed"})
 
 
-def aspect_ratio(req: ImageRequest, model: ReplicateModel) -> str | None:
-    """`aspect_ratio` (else a ratio or `WxH` in `size`) as the nearest ratio the model lists; None: unset."""
-    for value in (req.aspect_ratio, req.size):
-        if not value or value == "auto":
-            continue
-        if value in model.ratios:
-            return value
-        shape = parse_ratio(value) or parse_pixels(value)
-        if shape:
-            return nearest_ratio(shape[0], shape[1], model.ratios)
-    return None
-
-
 def inputs(req: ImageRequest, upstream_model: str) -> list[dict[str, Any]]:
     """The `input` of each prediction a request makes (one, or n without `num_outputs`)."""
     model = model_of(upstream_model)
     base: dict[str, Any] = {"prompt": req.prompt}
-    if ratio := aspect_ratio(req, model):
+    if ratio := requested_ratio(req, model.ratios):
         base["aspect_ratio"] = ratio
     if model.num_outputs is not None:
         base["num_outputs"] = req.n
