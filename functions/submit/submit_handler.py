@@ -10,7 +10,7 @@ the path of the event that woke it.
 
 from aws_lambda_powertools import Logger
 
-from imagegw import correlation, entry, observability
+from imagegw import entry
 
 logger = Logger()
 #: the modules of this function's code paths (imported at init only for SnapStart / provisioned concurrency)
@@ -18,11 +18,7 @@ CODE_PATHS = ("imagegw.api", "imagegw.batches.jobs", "imagegw.intake", "imagegw.
 entry.preload(*CODE_PATHS)
 
 
-@logger.inject_lambda_context(clear_state=True, correlation_id_path=correlation.PATH)
-@entry.traced
-@observability.log_metrics
-@entry.lambda_time_bound
-@correlation.bound
+@entry.lambda_handler(logger)
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
         from imagegw import api

@@ -162,12 +162,13 @@ def test_tracer_response_capture_is_off_for_every_function():
     for fn in local_template.load(ROOT).functions.values():
         assert fn.environment["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false", fn.logical_id
     # and no handler asks for it in code: capture_lambda_handler(capture_response=True) would win over the env.
-    # The handlers are traced through imagegw.entry.traced, which wraps them with no arguments.
+    # The handlers are traced through imagegw.entry.lambda_handler -> traced, which wraps them with no arguments.
     for handler in (ROOT / "functions").rglob("*_handler.py"):
         text = handler.read_text(encoding="utf-8")
-        assert "@entry.traced\n" in text and "capture_response" not in text, handler
+        assert "@entry.lambda_handler(logger)\n" in text and "capture_response" not in text, handler
     entry = (ROOT / "layers" / "imagegw" / "imagegw" / "entry.py").read_text(encoding="utf-8")
     assert "Tracer().capture_lambda_handler(handler)" in entry and "capture_response" not in entry
+    assert "traced(inner)" in entry
 
 
 class Subsegment:

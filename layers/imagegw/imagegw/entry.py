@@ -19,9 +19,9 @@ from contextvars import ContextVar
 from importlib import import_module
 from typing import Any, TypeVar
 
-from aws_lambda_powertools import Tracer
+from aws_lambda_powertools import Logger, Tracer
 
-from . import settings
+from . import correlation, observability, settings
 
 T = TypeVar("T")
 
@@ -70,6 +70,18 @@ def traced(handler: Callable[[Any, Any], T]) -> Callable[[Any, Any], T]:
         return handler
     return Tracer().capture_lambda_handler(handler)
 
+
+
+def lambda_handler(logger: Logger) -> Callable[[Callable[[Any, Any], T]], Callable[[Any, Any], T]]:
+    """What every function handler is wrapped in, outermost first: the Lambda context and the correlation id in
+    each log line of `logger`'s service, tracing (`traced`), the metrics flush (with `ColdStart`), the time bound
+    of stage retries, and the correlation id bound for the layer (`correlation.bound`)."""
+
+    def wrap(handler: Callable[[Any, Any], T]) -> Callable[[Any, Any], T]:
+        inner = observability.log_metrics(lambda_time_bound(correlation.bound(handler)))
+        return logger.inject_lambda_context(clear_state=True, correlation_id_path=correlation.PATH)(traced(inner))
+
+    return wrap
 
 # -- SnapStart ------------------------------------------------------------------------------------------------
 
