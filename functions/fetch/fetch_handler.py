@@ -19,16 +19,16 @@ entry.preload(*CODE_PATHS)
 @entry.lambda_handler(logger)
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
-        from imagegw import api
+        api = entry.load("imagegw.api")
         return api.handle(event, context)
     detail_type, detail = event["detail-type"], event["detail"]  # an EventBridge event
     task_id = detail["task_id"]
     logger.append_keys(task_id=task_id)
-    from imagegw import bus
+    bus = entry.load("imagegw.bus")
     if detail_type == bus.WEBHOOK_DUE:
-        from imagegw import webhooks
+        webhooks = entry.load("imagegw.webhooks")
         webhooks.deliver_due(task_id)
     else:
-        from imagegw import worker
+        worker = entry.load("imagegw.worker")
         worker.store_generated(task_id)
     return None

@@ -23,9 +23,9 @@ entry.preload(*CODE_PATHS)
 @entry.lambda_handler(logger)
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
-        from imagegw import api
+        api = entry.load("imagegw.api")
         return api.handle(event, context)
-    from imagegw import sweeper
+    sweeper = entry.load("imagegw.sweeper")
     counts = sweeper.handle(event, context)
     if any(counts.values()):
         logger.info("sweep", extra=counts)

@@ -21,9 +21,9 @@ entry.preload(*CODE_PATHS)
 @entry.lambda_handler(logger)
 def lambda_handler(event: dict, context) -> dict | None:
     if "httpMethod" in event:
-        from imagegw import api
+        api = entry.load("imagegw.api")
         return api.handle(event, context)
-    from imagegw.batches import jobs as batch_jobs
+    batch_jobs = entry.load("imagegw.batches.jobs")
     if batch_jobs.is_s3_event(event):
         batch_jobs.on_s3_event(event, context)
         return None
@@ -31,13 +31,13 @@ def lambda_handler(event: dict, context) -> dict | None:
     if detail_type == batch_jobs.BATCH_CONTINUE:
         batch_jobs.on_continue(event, context)
         return None
-    from imagegw import bus
+    bus = entry.load("imagegw.bus")
     if detail_type == bus.GENERATION_REQUESTED:
-        from imagegw import intake
+        intake = entry.load("imagegw.intake")
         intake.accept(event)
         return None
     detail = event["detail"]
     logger.append_keys(task_id=detail["task_id"])
-    from imagegw import worker
+    worker = entry.load("imagegw.worker")
     worker.submit_queued(detail["task_id"], woken_by=detail.get("woken_by"), slot=detail.get("slot"))
     return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import random
 import sys
+import threading
 from collections.abc import Callable
 from contextvars import ContextVar
 from importlib import import_module
@@ -41,6 +42,20 @@ def preload(*modules: str) -> bool:
         import_module(module)
     return True
 
+
+_importing = threading.Lock()
+
+
+def load(module: str) -> Any:
+    """A code path's module, imported when its first event comes (`import` is a dictionary look-up after that).
+    One first import at a time in a process: on the local stack and in tests handlers run in threads of one
+    process, and two threads importing modules that share dependencies, in different orders, deadlock Python's
+    per-module import locks (`_DeadlockError`)."""
+    found = sys.modules.get(module)
+    if found is not None and not getattr(getattr(found, "__spec__", None), "_initializing", False):
+        return found
+    with _importing:
+        return import_module(module)
 
 def lambda_time_bound(handler: Callable[[Any, Any], T]) -> Callable[[Any, Any], T]:
     """Decorate a Lambda handler: the stage retries it makes start only while the invocation has time for them
