@@ -53,6 +53,17 @@ def _one_request_at_a_time(monkeypatch) -> None:
 
 
 @pytest.fixture
+def simulators():
+    """Loopback simulators a test starts (`simulators.start(SomeSimulator(...))` enters one and returns it), each
+    stopped when the test ends: after the fixtures that started them (e.g. one draining the inline bus) are done."""
+    import contextlib
+    from types import SimpleNamespace
+
+    with contextlib.ExitStack() as stack:
+        yield SimpleNamespace(start=stack.enter_context)
+
+
+@pytest.fixture
 def aws(monkeypatch):
     """A moto account holding the template's tables, bucket and bus, with the layer's env pointing at them."""
     for key, value in {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",

@@ -199,13 +199,11 @@ def test_progress_parsing(value, expected):
 
 
 @pytest.fixture
-def relay(inline_bus, providers_file, loopback_fetch, checks_at_once):
+def relay(inline_bus, providers_file, loopback_fetch, checks_at_once, simulators):
     """Start a relay simulator routed as `dall-e-3`; checks are due at once (no backoff) for the tests."""
-    started = []
 
     def start(behaviour=None):
-        sim = AsyncRelaySimulator(behaviour=behaviour).__enter__()
-        started.append(sim)
+        sim = simulators.start(AsyncRelaySimulator(behaviour=behaviour))
         providers_file({"providers": {"relay": {"dialect": "async-relay", "base_url": sim.base_url + "/v1",
                                                 "api_key": sim.api_key}},
                         "models": {"dall-e-3": [{"provider": "relay"}]}})
@@ -213,8 +211,6 @@ def relay(inline_bus, providers_file, loopback_fetch, checks_at_once):
 
     yield start
     inline_bus.drain()
-    for sim in started:
-        sim.__exit__(None, None, None)
 
 
 REQUEST = {"model": "dall-e-3", "prompt": "a lighthouse at dusk", "size": "1792x1024", "quality": "hd",

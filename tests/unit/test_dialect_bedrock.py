@@ -364,13 +364,11 @@ def test_good_input_passes(model, fields):
 # -- contract through the real handlers, against the simulator ------------------------------------------------
 
 @pytest.fixture
-def world(inline_bus, providers_file, monkeypatch):
+def world(inline_bus, providers_file, monkeypatch, simulators):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    started = []
 
     def start(behaviour=None, *, fallback=False, timeout_s=30, max_concurrency=None):
-        sim = BedrockSimulator(behaviour=behaviour).__enter__()
-        started.append(sim)
+        sim = simulators.start(BedrockSimulator(behaviour=behaviour))
         provider = {"dialect": "bedrock", "region": "us-east-1", "base_url": sim.base_url, "timeout_s": timeout_s}
         if max_concurrency:
             provider["max_concurrency"] = max_concurrency
@@ -383,8 +381,6 @@ def world(inline_bus, providers_file, monkeypatch):
 
     yield start
     inline_bus.drain()
-    for sim in started:
-        sim.__exit__(None, None, None)
 
 
 def test_sync_stability_fan_out_signed_and_stored(world):

@@ -224,12 +224,10 @@ GEN = "/v1/images/generations"
 
 
 @pytest.fixture
-def fal(inline_bus, providers_file, loopback_fetch, checks_at_once):
-    started = []
+def fal(inline_bus, providers_file, loopback_fetch, checks_at_once, simulators):
 
     def start(behaviour=None, timeout_s=20):
-        sim = FalSimulator(api_key=KEY, behaviour=behaviour).__enter__()
-        started.append(sim)
+        sim = simulators.start(FalSimulator(api_key=KEY, behaviour=behaviour))
         providers_file({"providers": {"fal": {"dialect": "fal", "base_url": sim.base_url, "api_key": KEY,
                                               "timeout_s": timeout_s},
                                       "dev": {"dialect": "local"}},
@@ -240,8 +238,6 @@ def fal(inline_bus, providers_file, loopback_fetch, checks_at_once):
 
     yield start
     inline_bus.drain()
-    for sim in started:
-        sim.__exit__(None, None, None)
 
 
 def test_an_async_task_follows_the_queue_with_progress(fal, inline_bus):

@@ -248,15 +248,13 @@ MODELS = {"nano-banana": "gemini-2.5-flash-image", "nano-banana-pro": "gemini-3-
 
 
 @pytest.fixture
-def gemini(inline_bus, providers_file, loopback_fetch):
+def gemini(inline_bus, providers_file, loopback_fetch, simulators):
     """start(behaviour, fallback=False, timeout_s=...) -> the simulator (and the fallback one, when asked)."""
-    started = []
 
     def start(behaviour=None, *, fallback=False, timeout_s=30, key=None):
-        sims = [GeminiSimulator(behaviour=behaviour).__enter__()]
+        sims = [simulators.start(GeminiSimulator(behaviour=behaviour))]
         if fallback:
-            sims.append(GeminiSimulator(api_key="AIzaSyFallbackUpstream987654321").__enter__())
-        started.extend(sims)
+            sims.append(simulators.start(GeminiSimulator(api_key="AIzaSyFallbackUpstream987654321")))
         providers = {f"google{i}": {"dialect": "gemini", "base_url": sim.base_url,
                                     "api_key": key if key and i == 0 else sim.api_key, "timeout_s": timeout_s}
                      for i, sim in enumerate(sims)}
@@ -267,8 +265,6 @@ def gemini(inline_bus, providers_file, loopback_fetch):
 
     yield start
     inline_bus.drain()
-    for sim in started:
-        sim.__exit__(None, None, None)
 
 
 def s3_image(key):

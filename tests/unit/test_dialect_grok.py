@@ -125,20 +125,16 @@ def test_an_answer_without_images_is_a_failure_or_a_refusal():
 
 
 @pytest.fixture
-def grok(inline_bus, providers_file, loopback_fetch):
+def grok(inline_bus, providers_file, loopback_fetch, simulators):
     def start(behaviour=None):
-        sim = GrokSimulator(behaviour=behaviour).__enter__()
-        started.append(sim)
+        sim = simulators.start(GrokSimulator(behaviour=behaviour))
         providers_file({"providers": {"xai": {"dialect": "grok", "base_url": sim.base_url + "/v1",
                                               "api_key": sim.api_key}},
                         "models": {"aurora": [{"provider": "xai", "model": "grok-3-image"}]}})
         return sim
 
-    started = []
     yield start
     inline_bus.drain()
-    for sim in started:
-        sim.__exit__(None, None, None)
 
 
 def s3_image(key):

@@ -261,14 +261,12 @@ def test_a_jpeg_grid_gives_jpeg_tiles_and_garbage_is_not_an_image():
 # -- through the real handlers --------------------------------------------------------------------------------
 
 @pytest.fixture
-def mj(inline_bus, providers_file, loopback_fetch, checks_at_once):
+def mj(inline_bus, providers_file, loopback_fetch, checks_at_once, simulators):
     """Start midjourney simulators routed (in order) as `midjourney`; checks are due at once."""
-    started = []
 
     def start(*behaviours, base_suffix="/mj", model="midjourney"):
-        sims = [MidjourneySimulator(api_key=f"mj-secret-{i}", behaviour=b).__enter__()
+        sims = [simulators.start(MidjourneySimulator(api_key=f"mj-secret-{i}", behaviour=b))
                 for i, b in enumerate(behaviours or [Behaviour()])]
-        started.extend(sims)
         providers_file({"providers": {f"mj{i}": {"dialect": "midjourney", "base_url": sim.base_url + base_suffix,
                                                  "api_key": sim.api_key, "auth": sim.behaviour.auth, "timeout_s": 2}
                                       for i, sim in enumerate(sims)},
@@ -277,8 +275,6 @@ def mj(inline_bus, providers_file, loopback_fetch, checks_at_once):
 
     yield start
     inline_bus.drain()
-    for sim in started:
-        sim.__exit__(None, None, None)
 
 
 def finish(task_id, inline_bus, rounds=20):

@@ -239,13 +239,11 @@ GEN = "/v1/images/generations"
 
 
 @pytest.fixture
-def replicate(inline_bus, providers_file, loopback_fetch, checks_at_once):
+def replicate(inline_bus, providers_file, loopback_fetch, checks_at_once, simulators):
     """Start a simulator routed as `flux-schnell` (and `flux-pro`, whose second route is `local`)."""
-    started = []
 
     def start(behaviour=None, timeout_s=30):
-        sim = ReplicateSimulator(api_key=KEY, behaviour=behaviour).__enter__()
-        started.append(sim)
+        sim = simulators.start(ReplicateSimulator(api_key=KEY, behaviour=behaviour))
         providers_file({"providers": {"rep": {"dialect": "replicate", "base_url": sim.base_url + "/v1",
                                               "api_key": KEY, "timeout_s": timeout_s},
                                       "dev": {"dialect": "local"}},
@@ -255,8 +253,6 @@ def replicate(inline_bus, providers_file, loopback_fetch, checks_at_once):
 
     yield start
     inline_bus.drain()
-    for sim in started:
-        sim.__exit__(None, None, None)
 
 
 class Sweeper:
